@@ -1,0 +1,281 @@
+"""The Python API: ``finetune``, ``distill`` and ``evaluate``. The CLI calls exactly these."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmdistill.config import Config, DataConfig, load_config, save_config
+from lmdistill.data.tables import Examples, TaskData, build_task_data, load_frames, load_task_data
+from lmdistill.errors import DataError, ModelError
+
+
+@dataclass
+class RunResult:
+    """A finished ``finetune`` or ``distill`` run."""
+
+    output_dir: Path
+    model_dir: Path
+    validation: dict[str, float]
+    test: dict[str, float]
+    steps: int
+    train_seconds: float
+    best_step: int | None
+    parameters: int
+    teacher_parameters: int | None = None
+    history: list[dict] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class EvalResult:
+    """Metrics of a saved model on one split, and its predictions (label names, or numbers)."""
+
+    model: str
+    split: str
+    n: int
+    metrics: dict[str, float]
+    predictions: list = field(default_factory=list, repr=False)
+    labels: list = field(default_factory=list, repr=False)
+
+    def table(self) -> str:
+        """A small text table of the metrics."""
+        width = max(len(k) for k in self.metrics) if self.metrics else 6
+        lines = [f"{self.model} on {self.split} ({self.n} examples)", f"{'metric':<{width}}  value"]
+        lines += [f"{k:<{width}}  {v:.4f}" for k, v in self.metrics.items()]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("lmdistill", "torch", "transformers", "accelerate", "datasets", "safetensors", "tokenizers"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _prepare_output(cfg: Config, verb: str) -> Path:
+    out = Path(cfg.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"output_dir: cannot create '{out}' ({e.strerror}); choose a writable folder") from None
+    v = versions()
+    header = f"lmdistill {verb}: resolved config (seed {cfg.seed}); " + ", ".join(f"{k} {x}" for k, x in v.items())
+    save_config(cfg, out / "config.yaml", header=header)
+    info = {"verb": verb, "seed": cfg.seed, "versions": v, "command": sys.argv, "platform": platform.platform(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (out / "run_info.json").write_text(json.dumps(info, indent=2))
+    return out
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    """``save_pretrained`` into ``path`` atomically: a crash leaves the previous folder intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    old = path.with_name(path.name + ".old")
+    for p in (tmp, old):
+        shutil.rmtree(p, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _datasets(data: TaskData, s_tok, t_tok, cfg: Config, regression: bool):
+    """Per-split TextDatasets and the collator (teacher inputs only when its tokenizer differs)."""
+    from lmdistill.data.text import Collator, TextDataset, encode, pad_id, tokenizers_match
+
+    separate = t_tok is not None and not tokenizers_match(s_tok, t_tok)
+    sets = {}
+    for split, ex in data.splits.items():
+        student = encode(s_tok, ex, cfg.data.max_length)
+        teacher = encode(t_tok, ex, cfg.data.max_length) if separate and split == "train" else None
+        sets[split] = TextDataset(student, ex.labels, teacher, regression=regression)
+    collate = Collator(pad_id(s_tok), pad_id(t_tok) if separate else None)
+    return sets, collate, separate
+
+
+def _metrics(model, dataset, collate, ex: Examples, task: str, num_labels: int, batch_size: int) -> dict:
+    from lmdistill.engine import predict
+    from lmdistill.tasks.metrics import compute_metrics
+
+    logits = predict(model, dataset, collate, batch_size)
+    return compute_metrics(logits, np.asarray(ex.labels), task, num_labels)
+
+
+def _check_teacher_labels(teacher, data: TaskData, task: str) -> None:
+    want = data.num_labels
+    have = teacher.config.num_labels
+    if have != want:
+        raise ModelError(
+            f"teacher.name_or_path: the teacher predicts {have} label(s) but the data has {want}; "
+            "fine-tune a teacher on this task first (lmdistill finetune)"
+        )
+    names = [str(teacher.config.id2label[i]) for i in range(have)] if task == "classification" else []
+    generic = all(n == f"LABEL_{i}" for i, n in enumerate(names))
+    if names and not generic and names != data.label_names:
+        raise ModelError(
+            f"teacher.name_or_path: the teacher's labels {names} differ from the data's {data.label_names}; "
+            "set data.label_names to the teacher's order"
+        )
+
+
+def _make_student(cfg: Config, teacher, t_tok, data: TaskData):
+    """(student, tokenizer) as configured in ``student``."""
+    from lmdistill.models.load import load_classifier, load_tokenizer
+    from lmdistill.models.student import fresh_student, num_layers, select_layers, student_from_teacher
+
+    s = cfg.student
+    if s.init == "pretrained":
+        from lmdistill.config import ModelConfig
+
+        spec = ModelConfig(s.name_or_path, s.tokenizer, None, s.trust_remote_code)
+        return load_classifier(spec, "student", num_labels=data.num_labels, label_names=data.label_names)
+    total = num_layers(teacher)
+    tokenizer = load_tokenizer(s.tokenizer, "student.tokenizer") if s.tokenizer else t_tok
+    if s.init == "config":
+        shape = {"num_layers": s.num_layers, "hidden_size": s.hidden_size,
+                 "num_attention_heads": s.num_attention_heads, "intermediate_size": s.intermediate_size}
+        return fresh_student(teacher, cfg.seed, **shape), tokenizer
+    layers = s.layers if s.layers is not None else select_layers(total, s.num_layers, s.strategy)
+    return student_from_teacher(teacher, layers), tokenizer
+
+
+def _train_and_test(cfg, verb, student, s_tok, teacher, t_tok, data: TaskData, objective) -> RunResult:
+    from lmdistill.engine import train
+    from lmdistill.models.load import load_saved_classifier
+
+    out = _prepare_output(cfg, verb)
+    regression = cfg.task == "regression"
+    sets, collate, _ = _datasets(data, s_tok, t_tok, cfg, regression)
+    eval_collate = type(collate)(collate.student_pad_id)
+    model_dir = out / "model"
+    val = data.splits.get("validation")
+
+    def evaluate(model):
+        return _metrics(model, sets["validation"], eval_collate, val, cfg.task, data.num_labels,
+                        cfg.training.eval_batch_size)
+
+    outcome = train(
+        student=student, objective=objective, train_set=sets["train"], collate=collate, cfg=cfg.training,
+        seed=cfg.seed, out_dir=out, teacher=teacher, evaluate=evaluate if val is not None else None,
+        on_best=lambda m: save_model(m, s_tok, model_dir), desc=verb,
+    )
+    best, _ = load_saved_classifier(str(model_dir), "model")
+    results = {"validation": {}, "test": {}}
+    for split in ("validation", "test"):
+        if split in sets:
+            results[split] = _metrics(best, sets[split], eval_collate, data.splits[split], cfg.task,
+                                      data.num_labels, cfg.training.eval_batch_size)
+    result = RunResult(
+        output_dir=out, model_dir=model_dir, validation=results["validation"], test=results["test"],
+        steps=outcome.steps, train_seconds=round(outcome.train_seconds, 2), best_step=outcome.best_step,
+        parameters=sum(p.numel() for p in best.parameters()),
+        teacher_parameters=sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
+        history=outcome.history,
+    )
+    summary = {k: v for k, v in asdict(result).items() if k != "history"}
+    summary.update(output_dir=str(out), model_dir=str(model_dir), label_names=data.label_names,
+                   stopped_early=outcome.stopped_early, split_sizes={k: len(v) for k, v in data.splits.items()})
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    return result
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def finetune(config: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
+    """Fine-tune ``model`` on the task (e.g. to make a teacher); returns metrics and where it was saved."""
+    from lmdistill.models.load import load_classifier
+    from lmdistill.objective import Objective
+
+    cfg = load_config(config, overrides, verb="finetune")
+    data = load_task_data(cfg.data, cfg.task, cfg.seed)
+    model, tok = load_classifier(cfg.model, "model", num_labels=data.num_labels, label_names=data.label_names)
+    objective = Objective({"mse": 1.0} if cfg.task == "regression" else {"ce": 1.0})
+    return _train_and_test(cfg, "finetune", model, tok, None, None, data, objective)
+
+
+def distill(config: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
+    """Distill the fine-tuned ``teacher`` into the configured ``student``; returns metrics and paths."""
+    from lmdistill.models.load import load_saved_classifier
+    from lmdistill.objective import Objective
+
+    cfg = load_config(config, overrides, verb="distill")
+    data = load_task_data(cfg.data, cfg.task, cfg.seed)
+    teacher, t_tok = load_saved_classifier(cfg.teacher.name_or_path, "teacher.name_or_path")
+    _check_teacher_labels(teacher, data, cfg.task)
+    student, s_tok = _make_student(cfg, teacher, t_tok, data)
+    objective = Objective(cfg.distill.losses, cfg.distill.temperature)
+    return _train_and_test(cfg, "distill", student, s_tok, teacher, t_tok, data, objective)
+
+
+def evaluate(
+    model: str | Path,
+    *,
+    config: str | Path | dict | Config | None = None,
+    data: str | Path | None = None,
+    split: str = "test",
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    label_column: str | None = None,
+    batch_size: int = 64,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> EvalResult:
+    """Evaluate a saved model on ``split`` of the config's data, or on a whole file given as ``data``."""
+    from lmdistill.data.text import Collator, TextDataset, encode, pad_id
+    from lmdistill.engine import predict
+    from lmdistill.models.load import load_saved_classifier
+    from lmdistill.tasks.metrics import compute_metrics
+
+    net, tok = load_saved_classifier(str(model), "model")
+    regression = net.config.num_labels == 1
+    task = "regression" if regression else "classification"
+    names = None if regression else [str(net.config.id2label[i]) for i in range(net.config.num_labels)]
+    if config is None and data is None:
+        raise DataError("evaluate needs data: give --data FILE or --config CONFIG")
+    if data is not None:
+        dcfg = DataConfig(train=str(data), validation_size=0.0, test_size=0.0)
+        split_name, key = "train", "data"
+        seed = 0
+    else:
+        cfg = load_config(config, overrides)
+        dcfg, seed, key = cfg.data, cfg.seed, split
+        split_name = split
+    for attr, value in (("text_column", text_column), ("text_pair_column", text_pair_column),
+                        ("label_column", label_column)):
+        if value is not None:
+            setattr(dcfg, attr, value)
+    dcfg.label_names = names
+    frames = load_frames(dcfg, seed)
+    if split_name not in frames:
+        raise DataError(f"split '{split}' is not in the data (available: {', '.join(frames)})")
+    ex = build_task_data({"train": frames[split_name]}, dcfg, task).splits["train"]
+    dataset = TextDataset(encode(tok, ex, dcfg.max_length),
+                          ex.labels, regression=regression)
+    logits = predict(net, dataset, Collator(pad_id(tok)), batch_size)
+    metrics = compute_metrics(logits, np.asarray(ex.labels), task, net.config.num_labels)
+    if regression:
+        preds = logits.reshape(-1).tolist()
+        gold = list(ex.labels)
+    else:
+        preds = [names[i] for i in logits.argmax(-1)]
+        gold = [names[i] for i in ex.labels]
+    return EvalResult(model=str(model), split=key if data is None else str(data), n=len(ex), metrics=metrics,
+                      predictions=preds, labels=gold)

@@ -1,0 +1,134 @@
+"""`lmdistill <verb>`: parses arguments and calls the Python API (one code path). Heavy imports stay
+inside the verbs so `--help` is instant. Errors a user can fix print one line each and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+OVERRIDES_HELP = "overrides as key.sub=value, e.g. training.learning_rate=3e-5 student.num_layers=3"
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file (see configs/ for examples)")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmdistill",
+        description="Distill transformer language models: fine-tune a teacher, distill a student, evaluate.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = verbs.add_parser("finetune", help="fine-tune a model on a task (makes a teacher)",
+                         description="Fine-tune `model` on the task in `data`; saves OUTPUT_DIR/model, "
+                                     "metrics.csv, results.json and the resolved config.yaml.")
+    _add_config(p)
+    p = verbs.add_parser("distill", help="distill a teacher into a smaller student",
+                         description="Distill `teacher` into the `student` described in the config; saves "
+                                     "OUTPUT_DIR/model (a transformers model), metrics.csv, results.json and "
+                                     "the resolved config.yaml.")
+    _add_config(p)
+
+    p = verbs.add_parser("evaluate", help="evaluate a saved model on a data split or file",
+                         description="Evaluate a saved model; prints metrics as a table and JSON.")
+    p.add_argument("model", help="folder of a saved model (e.g. runs/student/model)")
+    p.add_argument("--config", help="config whose data section gives the split to evaluate on")
+    p.add_argument("--split", default="test", help="split of the config's data: train, validation or test "
+                                                  "(default: test)")
+    p.add_argument("--data", help="a CSV/JSONL/Parquet file to evaluate on instead of --config")
+    p.add_argument("--text-column", help="text column of --data (default: text)")
+    p.add_argument("--text-pair-column", help="second text column for pair tasks")
+    p.add_argument("--label-column", help="label column of --data (default: label)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--output", help="also write the metrics as JSON to this file")
+    p.add_argument("--predictions", help="also write predictions (as label names) to this CSV file")
+
+    p = verbs.add_parser("validate", help="check a config and print every problem at once",
+                         description="Check a config without running it: exit 0 and print 'ok', or print "
+                                     "every problem (one per line) and exit 2.")
+    _add_config(p)
+    p.add_argument("--for", dest="for_verb", choices=("finetune", "distill"),
+                   help="the verb to check for (default: distill when a teacher is named, else finetune)")
+    return parser
+
+
+def _print_run(result) -> None:
+    def fmt(m: dict) -> str:
+        return ", ".join(f"{k} {v:.4f}" for k, v in m.items()) or "n/a"
+
+    print(f"saved: {result.model_dir}")
+    print(f"validation: {fmt(result.validation)}")
+    print(f"test: {fmt(result.test)}")
+    size = f"{result.parameters / 1e6:.2f}M parameters"
+    if result.teacher_parameters:
+        size += f" ({result.parameters / result.teacher_parameters:.0%} of the teacher's)"
+    print(f"{result.steps} steps in {result.train_seconds:.1f} s; {size}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.verb == "validate":
+        from lmdistill.config import infer_verb, load_config, read_yaml
+        from pathlib import Path
+
+        raw = read_yaml(Path(args.config))
+        load_config(raw, args.overrides, verb=args.for_verb or infer_verb(raw))
+        print("ok")
+        return 0
+    from lmdistill import api
+
+    if args.verb in ("finetune", "distill"):
+        result = getattr(api, args.verb)(args.config, args.overrides)
+        _print_run(result)
+        return 0
+    if args.verb == "evaluate":
+        res = api.evaluate(args.model, config=args.config, data=args.data, split=args.split,
+                           text_column=args.text_column, text_pair_column=args.text_pair_column,
+                           label_column=args.label_column, batch_size=args.batch_size)
+        print(res.table())
+        print(json.dumps(res.metrics))
+        if args.output:
+            with open(args.output, "w") as f:
+                json.dump({"model": res.model, "split": res.split, "n": res.n, "metrics": res.metrics}, f, indent=2)
+        if args.predictions:
+            import pandas as pd
+
+            pd.DataFrame({"prediction": res.predictions, "label": res.labels}).to_csv(args.predictions, index=False)
+        return 0
+    raise AssertionError(args.verb)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from importlib.metadata import version
+
+        print(f"lmdistill {version('lmdistill')}")
+        return 0
+    if not args.verb:
+        parser.print_help()
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from lmdistill.errors import ConfigError, LmdistillError
+
+    try:
+        return _run(args)
+    except ConfigError as e:
+        for line in e.errors:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    except LmdistillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,468 @@
+"""Configuration: dataclasses loaded strictly from YAML, with `a.b=value` overrides.
+
+Every key a user types is checked: an unknown key fails with its full path and a "did you mean",
+types and ranges are checked with the key named as typed, and all errors are reported at once
+(:class:`ConfigError` carries the list). The Python API and the CLI both go through :func:`load_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from lmdistill.errors import ConfigError
+
+Task = Literal["classification", "regression"]
+Verb = Literal["finetune", "distill"]
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and which columns hold what."""
+
+    dataset: str | None = None
+    """A `datasets` name (hub id or local dataset folder) or a built-in name (`vader`, `bbc-news`)."""
+    dataset_config: str | None = None
+    """The `datasets` configuration name (e.g. `sst2` for `glue`)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Options for a built-in data set (e.g. `{domains: [movie]}` for `vader`)."""
+    train: str | None = None
+    """A local CSV / TSV / JSONL / Parquet file, or with `dataset`: a split name (default `train`)."""
+    validation: str | None = None
+    """File or split name; when absent, carved from train with `validation_size`."""
+    test: str | None = None
+    """File or split name; when absent, carved from train with `test_size`."""
+    validation_size: float = 0.1
+    test_size: float = 0.1
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_names: list[str] | None = None
+    """Fixed label order for classification; default: the sorted labels of the training split."""
+    max_length: int = 128
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    """A model given by local folder or hub id."""
+
+    name_or_path: str | None = None
+    tokenizer: str | None = None
+    """Tokenizer folder or id when it differs from `name_or_path`."""
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class StudentConfig:
+    """How the student is made: from teacher layers, a pretrained model, or a fresh config."""
+
+    init: Literal["from_teacher", "pretrained", "config"] = "from_teacher"
+    layers: list[int] | None = None
+    """from_teacher: the teacher layers to keep, 0-based (e.g. [0, 2, 4])."""
+    num_layers: int | None = None
+    """from_teacher: how many layers to keep (chosen by `strategy`); config: the depth."""
+    strategy: Literal["uniform", "first", "last"] = "uniform"
+    name_or_path: str | None = None
+    """pretrained: a local folder or hub id."""
+    tokenizer: str | None = None
+    hidden_size: int | None = None
+    """config: the width (default: the teacher's)."""
+    num_attention_heads: int | None = None
+    intermediate_size: int | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class TrainingConfig:
+    """The optimisation loop."""
+
+    epochs: float = 3.0
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs)."""
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """auto: bf16 on GPUs that support it, otherwise full precision."""
+    eval_every: int | None = None
+    """Evaluate every N optimizer steps; default: at the end of every epoch."""
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without improvement."""
+    metric_for_best: str | None = None
+    """Validation metric that picks the best checkpoint (default: accuracy, or pearson for regression)."""
+    log_every: int = 10
+    cpu: bool = False
+    """Force the CPU even when a GPU is present."""
+    num_workers: int = 0
+
+
+@dataclass
+class DistillSection:
+    """What the student learns from the teacher."""
+
+    temperature: float = 2.0
+    losses: dict[str, float] | None = None
+    """Loss term -> weight. Default: {kd: 0.5, ce: 0.5} (classification), {kd_mse: 0.5, mse: 0.5} (regression)."""
+
+
+@dataclass
+class Config:
+    """The whole run. `finetune` uses `model`; `distill` uses `teacher` and `student`."""
+
+    task: Task = "classification"
+    seed: int = 42
+    output_dir: str = "runs/lmdistill"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: ModelConfig = field(default_factory=ModelConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    distill: DistillSection = field(default_factory=DistillSection)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(
+    source: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = (), verb: Verb | None = None
+) -> Config:
+    """Load a config from a YAML path, a dict or a Config, apply `a.b=value` overrides, check it.
+
+    Raises:
+        ConfigError: every problem found, each naming its key.
+    """
+    if isinstance(source, Config):
+        raw = dataclasses.asdict(source)
+    elif isinstance(source, dict):
+        raw = source
+    else:
+        raw = read_yaml(Path(source))
+    raw = apply_overrides(raw, overrides)
+    errors: list[str] = []
+    cfg = _build(Config, raw, "", errors)
+    errors.extend(check(cfg, verb))
+    if errors:
+        raise ConfigError(errors)
+    resolve_defaults(cfg)
+    return cfg
+
+
+def read_yaml(path: Path) -> dict:
+    """Read a YAML mapping safely (no code is ever executed)."""
+    if not path.is_file():
+        raise ConfigError([f"config file '{path}' not found"])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"config file '{path}' cannot be read as UTF-8 text: {e}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"config file '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}"]) from None
+    if raw is None:
+        raise ConfigError([f"config file '{path}' is empty: it needs at least `data:` and a model"])
+    if not isinstance(raw, dict):
+        raise ConfigError([f"config file '{path}' must be a mapping of keys to values, not {type(raw).__name__}"])
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply `key.sub=value` overrides (value parsed as YAML) to a copy of ``raw``."""
+    raw = json.loads(json.dumps(raw, default=str)) if overrides else raw
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError([f"override '{item}' must look like key.sub=value (e.g. training.learning_rate=3e-5)"])
+        key, _, text = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError([f"override '{item}' has an empty key"])
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    return raw
+
+
+def _suggest(name: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _build(cls: type, raw: Any, path: str, errors: list[str]) -> Any:
+    """Build dataclass ``cls`` from ``raw``, appending one message per problem to ``errors``."""
+    where = path or "the config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append(f"{where} must be a mapping of keys, got {type(raw).__name__} {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        key_path = _join(path, str(key))
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            hint = f" (did you mean '{_join(path, close[0])}'?)" if close else f" (valid keys: {', '.join(names)})"
+            errors.append(f"unknown key '{key_path}'{hint}")
+            continue
+        n_before = len(errors)
+        converted = _convert(hints[key], value, key_path, errors)
+        if len(errors) == n_before or dataclasses.is_dataclass(converted):
+            kwargs[key] = converted  # a section with a bad key inside is still checked
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(str(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:  # noqa: C901
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _convert(inner[0], value, path, errors)
+        trial: list[str] = []
+        for a in inner:
+            trial.clear()
+            out = _convert(a, value, path, trial)
+            if not trial:
+                return out
+        errors.append(f"{path} must be {_type_name(tp)}, got {value!r}")
+        return None
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, errors)
+    if origin is Literal:
+        if value in args:
+            return value
+        errors.append(
+            f"{path} must be one of {', '.join(map(str, args))}, got {value!r}{_suggest(str(value), map(str, args))}"
+        )
+        return None
+    if origin is list:
+        if not isinstance(value, list):
+            errors.append(f"{path} must be {_type_name(tp)}, got {value!r}")
+            return None
+        n_before = len(errors)
+        out = [_convert(args[0], v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+        return out if len(errors) == n_before else None
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{path} must be a mapping of keys to values, got {value!r}")
+            return None
+        n_before = len(errors)
+        out = {str(k): _convert(args[1], v, _join(path, str(k)), errors) for k, v in value.items()}
+        return out if len(errors) == n_before else None
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-5` as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    errors.append(f"{path} must be {_type_name(tp)}, got {value!r}")
+    return None
+
+
+# --------------------------------------------------------------------------- checks
+
+
+CLASSIFICATION_LOSSES = ("kd", "ce", "kd_mse")
+REGRESSION_LOSSES = ("kd_mse", "mse")
+
+
+def check(cfg: Config, verb: Verb | None = None) -> list[str]:
+    """Range and consistency checks; returns every problem found (empty when the config is fine)."""
+    errors: list[str] = []
+    errors += _check_data(cfg.data)
+    errors += _check_training(cfg.training)
+    if verb == "finetune" and not cfg.model.name_or_path:
+        errors.append("model.name_or_path is required for finetune: the pretrained model to fine-tune")
+    if verb == "distill":
+        if not cfg.teacher.name_or_path:
+            errors.append("teacher.name_or_path is required for distill: a fine-tuned teacher folder or hub id")
+        errors += _check_student(cfg.student)
+        errors += _check_distill(cfg)
+    return errors
+
+
+def _check_data(d: DataConfig) -> list[str]:
+    errors = []
+    if not d.dataset and not d.train:
+        errors.append("data.train is required: a CSV/JSONL/Parquet file (or set data.dataset to a datasets name)")
+    for key in ("validation_size", "test_size"):
+        v = getattr(d, key)
+        if not 0.0 <= v < 1.0:
+            errors.append(f"data.{key} must be between 0 and 1 (a fraction of the training rows), got {v}")
+    carve = (0 if d.validation else d.validation_size) + (0 if d.test else d.test_size)
+    if carve >= 1.0:
+        errors.append(f"data.validation_size + data.test_size must be below 1, got {carve}")
+    if d.max_length < 4:
+        errors.append(f"data.max_length must be at least 4 tokens, got {d.max_length}")
+    for key in ("max_train_examples", "max_eval_examples"):
+        v = getattr(d, key)
+        if v is not None and v < 1:
+            errors.append(f"data.{key} must be at least 1, got {v}")
+    if d.label_names is not None and len(set(d.label_names)) != len(d.label_names):
+        errors.append(f"data.label_names has duplicates: {d.label_names}")
+    return errors
+
+
+def _check_training(t: TrainingConfig) -> list[str]:
+    errors = []
+    positive = {"epochs": t.epochs, "learning_rate": t.learning_rate}
+    for key, v in positive.items():
+        if not v > 0:
+            errors.append(f"training.{key} must be greater than 0, got {v}")
+    at_least_one = {
+        "batch_size": t.batch_size,
+        "eval_batch_size": t.eval_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "log_every": t.log_every,
+        "max_steps": t.max_steps,
+        "eval_every": t.eval_every,
+        "early_stopping_patience": t.early_stopping_patience,
+    }
+    for key, v in at_least_one.items():
+        if v is not None and v < 1:
+            errors.append(f"training.{key} must be at least 1, got {v}")
+    if not 0.0 <= t.warmup_ratio < 1.0:
+        errors.append(f"training.warmup_ratio must be between 0 and 1, got {t.warmup_ratio}")
+    if t.weight_decay < 0:
+        errors.append(f"training.weight_decay must be 0 or more, got {t.weight_decay}")
+    if t.max_grad_norm is not None and t.max_grad_norm <= 0:
+        errors.append(f"training.max_grad_norm must be greater than 0 (or null for no clipping), got {t.max_grad_norm}")
+    if t.num_workers < 0:
+        errors.append(f"training.num_workers must be 0 or more, got {t.num_workers}")
+    return errors
+
+
+def _check_student(s: StudentConfig) -> list[str]:
+    errors = []
+    if s.init == "from_teacher":
+        if s.layers is None and s.num_layers is None:
+            errors.append("student.layers or student.num_layers is required when student.init is from_teacher")
+        if s.layers is not None and s.num_layers is not None:
+            errors.append("student.layers and student.num_layers are both set: keep one")
+        if s.layers is not None:
+            if not s.layers:
+                errors.append("student.layers must name at least one teacher layer")
+            if any(i < 0 for i in s.layers):
+                errors.append(f"student.layers must be 0-based layer indices (0 or more), got {s.layers}")
+            if len(set(s.layers)) != len(s.layers):
+                errors.append(f"student.layers has duplicates: {s.layers}")
+    elif s.init == "pretrained":
+        if not s.name_or_path:
+            errors.append("student.name_or_path is required when student.init is pretrained")
+    elif s.init == "config" and s.num_layers is None:
+        errors.append("student.num_layers is required when student.init is config")
+    for key in ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size"):
+        v = getattr(s, key)
+        if v is not None and v < 1:
+            errors.append(f"student.{key} must be at least 1, got {v}")
+    if s.hidden_size and s.num_attention_heads and s.hidden_size % s.num_attention_heads:
+        errors.append(
+            f"student.hidden_size ({s.hidden_size}) must be divisible by student.num_attention_heads "
+            f"({s.num_attention_heads})"
+        )
+    return errors
+
+
+def _check_distill(cfg: Config) -> list[str]:
+    d = cfg.distill
+    errors = []
+    if not d.temperature > 0:
+        errors.append(f"distill.temperature must be greater than 0, got {d.temperature}")
+    if d.losses is not None:
+        known = CLASSIFICATION_LOSSES if cfg.task == "classification" else REGRESSION_LOSSES
+        for name, w in d.losses.items():
+            if name not in known:
+                hint = _suggest(name, known) or f" (for task {cfg.task} use: {', '.join(known)})"
+                errors.append(f"distill.losses.{name} is not a loss for task {cfg.task}{hint}")
+            elif w < 0:
+                errors.append(f"distill.losses.{name} must be 0 or more, got {w}")
+        if not d.losses or sum(max(w, 0) for w in d.losses.values()) <= 0:
+            errors.append("distill.losses needs at least one loss with a weight above 0 (e.g. {kd: 0.5, ce: 0.5})")
+    return errors
+
+
+def resolve_defaults(cfg: Config) -> None:
+    """Fill defaults that depend on other keys, so the saved config states exactly what ran."""
+    if cfg.distill.losses is None:
+        cfg.distill.losses = {"kd": 0.5, "ce": 0.5} if cfg.task == "classification" else {"kd_mse": 0.5, "mse": 0.5}
+    if cfg.training.metric_for_best is None:
+        cfg.training.metric_for_best = "accuracy" if cfg.task == "classification" else "pearson"
+
+
+def infer_verb(cfg_raw: dict | Config) -> Verb:
+    """`distill` when a teacher is named, else `finetune`."""
+    teacher = cfg_raw.teacher.name_or_path if isinstance(cfg_raw, Config) else (cfg_raw.get("teacher") or {})
+    if isinstance(teacher, dict):
+        teacher = teacher.get("name_or_path")
+    return "distill" if teacher else "finetune"
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: Path, header: str = "") -> None:
+    """Write the resolved config as YAML (loadable again with :func:`load_config`)."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    path.write_text(comment + text, encoding="utf-8")

@@ -1,0 +1,240 @@
+"""Labelled text tables: local files or `datasets` names in, train / validation / test splits out.
+
+Local CSV, TSV, JSONL (or a JSON list) and Parquet files are read with pandas; anything else in
+`data.dataset` goes to :func:`datasets.load_dataset` (hub ids keep working for users with a network),
+except the built-in names of :mod:`lmdistill.data.builtin`. Splits that are not given are carved
+from the training rows with the run's seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lmdistill.config import DataConfig
+from lmdistill.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+_READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class Examples:
+    """One split: texts (and optional second texts) with labels as ids (classification) or floats."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[float] | list[int]
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class TaskData:
+    """All splits of a task plus the label names (empty for regression)."""
+
+    splits: dict[str, Examples]
+    label_names: list[str] = field(default_factory=list)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names) if self.label_names else 1
+
+
+def read_table(path: str | Path, key: str = "data.train") -> pd.DataFrame:
+    """Read a local table; errors name the config key, the file and what to do."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{key}: file '{p}' not found (paths are relative to the current directory)")
+    if p.is_dir():
+        raise DataError(f"{key}: '{p}' is a folder; give a .csv, .tsv, .jsonl or .parquet file")
+    kind = _READERS.get(p.suffix.lower())
+    if kind is None:
+        raise DataError(f"{key}: cannot tell the format of '{p}'; use a .csv, .tsv, .jsonl, .json or .parquet file")
+    try:
+        if kind in ("csv", "tsv"):
+            df = pd.read_csv(p, sep="\t" if kind == "tsv" else ",", encoding="utf-8", keep_default_na=False,
+                             na_values=[""])
+        elif kind == "jsonl":
+            df = pd.read_json(p, lines=True, encoding="utf-8")
+        elif kind == "json":
+            df = pd.read_json(p, encoding="utf-8")
+        else:
+            df = pd.read_parquet(p)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{key}: '{p}' is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{key}: '{p}' is empty; it needs a header row and at least one example") from None
+    except (ValueError, pd.errors.ParserError, OSError, ImportError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{key}: cannot read '{p}' as {kind.upper()}: {first}") from None
+    if len(df) == 0:
+        raise DataError(f"{key}: '{p}' has no rows; it needs at least one example")
+    return df
+
+
+def _load_dataset_split(cfg: DataConfig, split: str, key: str) -> pd.DataFrame:
+    """One split of a `datasets` name, as a DataFrame."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(cfg.dataset, cfg.dataset_config, split=split)
+    except Exception as e:  # datasets raises many types; all mean "cannot load this name/split"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise DataError(
+            f"{key}: cannot load split '{split}' of dataset '{cfg.dataset}'"
+            f"{f' ({cfg.dataset_config})' if cfg.dataset_config else ''}: {first}"
+        ) from None
+    return ds.to_pandas()
+
+
+def _builtin():
+    from lmdistill.data import builtin
+
+    return builtin
+
+
+def load_frames(cfg: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
+    """The raw train / validation / test tables (a split is missing when its size is 0)."""
+    frames: dict[str, pd.DataFrame] = {}
+    builtin = _builtin() if cfg.dataset else None
+    if builtin is not None and cfg.dataset in builtin.BUILTIN_DATASETS:
+        try:
+            frames["train"] = builtin.load_builtin(cfg.dataset, cfg.options)
+        except ValueError as e:
+            raise DataError(f"data.dataset '{cfg.dataset}': {e}") from None
+        given = {}
+    elif cfg.dataset:
+        given = {s: getattr(cfg, s) for s in SPLITS}
+        given["train"] = given["train"] or "train"
+        frames = {s: _load_dataset_split(cfg, name, f"data.{s}") for s, name in given.items() if name}
+    else:
+        frames = {s: read_table(getattr(cfg, s), f"data.{s}") for s in SPLITS if getattr(cfg, s)}
+    return _carve(frames, cfg, seed)
+
+
+def _carve(frames: dict[str, pd.DataFrame], cfg: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
+    """Carve missing validation/test splits out of train, reproducibly."""
+    train = frames["train"]
+    want = {s: getattr(cfg, f"{s}_size") for s in ("test", "validation") if s not in frames}
+    if not any(want.values()):
+        return frames
+    order = np.random.default_rng(seed).permutation(len(train))
+    start = 0
+    for split, frac in want.items():
+        n = math.floor(len(train) * frac) if frac else 0
+        if frac and n == 0:
+            raise DataError(
+                f"data.{split}_size={frac} of {len(train)} training rows leaves no {split} rows; "
+                f"give a data.{split} file or more training rows"
+            )
+        if n:
+            frames[split] = train.iloc[order[start : start + n]].reset_index(drop=True)
+            start += n
+    frames["train"] = train.iloc[order[start:]].reset_index(drop=True)
+    return frames
+
+
+def _column(df: pd.DataFrame, name: str, key: str, split: str) -> pd.Series:
+    if name not in df.columns:
+        cols = ", ".join(map(str, df.columns[:20]))
+        raise DataError(f"data.{key}: column '{name}' not found in the {split} data (columns: {cols}); set data.{key}")
+    return df[name]
+
+
+def _texts(series: pd.Series, key: str, split: str) -> list[str]:
+    missing = series.isna()
+    if missing.any():
+        row = int(np.flatnonzero(missing.to_numpy())[0])
+        raise DataError(
+            f"data.{key}: {int(missing.sum())} empty text(s) in the {split} data (first at row {row}); "
+            "remove those rows or fill them"
+        )
+    return [str(t) for t in series.tolist()]
+
+
+def build_task_data(frames: dict[str, pd.DataFrame], cfg: DataConfig, task: str) -> TaskData:
+    """Columns -> :class:`Examples`; labels mapped to ids with names (classification) or floats."""
+    for split, df in frames.items():
+        if len(df) == 0:
+            raise DataError(f"data.{split}: the {split} split is empty; it needs at least one example")
+    label_names: list[str] = []
+    if task == "classification":
+        label_names = _label_names(frames["train"], cfg)
+    splits = {}
+    for split, df in frames.items():
+        limit = cfg.max_train_examples if split == "train" else cfg.max_eval_examples
+        if limit is not None:
+            df = df.iloc[:limit]
+        texts = _texts(_column(df, cfg.text_column, "text_column", split), "text_column", split)
+        pairs = None
+        if cfg.text_pair_column:
+            pairs = _texts(_column(df, cfg.text_pair_column, "text_pair_column", split), "text_pair_column", split)
+        raw = _column(df, cfg.label_column, "label_column", split)
+        labels = _class_ids(raw, label_names, split) if task == "classification" else _floats(raw, split)
+        splits[split] = Examples(texts, pairs, labels, source=split)
+    return TaskData(splits, label_names)
+
+
+def _label_key(v) -> str:
+    """Labels compare as text: 1, 1.0 and '1' are one label; names stay names."""
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _label_names(train: pd.DataFrame, cfg: DataConfig) -> list[str]:
+    if cfg.label_names:
+        return [str(n) for n in cfg.label_names]
+    raw = _column(train, cfg.label_column, "label_column", "train")
+    if raw.isna().any():
+        row = int(np.flatnonzero(raw.isna().to_numpy())[0])
+        raise DataError(f"data.label_column: missing label in the train data at row {row}; fill or drop it")
+    keys = {_label_key(v) for v in raw.tolist()}
+    numeric = all(k.lstrip("-").isdigit() for k in keys)
+    values = sorted(keys, key=int) if numeric else sorted(keys)
+    if len(values) < 2:
+        raise DataError(
+            f"data.label_column '{cfg.label_column}' has only one label ({values}) in the train data; "
+            "classification needs at least two"
+        )
+    return values
+
+
+def _class_ids(raw: pd.Series, names: list[str], split: str) -> list[int]:
+    index = {n: i for i, n in enumerate(names)}
+    ids = []
+    for row, v in enumerate(raw.tolist()):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            raise DataError(f"data.label_column: missing label in the {split} data at row {row}; fill or drop it")
+        k = _label_key(v)
+        if k not in index:
+            raise DataError(
+                f"data.label_column: label '{k}' in the {split} data (row {row}) is not among the known labels "
+                f"{names}; fix the row or list every label in data.label_names"
+            )
+        ids.append(index[k])
+    return ids
+
+
+def _floats(raw: pd.Series, split: str) -> list[float]:
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"data.label_column: regression target {raw.iloc[row]!r} in the {split} data (row {row}) is not a "
+            "finite number; fix or drop it"
+        )
+    return [float(v) for v in values.tolist()]
+
+
+def load_task_data(cfg: DataConfig, task: str, seed: int) -> TaskData:
+    """Read, split and label a task's data as configured."""
+    return build_task_data(load_frames(cfg, seed), cfg, task)

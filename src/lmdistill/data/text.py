@@ -1,0 +1,101 @@
+"""Tokenisation, datasets and batching for text tasks.
+
+Each model gets the text tokenised its own way: when the teacher's tokenizer differs from the
+student's (an MPNet teacher, a BERT student), every batch carries one input block per model.
+Class logits do not depend on the vocabulary, so output-level knowledge still transfers.
+Batches are padded to the longest example (rounded up to a multiple of 8), never to max_length.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from lmdistill.data.tables import Examples
+
+
+def tokenizers_match(a, b) -> bool:
+    """True when two tokenizers turn every text into the same ids (same class, vocabulary, specials)."""
+    if a is b:
+        return True
+    if type(a).__name__ != type(b).__name__:
+        return False
+    return a.get_vocab() == b.get_vocab() and a.all_special_ids == b.all_special_ids
+
+
+def encode(tokenizer, examples: Examples, max_length: int) -> dict[str, list[list[int]]]:
+    """Tokenise a split without padding: ``{"input_ids": [[...], ...], "token_type_ids": ...}``."""
+    args = (examples.texts, examples.pairs) if examples.pairs is not None else (examples.texts,)
+    enc = tokenizer(*args, truncation=True, max_length=max_length, padding=False)
+    keep = ("input_ids", "token_type_ids")
+    return {k: list(enc[k]) for k in keep if k in enc}
+
+
+class TextDataset(Dataset):
+    """Pre-tokenised examples for the student (and the teacher when its tokenizer differs)."""
+
+    def __init__(
+        self,
+        student: dict[str, list[list[int]]],
+        labels: list,
+        teacher: dict[str, list[list[int]]] | None = None,
+        regression: bool = False,
+    ):
+        self.student = student
+        self.teacher = teacher
+        self.labels = torch.tensor(labels, dtype=torch.float32 if regression else torch.long)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"index": i, "labels": self.labels[i], "student": {k: v[i] for k, v in self.student.items()}}
+        if self.teacher is not None:
+            item["teacher"] = {k: v[i] for k, v in self.teacher.items()}
+        return item
+
+    def lengths(self) -> list[int]:
+        """Student token counts per example (for length-grouped batching)."""
+        return [len(ids) for ids in self.student["input_ids"]]
+
+
+def pad_block(items: list[dict[str, list[int]]], pad_id: int, multiple: int = 8) -> dict[str, torch.Tensor]:
+    """Pad one model's inputs to the batch's longest (rounded up to ``multiple``); adds attention_mask."""
+    longest = max(len(it["input_ids"]) for it in items)
+    length = -(-longest // multiple) * multiple
+    out = {}
+    for key in items[0]:
+        fill = pad_id if key == "input_ids" else 0
+        out[key] = torch.tensor([it[key] + [fill] * (length - len(it[key])) for it in items], dtype=torch.long)
+    out["attention_mask"] = torch.tensor(
+        [[1] * len(it["input_ids"]) + [0] * (length - len(it["input_ids"])) for it in items], dtype=torch.long
+    )
+    return out
+
+
+class Collator:
+    """Collate :class:`TextDataset` items into ``{"student": {...}, "teacher": {...}?, "labels", "index"}``."""
+
+    def __init__(self, student_pad_id: int, teacher_pad_id: int | None = None, multiple: int = 8):
+        self.student_pad_id = student_pad_id
+        self.teacher_pad_id = teacher_pad_id
+        self.multiple = multiple
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = {
+            "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+            "labels": torch.stack([it["labels"] for it in items]),
+            "student": pad_block([it["student"] for it in items], self.student_pad_id, self.multiple),
+        }
+        if "teacher" in items[0]:
+            batch["teacher"] = pad_block([it["teacher"] for it in items], self.teacher_pad_id, self.multiple)
+        return batch
+
+
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad id; falls back to eos for decoder tokenizers that have no pad token."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    return 0

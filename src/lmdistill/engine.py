@@ -1,0 +1,256 @@
+"""THE distillation loop, on Accelerate. Fine-tuning is the same loop with no teacher.
+
+Read top to bottom: set-up (optimizer, schedule, Accelerate), then one loop over batches in which the
+frozen teacher produces its signal, the student produces its outputs, the objective turns both into named
+loss terms, and the optimizer steps. Loss values stay on the device and are fetched only every
+``log_every`` steps, so the loop never waits on the host. Evaluation every ``eval_every`` steps (or each
+epoch) keeps the best student through ``on_best`` and can stop early.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from lmdistill.config import TrainingConfig
+from lmdistill.objective import Objective
+from lmdistill.signals.live import LiveTeacher, TeacherSignal
+from lmdistill.tasks.metrics import is_better
+
+
+class StudentStep(nn.Module):
+    """Student + objective as one module, so Accelerate wraps (DDP, autocast) both and learned
+    projections inside the objective are trained and synchronised with the student."""
+
+    def __init__(self, student: nn.Module, objective: Objective):
+        super().__init__()
+        self.student = student
+        self.objective = objective
+
+    def forward(self, batch: dict, signal: TeacherSignal | None) -> dict[str, torch.Tensor]:
+        out = self.student(**batch["student"])
+        return self.objective(out, signal, batch)
+
+
+@dataclass
+class TrainOutcome:
+    """What a run did: steps, best validation figure, time, and the logged history."""
+
+    steps: int
+    epochs: float
+    train_seconds: float
+    best_metric: float | None = None
+    best_step: int | None = None
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_mixed_precision(choice: str, cpu: bool) -> str:
+    """auto -> bf16 on a CUDA GPU that supports it, else no (bf16 autocast on CPU is slower, not faster)."""
+    if choice != "auto":
+        return choice
+    if not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def make_optimizer(params: list[tuple[str, nn.Parameter]], cfg: TrainingConfig, device: torch.device):
+    """AdamW; no weight decay on biases and norms (1-D parameters); fused kernels on CUDA."""
+    decay = [p for _, p in params if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for _, p in params if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=device.type == "cuda" or None)
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """metrics.csv: one row per log or eval, columns in order of first appearance."""
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(path)
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: the CSV is the log
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def train(
+    *,
+    student: nn.Module,
+    objective: Objective,
+    train_set: Dataset,
+    collate: Callable,
+    cfg: TrainingConfig,
+    seed: int,
+    out_dir: Path,
+    teacher: nn.Module | None = None,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    on_best: Callable[[nn.Module], None] | None = None,
+    desc: str = "train",
+) -> TrainOutcome:
+    """Train ``student`` on ``objective``; returns what happened. ``on_best`` receives the unwrapped
+    student whenever validation improves (or at the end when there is no validation)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    # ---- set-up -------------------------------------------------------------------------------
+    set_seed(seed)
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.cpu),
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        cpu=cfg.cpu,
+    )
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=cfg.num_workers,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=accelerator.device.type == "cuda",
+    )
+    loader = accelerator.prepare(loader)
+    steps_per_epoch = max(1, math.ceil(len(loader) / cfg.gradient_accumulation_steps))
+    total_steps = cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+
+    model = StudentStep(student, objective)
+    model.train()
+    optimizer = make_optimizer(list(model.named_parameters()), cfg, accelerator.device)
+    scheduler = get_scheduler(
+        "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps) * accelerator.num_processes,
+        num_training_steps=total_steps * accelerator.num_processes,
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    signal_of = None
+    if teacher is not None and objective.needs_teacher:
+        teacher.to(accelerator.device)
+        signal_of = LiveTeacher(teacher)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    main = accelerator.is_main_process
+    writer = _tensorboard(out_dir) if main else None
+    progress = tqdm(total=total_steps, desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    outcome = TrainOutcome(steps=0, epochs=0.0, train_seconds=0.0)
+    running: dict[str, torch.Tensor] = {}
+    n_running = 0
+    evals_without_gain = 0
+    last_eval_step = -1
+    log_path = out_dir / "metrics.csv"
+    started = time.perf_counter()
+
+    def log(row: dict) -> None:
+        outcome.history.append(row)
+        if main:
+            write_history(log_path, outcome.history)
+            if writer is not None:
+                for k, v in row.items():
+                    if k not in ("step", "epoch") and isinstance(v, float) and np.isfinite(v):
+                        writer.add_scalar(k, v, row["step"])
+
+    def run_eval(step: int, epoch: float) -> bool:
+        """Evaluate, keep the best student; True when patience has run out."""
+        nonlocal evals_without_gain, last_eval_step
+        last_eval_step = step
+        metrics = evaluate(accelerator.unwrap_model(model).student)
+        model.train()
+        log({"step": step, "epoch": round(epoch, 4), **{f"eval/{k}": v for k, v in metrics.items()}})
+        value = metrics.get(cfg.metric_for_best)
+        if value is not None and is_better(cfg.metric_for_best, value, outcome.best_metric):
+            outcome.best_metric, outcome.best_step = value, step
+            evals_without_gain = 0
+            if on_best is not None and main:
+                on_best(accelerator.unwrap_model(model).student)
+        else:
+            evals_without_gain += 1
+        progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return cfg.early_stopping_patience is not None and evals_without_gain >= cfg.early_stopping_patience
+
+    # ---- the loop -----------------------------------------------------------------------------
+    step = 0
+    stop = False
+    for epoch in range(num_epochs):
+        for batch in loader:
+            with accelerator.accumulate(model):
+                signal = signal_of(batch) if signal_of is not None else None
+                terms = model(batch, signal)
+                loss = objective.total(terms)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            for k, v in {"loss": loss, **terms}.items():  # summed on the device: no host sync per step
+                running[k] = running.get(k, 0.0) + v.detach().float()
+            n_running += 1
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+            epoch_pos = step / steps_per_epoch
+            if step % cfg.log_every == 0 or step == total_steps:
+                values = {k: (v / n_running).item() for k, v in running.items()}
+                running, n_running = {}, 0
+                log({"step": step, "epoch": round(epoch_pos, 4), "lr": scheduler.get_last_lr()[0],
+                     **{("loss" if k == "loss" else f"loss/{k}"): v for k, v in values.items()}})
+                progress.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
+            if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                stop = run_eval(step, epoch_pos)
+            if stop or step >= total_steps:
+                break
+        if evaluate is not None and not cfg.eval_every and not stop:
+            stop = run_eval(step, step / steps_per_epoch)
+        if stop or step >= total_steps:
+            break
+    if evaluate is not None and not stop and last_eval_step != step:
+        run_eval(step, step / steps_per_epoch)  # the final student is always evaluated
+    progress.close()
+    outcome.steps = step
+    outcome.epochs = round(step / steps_per_epoch, 4)
+    outcome.stopped_early = stop
+    outcome.train_seconds = time.perf_counter() - started
+    if (evaluate is None or outcome.best_step is None) and on_best is not None and main:
+        on_best(accelerator.unwrap_model(model).student)
+    if writer is not None:
+        writer.close()
+    accelerator.wait_for_everyone()
+    return outcome
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, collate: Callable, batch_size: int,
+            device: torch.device | None = None) -> np.ndarray:
+    """Logits for every example of ``dataset`` in order: ``(N, C)`` float32 numpy."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    chunks = []
+    for batch in loader:
+        inputs = {k: v.to(device) for k, v in batch["student"].items()}
+        chunks.append(model(**inputs).logits.float().cpu())
+    model.train(was_training)
+    return torch.cat(chunks).numpy()
