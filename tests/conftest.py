@@ -83,3 +83,26 @@ def sentiment_csv(tmp_path_factory) -> Path:
     rows = make_sentences(240)
     pd.DataFrame(rows, columns=["text", "label", "score"]).to_csv(d / "train.csv", index=False)
     return d / "train.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet_dir(tmp_path_factory) -> Path:
+    """A tiny MPNet encoder whose tokenizer differs from the BERT one (other specials, other ids)."""
+    import inspect
+
+    from transformers import MPNetConfig, MPNetForSequenceClassification, MPNetTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny_mpnet")
+    words = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"] + sorted(WORDS, reverse=True)
+    vocab = {w: i for i, w in enumerate(words)}
+    if "vocab" in inspect.signature(MPNetTokenizerFast.__init__).parameters:
+        tok = MPNetTokenizerFast(vocab=vocab)
+    else:
+        (d / "vocab.txt").write_text("\n".join(words) + "\n")
+        tok = MPNetTokenizerFast(vocab_file=str(d / "vocab.txt"))
+    torch.manual_seed(1)
+    cfg = MPNetConfig(vocab_size=len(words), hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+                      intermediate_size=96, max_position_embeddings=70, pad_token_id=1)
+    MPNetForSequenceClassification(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

@@ -229,7 +229,7 @@ def _floats(raw: pd.Series, split: str) -> list[float]:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(
-            f"data.label_column: regression target {raw.iloc[row]!r} in the {split} data (row {row}) is not a "
+            f"data.label_column: regression target '{raw.iloc[row]}' in the {split} data (row {row}) is not a "
             "finite number; fix or drop it"
         )
     return [float(v) for v in values.tolist()]
