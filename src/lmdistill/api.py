@@ -192,7 +192,7 @@ def _train_and_test(cfg, verb, student, s_tok, teacher, t_tok, data: TaskData, o
     )
     summary = {k: v for k, v in asdict(result).items() if k != "history"}
     summary.update(output_dir=str(out), model_dir=str(model_dir), label_names=data.label_names,
-                   stopped_early=outcome.stopped_early, split_sizes={k: len(v) for k, v in data.splits.items()})
+                   stopped_early=outcome.stopped_early, skipped_batches=outcome.skipped_batches, split_sizes={k: len(v) for k, v in data.splits.items()})
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return result
 

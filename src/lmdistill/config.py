@@ -107,6 +107,10 @@ class TrainingConfig:
     metric_for_best: str | None = None
     """Validation metric that picks the best checkpoint (default: accuracy, or pearson for regression)."""
     log_every: int = 10
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding; every example still seen once per epoch)."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN/inf loss: stop (checked at each log, no per-step sync) or skip that batch (checked every step)."""
     cpu: bool = False
     """Force the CPU even when a GPU is present."""
     num_workers: int = 0

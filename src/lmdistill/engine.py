@@ -22,9 +22,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lmdistill.config import TrainingConfig
+from lmdistill.data.sampler import LengthGroupedBatchSampler
+from lmdistill.errors import LmdistillError
 from lmdistill.objective import Objective
 from lmdistill.signals.live import LiveTeacher, TeacherSignal
 from lmdistill.tasks.metrics import is_better
+
+
+class NonFiniteLoss(LmdistillError):
+    """A loss term became NaN or infinite."""
 
 
 class StudentStep(nn.Module):
@@ -51,6 +57,7 @@ class TrainOutcome:
     best_metric: float | None = None
     best_step: int | None = None
     stopped_early: bool = False
+    skipped_batches: int = 0
     history: list[dict] = field(default_factory=list)
 
 
@@ -120,14 +127,16 @@ def train(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         cpu=cfg.cpu,
     )
+    if cfg.group_by_length and hasattr(train_set, "lengths"):
+        batching = {"batch_sampler": LengthGroupedBatchSampler(train_set.lengths(), cfg.batch_size, seed)}
+    else:
+        batching = {"batch_size": cfg.batch_size, "shuffle": True, "generator": torch.Generator().manual_seed(seed)}
     loader = DataLoader(
         train_set,
-        batch_size=cfg.batch_size,
-        shuffle=True,
         collate_fn=collate,
         num_workers=cfg.num_workers,
-        generator=torch.Generator().manual_seed(seed),
         pin_memory=accelerator.device.type == "cuda",
+        **batching,
     )
     loader = accelerator.prepare(loader)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.gradient_accumulation_steps))
@@ -197,7 +206,12 @@ def train(
                 signal = signal_of(batch) if signal_of is not None else None
                 terms = model(batch, signal)
                 loss = objective.total(terms)
-                accelerator.backward(loss)
+                if cfg.on_nonfinite == "skip" and not torch.isfinite(loss):  # a host sync per step
+                    outcome.skipped_batches += 1
+                    loss = loss.detach().nan_to_num(0.0, 0.0, 0.0)
+                    terms = {k: v.detach().nan_to_num(0.0, 0.0, 0.0) for k, v in terms.items()}
+                else:
+                    accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 optimizer.step()
@@ -214,6 +228,15 @@ def train(
             if step % cfg.log_every == 0 or step == total_steps:
                 values = {k: (v / n_running).item() for k, v in running.items()}
                 running, n_running = {}, 0
+                bad = [k for k, v in values.items() if not math.isfinite(v)]
+                if bad:
+                    progress.close()
+                    term = next((k for k in bad if k != "loss"), "loss")
+                    raise NonFiniteLoss(
+                        f"loss term '{term}' became {values[term]} between steps {step - cfg.log_every + 1} and "
+                        f"{step}; the run stopped and what was saved before is kept. Lower "
+                        "training.learning_rate, check the data, or set training.on_nonfinite=skip"
+                    )
                 log({"step": step, "epoch": round(epoch_pos, 4), "lr": scheduler.get_last_lr()[0],
                      **{("loss" if k == "loss" else f"loss/{k}"): v for k, v in values.items()}})
                 progress.set_postfix({k: f"{v:.4f}" for k, v in values.items()})

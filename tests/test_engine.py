@@ -1,0 +1,93 @@
+"""The loop: early stopping, accumulation, evaluation cadence, and `datasets` sources."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from lmdistill import api
+
+
+def _cfg(tmp_path, sentiment_csv, tiny_bert_dir, **training):
+    return {
+        "seed": 1,
+        "data": {"train": str(sentiment_csv), "max_length": 32},
+        "model": {"name_or_path": str(tiny_bert_dir)},
+        "output_dir": str(tmp_path / "run"),
+        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "log_every": 1, **training},
+    }
+
+
+def test_eval_every_and_early_stopping(tmp_path, sentiment_csv, tiny_bert_dir):
+    # learning rate 0: nothing improves after the first evaluation, so patience 2 stops at the third
+    cfg = _cfg(tmp_path, sentiment_csv, tiny_bert_dir, epochs=5, eval_every=2, early_stopping_patience=2,
+               learning_rate=1e-12, scheduler="constant", warmup_ratio=0.0)
+    res = api.finetune(cfg)
+    evals = [r for r in res.history if "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [2, 4, 6]
+    assert res.steps == 6 and res.best_step == 2
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["stopped_early"] is True
+
+
+def test_accumulation_counts_optimizer_steps(tmp_path, sentiment_csv, tiny_bert_dir):
+    res = api.finetune(_cfg(tmp_path, sentiment_csv, tiny_bert_dir, batch_size=8, gradient_accumulation_steps=2))
+    # 240 rows - 10% validation - 10% test = 192 training rows = 24 batches of 8 = 12 optimizer steps
+    assert res.steps == 12
+    logged = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert logged["step"].dropna().max() == 12
+
+
+def test_max_steps_and_same_seed_same_result(tmp_path, sentiment_csv, tiny_bert_dir):
+    a = api.finetune(_cfg(tmp_path / "a", sentiment_csv, tiny_bert_dir, max_steps=5))
+    b = api.finetune(_cfg(tmp_path / "b", sentiment_csv, tiny_bert_dir, max_steps=5))
+    assert a.steps == 5
+    la = [r["loss"] for r in a.history if "loss" in r]
+    lb = [r["loss"] for r in b.history if "loss" in r]
+    assert la == lb and a.validation == b.validation
+
+
+def test_datasets_folder_source(tmp_path, sentiment_csv, tiny_bert_dir):
+    """`data.dataset` goes through datasets.load_dataset (here a local folder; hub ids work the same)."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    df = pd.read_csv(sentiment_csv)
+    df.iloc[:200].to_parquet(folder / "train.parquet")
+    df.iloc[200:].to_parquet(folder / "test.parquet")
+    cfg = _cfg(tmp_path, sentiment_csv, tiny_bert_dir, max_steps=2)
+    cfg["data"] = {"dataset": str(folder), "test": "test", "validation_size": 0.1, "max_length": 32}
+    res = api.finetune(cfg)
+    sizes = json.loads((tmp_path / "run" / "results.json").read_text())["split_sizes"]
+    assert sizes == {"train": 180, "test": 40, "validation": 20}
+    assert set(res.test) == {"accuracy", "macro_f1"}
+
+
+def test_length_grouped_batches_keep_every_example_once():
+    from lmdistill.data.sampler import LengthGroupedBatchSampler
+
+    lengths = [int(x) for x in torch.randint(3, 60, (203,), generator=torch.Generator().manual_seed(0))]
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=8, seed=5, group=4)
+    for epoch in range(2):
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        flat = [i for b in batches for i in b]
+        assert sorted(flat) == list(range(203))  # membership of the epoch unchanged
+        spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+        assert spread < 20  # random batches of 8 from lengths 3..59 spread ~40
+    assert list(LengthGroupedBatchSampler(lengths, 8, seed=5, group=4)) != batches  # epoch 0 differs from 1
+
+
+def test_nonfinite_loss_stops_with_term_and_step(tmp_path, sentiment_csv, tiny_bert_dir):
+    from lmdistill.engine import NonFiniteLoss
+
+    cfg = _cfg(tmp_path, sentiment_csv, tiny_bert_dir, learning_rate=1e6, max_steps=30, log_every=5,
+               max_grad_norm=None, warmup_ratio=0.0)
+    with pytest.raises(NonFiniteLoss, match=r"loss term 'ce' became nan between steps \d+ and \d+"):
+        api.finetune(cfg)
+    cfg["training"]["on_nonfinite"] = "skip"
+    cfg["output_dir"] = str(tmp_path / "skip")
+    res = api.finetune(cfg)
+    summary = json.loads((tmp_path / "skip" / "results.json").read_text())
+    assert summary["skipped_batches"] > 0 and res.steps == 30
