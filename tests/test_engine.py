@@ -70,6 +70,7 @@ def test_length_grouped_batches_keep_every_example_once():
     lengths = [int(x) for x in torch.randint(3, 60, (203,), generator=torch.Generator().manual_seed(0))]
     sampler = LengthGroupedBatchSampler(lengths, batch_size=8, seed=5, group=4)
     for epoch in range(2):
+        sampler.set_epoch(epoch)
         batches = list(sampler)
         assert len(batches) == len(sampler)
         flat = [i for b in batches for i in b]

@@ -16,6 +16,12 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
 
+def _add_resume(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                   help="continue a run: from the newest checkpoint in output_dir/checkpoints (no value), or "
+                        "from the given checkpoint folder; checkpoints are written every training.save_every steps")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmdistill",
@@ -28,11 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Fine-tune `model` on the task in `data`; saves OUTPUT_DIR/model, "
                                      "metrics.csv, results.json and the resolved config.yaml.")
     _add_config(p)
+    _add_resume(p)
     p = verbs.add_parser("distill", help="distill a teacher into a smaller student",
                          description="Distill `teacher` into the `student` described in the config; saves "
                                      "OUTPUT_DIR/model (a transformers model), metrics.csv, results.json and "
                                      "the resolved config.yaml.")
     _add_config(p)
+    _add_resume(p)
 
     p = verbs.add_parser("evaluate", help="evaluate a saved model on a data split or file",
                          description="Evaluate a saved model; prints metrics as a table and JSON.")
@@ -82,7 +90,8 @@ def _run(args: argparse.Namespace) -> int:
     from lmdistill import api
 
     if args.verb in ("finetune", "distill"):
-        result = getattr(api, args.verb)(args.config, args.overrides)
+        overrides = list(args.overrides) + ([f"training.resume={args.resume}"] if args.resume else [])
+        result = getattr(api, args.verb)(args.config, overrides)
         _print_run(result)
         return 0
     if args.verb == "evaluate":

@@ -107,6 +107,12 @@ class TrainingConfig:
     metric_for_best: str | None = None
     """Validation metric that picks the best checkpoint (default: accuracy, or pearson for regression)."""
     log_every: int = 10
+    save_every: int | None = None
+    """Write a resumable checkpoint (model, optimizer, scheduler, RNG, data position) every N steps."""
+    save_total_limit: int = 2
+    """Keep the last N checkpoints (plus the one at the best step, when there is one)."""
+    resume: str | None = None
+    """auto: continue from the newest checkpoint in output_dir/checkpoints (if any); or a checkpoint folder."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding; every example still seen once per epoch)."""
     on_nonfinite: Literal["stop", "skip"] = "stop"
@@ -381,6 +387,8 @@ def _check_training(t: TrainingConfig) -> list[str]:
         "max_steps": t.max_steps,
         "eval_every": t.eval_every,
         "early_stopping_patience": t.early_stopping_patience,
+        "save_every": t.save_every,
+        "save_total_limit": t.save_total_limit,
     }
     for key, v in at_least_one.items():
         if v is not None and v < 1:

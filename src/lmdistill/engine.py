@@ -1,10 +1,11 @@
 """THE distillation loop, on Accelerate. Fine-tuning is the same loop with no teacher.
 
-Read top to bottom: set-up (optimizer, schedule, Accelerate), then one loop over batches in which the
-frozen teacher produces its signal, the student produces its outputs, the objective turns both into named
-loss terms, and the optimizer steps. Loss values stay on the device and are fetched only every
+Read top to bottom: set-up (batches, optimizer, schedule, Accelerate, resume), then one loop over batches
+in which the frozen teacher produces its signal, the student produces its outputs, the objective turns both
+into named loss terms, and the optimizer steps. Loss values stay on the device and are fetched only every
 ``log_every`` steps, so the loop never waits on the host. Evaluation every ``eval_every`` steps (or each
-epoch) keeps the best student through ``on_best`` and can stop early.
+epoch) keeps the best student through ``on_best`` and can stop early. Checkpoints every ``save_every``
+steps hold everything needed to continue bit for bit (see :mod:`lmdistill.checkpoint`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from lmdistill import checkpoint
 from lmdistill.config import TrainingConfig
 from lmdistill.data.sampler import LengthGroupedBatchSampler
 from lmdistill.errors import LmdistillError
@@ -48,6 +50,23 @@ class StudentStep(nn.Module):
 
 
 @dataclass
+class LoopState:
+    """Everything about the loop's position that a checkpoint must restore (plain, JSON-able)."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_gain: int = 0
+    last_eval_step: int = -1
+    skipped_batches: int = 0
+    running: dict[str, float] = field(default_factory=dict)
+    n_running: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
 class TrainOutcome:
     """What a run did: steps, best validation figure, time, and the logged history."""
 
@@ -58,6 +77,7 @@ class TrainOutcome:
     best_step: int | None = None
     stopped_early: bool = False
     skipped_batches: int = 0
+    resumed_from: str | None = None
     history: list[dict] = field(default_factory=list)
 
 
@@ -127,17 +147,12 @@ def train(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         cpu=cfg.cpu,
     )
-    if cfg.group_by_length and hasattr(train_set, "lengths"):
-        batching = {"batch_sampler": LengthGroupedBatchSampler(train_set.lengths(), cfg.batch_size, seed)}
-    else:
-        batching = {"batch_size": cfg.batch_size, "shuffle": True, "generator": torch.Generator().manual_seed(seed)}
-    loader = DataLoader(
-        train_set,
-        collate_fn=collate,
-        num_workers=cfg.num_workers,
-        pin_memory=accelerator.device.type == "cuda",
-        **batching,
-    )
+    lengths = train_set.lengths() if hasattr(train_set, "lengths") else [1] * len(train_set)
+    sampler = LengthGroupedBatchSampler(lengths, cfg.batch_size, seed, sort=cfg.group_by_length)
+    # its own generator: creating an epoch's iterator must not draw from the global RNG (dropout), or a
+    # resumed run would see other dropout masks than an uninterrupted one
+    loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+                        pin_memory=accelerator.device.type == "cuda", generator=torch.Generator().manual_seed(seed))
     loader = accelerator.prepare(loader)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.gradient_accumulation_steps))
     total_steps = cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
@@ -159,55 +174,72 @@ def train(
         signal_of = LiveTeacher(teacher)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
+    state = LoopState()
+    resumed_from = checkpoint.find(cfg.resume, out_dir)
+    if resumed_from is not None:
+        state = LoopState(**checkpoint.load(accelerator, resumed_from))
     main = accelerator.is_main_process
     writer = _tensorboard(out_dir) if main else None
-    progress = tqdm(total=total_steps, desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    outcome = TrainOutcome(steps=0, epochs=0.0, train_seconds=0.0)
-    running: dict[str, torch.Tensor] = {}
-    n_running = 0
-    evals_without_gain = 0
-    last_eval_step = -1
+    progress = tqdm(total=total_steps, initial=state.step, desc=desc, disable=not accelerator.is_local_main_process,
+                    dynamic_ncols=True)
+    if resumed_from is not None:
+        progress.write(f"resumed from {resumed_from} at step {state.step}")
+    running = {k: torch.tensor(v, device=accelerator.device) for k, v in state.running.items()}
     log_path = out_dir / "metrics.csv"
     started = time.perf_counter()
 
     def log(row: dict) -> None:
-        outcome.history.append(row)
+        state.history.append(row)
         if main:
-            write_history(log_path, outcome.history)
+            write_history(log_path, state.history)
             if writer is not None:
                 for k, v in row.items():
                     if k not in ("step", "epoch") and isinstance(v, float) and np.isfinite(v):
                         writer.add_scalar(k, v, row["step"])
 
-    def run_eval(step: int, epoch: float) -> bool:
+    def run_eval() -> bool:
         """Evaluate, keep the best student; True when patience has run out."""
-        nonlocal evals_without_gain, last_eval_step
-        last_eval_step = step
+        state.last_eval_step = state.step
         metrics = evaluate(accelerator.unwrap_model(model).student)
         model.train()
-        log({"step": step, "epoch": round(epoch, 4), **{f"eval/{k}": v for k, v in metrics.items()}})
+        log({"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
+             **{f"eval/{k}": v for k, v in metrics.items()}})
         value = metrics.get(cfg.metric_for_best)
-        if value is not None and is_better(cfg.metric_for_best, value, outcome.best_metric):
-            outcome.best_metric, outcome.best_step = value, step
-            evals_without_gain = 0
+        if value is not None and is_better(cfg.metric_for_best, value, state.best_metric):
+            state.best_metric, state.best_step = value, state.step
+            state.evals_without_gain = 0
             if on_best is not None and main:
                 on_best(accelerator.unwrap_model(model).student)
         else:
-            evals_without_gain += 1
-        progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        return cfg.early_stopping_patience is not None and evals_without_gain >= cfg.early_stopping_patience
+            state.evals_without_gain += 1
+        progress.write(f"step {state.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return cfg.early_stopping_patience is not None and state.evals_without_gain >= cfg.early_stopping_patience
+
+    def check_finite(values: dict[str, float]) -> None:
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            progress.close()
+            term = next((k for k in bad if k != "loss"), "loss")
+            raise NonFiniteLoss(
+                f"loss term '{term}' became {values[term]} between steps {state.step - cfg.log_every + 1} and "
+                f"{state.step}; the run stopped and what was saved before is kept. Lower "
+                "training.learning_rate, check the data, or set training.on_nonfinite=skip"
+            )
 
     # ---- the loop -----------------------------------------------------------------------------
-    step = 0
     stop = False
-    for epoch in range(num_epochs):
-        for batch in loader:
+    while state.step < total_steps and not stop and state.epoch < num_epochs:
+        loader.set_epoch(state.epoch)
+        sampler.set_epoch(state.epoch)
+        batches = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+        for batch in batches:
+            state.batches_in_epoch += 1
             with accelerator.accumulate(model):
                 signal = signal_of(batch) if signal_of is not None else None
                 terms = model(batch, signal)
                 loss = objective.total(terms)
                 if cfg.on_nonfinite == "skip" and not torch.isfinite(loss):  # a host sync per step
-                    outcome.skipped_batches += 1
+                    state.skipped_batches += 1
                     loss = loss.detach().nan_to_num(0.0, 0.0, 0.0)
                     terms = {k: v.detach().nan_to_num(0.0, 0.0, 0.0) for k, v in terms.items()}
                 else:
@@ -219,48 +251,44 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
             for k, v in {"loss": loss, **terms}.items():  # summed on the device: no host sync per step
                 running[k] = running.get(k, 0.0) + v.detach().float()
-            n_running += 1
+            state.n_running += 1
             if not accelerator.sync_gradients:
                 continue
-            step += 1
+            state.step += 1
             progress.update(1)
-            epoch_pos = step / steps_per_epoch
-            if step % cfg.log_every == 0 or step == total_steps:
-                values = {k: (v / n_running).item() for k, v in running.items()}
-                running, n_running = {}, 0
-                bad = [k for k, v in values.items() if not math.isfinite(v)]
-                if bad:
-                    progress.close()
-                    term = next((k for k in bad if k != "loss"), "loss")
-                    raise NonFiniteLoss(
-                        f"loss term '{term}' became {values[term]} between steps {step - cfg.log_every + 1} and "
-                        f"{step}; the run stopped and what was saved before is kept. Lower "
-                        "training.learning_rate, check the data, or set training.on_nonfinite=skip"
-                    )
-                log({"step": step, "epoch": round(epoch_pos, 4), "lr": scheduler.get_last_lr()[0],
+            if state.step % cfg.log_every == 0 or state.step == total_steps:
+                values = {k: (v / state.n_running).item() for k, v in running.items()}
+                running, state.n_running = {}, 0
+                check_finite(values)
+                log({"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
+                     "lr": scheduler.get_last_lr()[0],
                      **{("loss" if k == "loss" else f"loss/{k}"): v for k, v in values.items()}})
                 progress.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
-            if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                stop = run_eval(step, epoch_pos)
-            if stop or step >= total_steps:
+            if evaluate is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
+                stop = run_eval()
+            if stop or state.step >= total_steps:
                 break
-        if evaluate is not None and not cfg.eval_every and not stop:
-            stop = run_eval(step, step / steps_per_epoch)
-        if stop or step >= total_steps:
-            break
-    if evaluate is not None and not stop and last_eval_step != step:
-        run_eval(step, step / steps_per_epoch)  # the final student is always evaluated
+            if cfg.save_every and state.step % cfg.save_every == 0:
+                state.running = {k: v.item() for k, v in running.items()}
+                checkpoint.save(accelerator, out_dir, state.__dict__, keep=cfg.save_total_limit)
+        else:  # the epoch ran to its end
+            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+            if evaluate is not None and not cfg.eval_every:
+                stop = run_eval()
+    if evaluate is not None and not stop and state.last_eval_step != state.step:
+        run_eval()  # the final student is always evaluated
     progress.close()
-    outcome.steps = step
-    outcome.epochs = round(step / steps_per_epoch, 4)
-    outcome.stopped_early = stop
-    outcome.train_seconds = time.perf_counter() - started
-    if (evaluate is None or outcome.best_step is None) and on_best is not None and main:
+    if (evaluate is None or state.best_step is None) and on_best is not None and main:
         on_best(accelerator.unwrap_model(model).student)
     if writer is not None:
         writer.close()
     accelerator.wait_for_everyone()
-    return outcome
+    return TrainOutcome(
+        steps=state.step, epochs=round(state.step / steps_per_epoch, 4),
+        train_seconds=time.perf_counter() - started, best_metric=state.best_metric, best_step=state.best_step,
+        stopped_early=stop, skipped_batches=state.skipped_batches,
+        resumed_from=str(resumed_from) if resumed_from else None, history=state.history,
+    )
 
 
 @torch.no_grad()
