@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmdistill.config import Config, DataConfig, load_config, save_config
+from lmdistill.config import SENTENCE_FEATURES, Config, DataConfig, StageConfig, load_config, save_config
 from lmdistill.data.tables import Examples, TaskData, build_task_data, load_frames, load_task_data
 from lmdistill.errors import DataError, ModelError
 
@@ -68,8 +69,8 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _prepare_output(cfg: Config, verb: str) -> Path:
-    out = Path(cfg.output_dir)
+def _prepare_output(cfg: Config, verb: str, out: Path | None = None) -> Path:
+    out = Path(out or cfg.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -153,20 +154,23 @@ def _make_student(cfg: Config, teacher, t_tok, data: TaskData):
         shape = {"num_layers": s.num_layers, "hidden_size": s.hidden_size,
                  "num_attention_heads": s.num_attention_heads, "intermediate_size": s.intermediate_size}
         return fresh_student(teacher, cfg.seed, **shape), tokenizer
-    layers = s.layers if s.layers is not None else select_layers(total, s.num_layers, s.strategy)
+    if s.keep_every is not None:
+        layers = list(range(0, total, s.keep_every))
+    else:
+        layers = s.layers if s.layers is not None else select_layers(total, s.num_layers, s.strategy)
     return student_from_teacher(teacher, layers), tokenizer
 
 
-def _train_and_test(cfg, verb, student, s_tok, teacher, t_tok, data: TaskData, objective) -> RunResult:
+def _train_and_test(cfg: Config, verb: str, student, s_tok, teacher, data: TaskData, objective, sets, collate,
+                    out: Path | None = None, final: bool = True) -> RunResult:
+    """Train, save the best (or, for a non-final stage, the last) student, test it, write results.json."""
     from lmdistill.engine import train
     from lmdistill.models.load import load_saved_classifier
 
-    out = _prepare_output(cfg, verb)
-    regression = cfg.task == "regression"
-    sets, collate, _ = _datasets(data, s_tok, t_tok, cfg, regression)
+    out = _prepare_output(cfg, verb, out)
     eval_collate = type(collate)(collate.student_pad_id)
     model_dir = out / "model"
-    val = data.splits.get("validation")
+    val = data.splits.get("validation") if final else None
 
     def evaluate(model):
         return _metrics(model, sets["validation"], eval_collate, val, cfg.task, data.num_labels,
@@ -175,11 +179,16 @@ def _train_and_test(cfg, verb, student, s_tok, teacher, t_tok, data: TaskData, o
     outcome = train(
         student=student, objective=objective, train_set=sets["train"], collate=collate, cfg=cfg.training,
         seed=cfg.seed, out_dir=out, teacher=teacher, evaluate=evaluate if val is not None else None,
-        on_best=lambda m: save_model(m, s_tok, model_dir), desc=verb,
+        on_best=lambda m: save_model(m, s_tok, model_dir), desc=f"{verb} ({out.name})" if not final else verb,
     )
-    best, _ = load_saved_classifier(str(model_dir), "model")
+    if len(objective.projections):
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in objective.projections.state_dict().items()}
+        save_file(state, str(out / "projections.safetensors"))  # beside the student, not part of it
     results = {"validation": {}, "test": {}}
-    for split in ("validation", "test"):
+    best, _ = load_saved_classifier(str(model_dir), "model")
+    for split in ("validation", "test") if final else ():
         if split in sets:
             results[split] = _metrics(best, sets[split], eval_collate, data.splits[split], cfg.task,
                                       data.num_labels, cfg.training.eval_batch_size)
@@ -192,9 +201,40 @@ def _train_and_test(cfg, verb, student, s_tok, teacher, t_tok, data: TaskData, o
     )
     summary = {k: v for k, v in asdict(result).items() if k != "history"}
     summary.update(output_dir=str(out), model_dir=str(model_dir), label_names=data.label_names,
-                   stopped_early=outcome.stopped_early, skipped_batches=outcome.skipped_batches, split_sizes={k: len(v) for k, v in data.splits.items()})
+                   stopped_early=outcome.stopped_early, skipped_batches=outcome.skipped_batches,
+                   resumed_from=outcome.resumed_from, loss_terms=sorted(objective.weights) +
+                   [m.name for m in objective.matches], split_sizes={k: len(v) for k, v in data.splits.items()})
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return result
+
+
+def build_objective(cfg: Config, stage: StageConfig, student, teacher, separate_tokenizers: bool, key: str):
+    """The objective of one stage: output losses + resolved matches (refused across tokenizers when
+    token-level)."""
+    from lmdistill.objective import ModelShape, Objective, resolve_matches
+
+    token_level = [m.feature for m in stage.matches if m.feature not in SENTENCE_FEATURES]
+    if separate_tokenizers and token_level:
+        raise ModelError(
+            f"{key}.matches: feature '{token_level[0]}' is token-level and needs teacher and student to "
+            "share one tokenizer, but their tokenizers differ; use sentence-level features (cls, mean), "
+            "output losses (kd), or a student with the teacher's tokenizer"
+        )
+    s_shape, t_shape = ModelShape.of(student), ModelShape.of(teacher)
+    matches = resolve_matches(stage.matches, s_shape, t_shape, f"{key}.matches")
+    d = cfg.distill
+    return Objective(stage.losses, stage.temperature or d.temperature, matches=matches,
+                     student_width=s_shape.width, teacher_width=t_shape.width,
+                     temperature_schedule=d.temperature_schedule, loss_schedules=d.loss_schedules,
+                     kd_scale_t2=d.kd_scale_t2)
+
+
+def stages_of(cfg: Config) -> list[StageConfig]:
+    """The stages to run: ``distill.stages``, or one stage made of ``distill.losses`` and ``matches``."""
+    d = cfg.distill
+    if d.stages:
+        return d.stages
+    return [StageConfig(name="distill", losses=d.losses, matches=d.matches, temperature=d.temperature)]
 
 
 # --------------------------------------------------------------------------- public API
@@ -209,21 +249,40 @@ def finetune(config: str | Path | dict | Config, overrides: list[str] | tuple[st
     data = load_task_data(cfg.data, cfg.task, cfg.seed)
     model, tok = load_classifier(cfg.model, "model", num_labels=data.num_labels, label_names=data.label_names)
     objective = Objective({"mse": 1.0} if cfg.task == "regression" else {"ce": 1.0})
-    return _train_and_test(cfg, "finetune", model, tok, None, None, data, objective)
+    sets, collate, _ = _datasets(data, tok, None, cfg, cfg.task == "regression")
+    return _train_and_test(cfg, "finetune", model, tok, None, data, objective, sets, collate)
 
 
 def distill(config: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
-    """Distill the fine-tuned ``teacher`` into the configured ``student``; returns metrics and paths."""
+    """Distill the fine-tuned ``teacher`` into the configured ``student``; returns metrics and paths.
+
+    With ``distill.stages`` (TinyBERT, MiniLM recipes) the stages run one after another on the same student;
+    earlier stages write into ``OUTPUT_DIR/stage-N-NAME``, the last into ``OUTPUT_DIR``.
+    """
     from lmdistill.models.load import load_saved_classifier
-    from lmdistill.objective import Objective
 
     cfg = load_config(config, overrides, verb="distill")
     data = load_task_data(cfg.data, cfg.task, cfg.seed)
     teacher, t_tok = load_saved_classifier(cfg.teacher.name_or_path, "teacher.name_or_path")
     _check_teacher_labels(teacher, data, cfg.task)
     student, s_tok = _make_student(cfg, teacher, t_tok, data)
-    objective = Objective(cfg.distill.losses, cfg.distill.temperature)
-    return _train_and_test(cfg, "distill", student, s_tok, teacher, t_tok, data, objective)
+    sets, collate, separate = _datasets(data, s_tok, t_tok, cfg, cfg.task == "regression")
+    stages = stages_of(cfg)
+    key = "distill" if not cfg.distill.stages else "distill.stages[{}]"
+    objectives = [build_objective(cfg, st, student, teacher, separate, key.format(i)) for i, st in enumerate(stages)]
+    result = None
+    for i, (stage, objective) in enumerate(zip(stages, objectives)):
+        final = i == len(stages) - 1
+        stage_cfg = copy.deepcopy(cfg)
+        for k in ("epochs", "learning_rate"):
+            if getattr(stage, k) is not None:
+                setattr(stage_cfg.training, k, getattr(stage, k))
+        if not final:
+            stage_cfg.training.resume = None
+        out = None if final else Path(cfg.output_dir) / f"stage-{i + 1}-{stage.name}"
+        result = _train_and_test(stage_cfg, "distill", student, s_tok, teacher, data, objective, sets, collate,
+                                 out=out, final=final)
+    return result
 
 
 def evaluate(

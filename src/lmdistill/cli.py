@@ -87,8 +87,11 @@ def _run(args: argparse.Namespace) -> int:
         load_config(raw, args.overrides, verb=args.for_verb or infer_verb(raw))
         print("ok")
         return 0
+    from transformers.utils import logging as hf_logging
+
     from lmdistill import api
 
+    hf_logging.disable_progress_bar()  # our own bar shows the run; theirs would interleave with it
     if args.verb in ("finetune", "distill"):
         overrides = list(args.overrides) + ([f"training.resume={args.resume}"] if args.resume else [])
         result = getattr(api, args.verb)(args.config, overrides)

@@ -73,6 +73,8 @@ class StudentConfig:
     num_layers: int | None = None
     """from_teacher: how many layers to keep (chosen by `strategy`); config: the depth."""
     strategy: Literal["uniform", "first", "last"] = "uniform"
+    keep_every: int | None = None
+    """from_teacher: keep every k-th teacher layer, from layer 0 (DistilBERT: 2)."""
     name_or_path: str | None = None
     """pretrained: a local folder or hub id."""
     tokenizer: str | None = None
@@ -123,12 +125,81 @@ class TrainingConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    """How a value moves from its start (the configured value) to ``end`` over training."""
+
+    kind: Literal["constant", "linear", "cosine"] = "constant"
+    end: float | None = None
+    """The value at the last step (required for linear and cosine)."""
+
+
+# feature -> the losses that apply to it (the first is the default)
+FEATURE_LOSSES = {
+    "embeddings": ("mse", "cosine"),
+    "hidden": ("mse", "cosine"),
+    "cls": ("cls_mse", "mse", "cosine"),
+    "mean": ("mse", "cosine"),
+    "attention": ("kl", "mse"),
+    "attention_scores": ("mse",),
+    "qq": ("kl",),
+    "kk": ("kl",),
+    "vv": ("kl",),
+}
+SENTENCE_FEATURES = ("cls", "mean")
+
+
+@dataclass
+class MatchConfig:
+    """One piece of intermediate knowledge: a teacher feature matched to a student feature.
+
+    Give ``teacher_layer`` and ``student_layer`` (0-based; negative counts from the end: -1 is the last),
+    or leave them out and let ``strategy`` pair every student layer with a teacher layer.
+    """
+
+    feature: Literal["embeddings", "hidden", "cls", "mean", "attention", "attention_scores", "qq", "kk", "vv"]
+    loss: str | None = None
+    """mse | cosine | cls_mse | kl (default: the first that applies to the feature)."""
+    weight: float = 1.0
+    teacher_layer: int | None = None
+    student_layer: int | None = None
+    strategy: Literal["auto", "uniform", "skip", "last", "first"] = "auto"
+    projection: bool | None = None
+    """Learn a linear map student width -> teacher width (default: only when the widths differ)."""
+    relation_heads: int | None = None
+    """Relation heads for qq/kk/vv (default: the teacher's attention heads)."""
+    head_rule: Literal["average", "select"] | None = None
+    """attention with different head counts: average teacher head groups, or select the first heads."""
+    schedule: ScheduleConfig | None = None
+
+
+@dataclass
+class StageConfig:
+    """One stage of a multi-stage recipe (TinyBERT: intermediate layers first, then predictions)."""
+
+    name: str = "stage"
+    losses: dict[str, float] = field(default_factory=dict)
+    matches: list[MatchConfig] = field(default_factory=list)
+    temperature: float | None = None
+    epochs: float | None = None
+    learning_rate: float | None = None
+
+
+@dataclass
 class DistillSection:
     """What the student learns from the teacher."""
 
+    method: str | None = None
+    """A published recipe: distilbert, pkd-skip, pkd-last, tinybert, minilm, minilmv2 (see docs/methods.md)."""
     temperature: float = 2.0
+    temperature_schedule: ScheduleConfig | None = None
+    kd_scale_t2: bool = True
+    """Multiply the soft-target loss by T^2 (Hinton et al.); Patient KD's recipe does not."""
     losses: dict[str, float] | None = None
     """Loss term -> weight. Default: {kd: 0.5, ce: 0.5} (classification), {kd_mse: 0.5, mse: 0.5} (regression)."""
+    loss_schedules: dict[str, ScheduleConfig] = field(default_factory=dict)
+    matches: list[MatchConfig] = field(default_factory=list)
+    stages: list[StageConfig] = field(default_factory=list)
+    """Run these stages one after another on the same student (each overrides losses/matches)."""
 
 
 @dataclass
@@ -164,6 +235,7 @@ def load_config(
     else:
         raw = read_yaml(Path(source))
     raw = apply_overrides(raw, overrides)
+    raw = apply_method(raw)
     errors: list[str] = []
     cfg = _build(Config, raw, "", errors)
     errors.extend(check(cfg, verb))
@@ -171,6 +243,24 @@ def load_config(
         raise ConfigError(errors)
     resolve_defaults(cfg)
     return cfg
+
+
+def apply_method(raw: dict) -> dict:
+    """Lay a preset (``distill.method``) under the user's keys: what the user wrote wins."""
+    from lmdistill.methods.presets import PRESETS
+
+    distill = raw.get("distill") if isinstance(raw, dict) else None
+    method = distill.get("method") if isinstance(distill, dict) else None
+    if not isinstance(method, str) or method not in PRESETS:
+        return raw  # an unknown name is reported by check()
+    return _deep_merge(PRESETS[method], raw)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
 
 
 def read_yaml(path: Path) -> dict:
@@ -236,6 +326,13 @@ def _build(cls: type, raw: Any, path: str, errors: list[str]) -> Any:
         return cls()
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in raw]
+    for n in missing:
+        errors.append(f"{_join(path, n)} is required")
+    if missing:
+        return None
     kwargs = {}
     for key, value in raw.items():
         key_path = _join(path, str(key))
@@ -407,10 +504,12 @@ def _check_training(t: TrainingConfig) -> list[str]:
 def _check_student(s: StudentConfig) -> list[str]:
     errors = []
     if s.init == "from_teacher":
-        if s.layers is None and s.num_layers is None:
-            errors.append("student.layers or student.num_layers is required when student.init is from_teacher")
-        if s.layers is not None and s.num_layers is not None:
-            errors.append("student.layers and student.num_layers are both set: keep one")
+        given = [k for k in ("layers", "num_layers", "keep_every") if getattr(s, k) is not None]
+        if not given:
+            errors.append("student.layers, student.num_layers or student.keep_every is required when "
+                          "student.init is from_teacher")
+        if len(given) > 1:
+            errors.append(f"student.{given[0]} and student.{given[1]} are both set: keep one")
         if s.layers is not None:
             if not s.layers:
                 errors.append("student.layers must name at least one teacher layer")
@@ -423,7 +522,7 @@ def _check_student(s: StudentConfig) -> list[str]:
             errors.append("student.name_or_path is required when student.init is pretrained")
     elif s.init == "config" and s.num_layers is None:
         errors.append("student.num_layers is required when student.init is config")
-    for key in ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size"):
+    for key in ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size", "keep_every"):
         v = getattr(s, key)
         if v is not None and v < 1:
             errors.append(f"student.{key} must be at least 1, got {v}")
@@ -436,20 +535,77 @@ def _check_student(s: StudentConfig) -> list[str]:
 
 
 def _check_distill(cfg: Config) -> list[str]:
+    from lmdistill.methods.presets import PRESETS
+
     d = cfg.distill
     errors = []
+    if d.method is not None and d.method not in PRESETS:
+        errors.append(f"distill.method '{d.method}' is not a known recipe{_suggest(d.method, PRESETS)} "
+                      f"(known: {', '.join(PRESETS)})")
     if not d.temperature > 0:
         errors.append(f"distill.temperature must be greater than 0, got {d.temperature}")
+    errors += _check_schedule(d.temperature_schedule, "distill.temperature_schedule", positive=True)
     if d.losses is not None:
-        known = CLASSIFICATION_LOSSES if cfg.task == "classification" else REGRESSION_LOSSES
-        for name, w in d.losses.items():
-            if name not in known:
-                hint = _suggest(name, known) or f" (for task {cfg.task} use: {', '.join(known)})"
-                errors.append(f"distill.losses.{name} is not a loss for task {cfg.task}{hint}")
-            elif w < 0:
-                errors.append(f"distill.losses.{name} must be 0 or more, got {w}")
-        if not d.losses or sum(max(w, 0) for w in d.losses.values()) <= 0:
-            errors.append("distill.losses needs at least one loss with a weight above 0 (e.g. {kd: 0.5, ce: 0.5})")
+        errors += _check_losses(d.losses, cfg.task, "distill.losses", need_one=not d.matches and not d.stages)
+    for name, sched in d.loss_schedules.items():
+        if d.losses is not None and name not in d.losses:
+            errors.append(f"distill.loss_schedules.{name} names no loss in distill.losses ({', '.join(d.losses)})")
+        errors += _check_schedule(sched, f"distill.loss_schedules.{name}")
+    errors += _check_matches(d.matches, "distill.matches")
+    for i, st in enumerate(d.stages):
+        key = f"distill.stages[{i}]"
+        errors += _check_losses(st.losses, cfg.task, f"{key}.losses", need_one=not st.matches)
+        errors += _check_matches(st.matches, f"{key}.matches")
+        for k in ("temperature", "epochs", "learning_rate"):
+            v = getattr(st, k)
+            if v is not None and not v > 0:
+                errors.append(f"{key}.{k} must be greater than 0, got {v}")
+    return errors
+
+
+def _check_losses(losses: dict[str, float], task: str, key: str, need_one: bool) -> list[str]:
+    errors = []
+    known = CLASSIFICATION_LOSSES if task == "classification" else REGRESSION_LOSSES
+    for name, w in losses.items():
+        if name not in known:
+            hint = _suggest(name, known) or f" (for task {task} use: {', '.join(known)})"
+            errors.append(f"{key}.{name} is not a loss for task {task}{hint}")
+        elif not w >= 0:
+            errors.append(f"{key}.{name} must be 0 or more, got {w}")
+    if need_one and sum(w for w in losses.values() if w > 0) <= 0:
+        errors.append(f"{key} needs at least one loss with a weight above 0 (e.g. {{kd: 0.5, ce: 0.5}}), "
+                      "or add matches")
+    return errors
+
+
+def _check_schedule(sched: ScheduleConfig | None, key: str, positive: bool = False) -> list[str]:
+    if sched is None:
+        return []
+    if sched.kind != "constant" and sched.end is None:
+        return [f"{key}.end is required for a {sched.kind} schedule (the value at the last step)"]
+    if sched.end is not None and (sched.end < 0 or (positive and sched.end == 0)):
+        return [f"{key}.end must be {'above' if positive else 'at least'} 0, got {sched.end}"]
+    return []
+
+
+def _check_matches(matches: list[MatchConfig], key: str) -> list[str]:
+    errors = []
+    for i, m in enumerate(matches):
+        where = f"{key}[{i}]"
+        allowed = FEATURE_LOSSES[m.feature]
+        if m.loss is not None and m.loss not in allowed:
+            errors.append(f"{where}.loss '{m.loss}' does not apply to feature {m.feature} "
+                          f"(use one of: {', '.join(allowed)})")
+        if not m.weight >= 0:
+            errors.append(f"{where}.weight must be 0 or more, got {m.weight}")
+        if (m.teacher_layer is None) != (m.student_layer is None):
+            errors.append(f"{where}: give both teacher_layer and student_layer, or neither (then strategy pairs "
+                          "every student layer)")
+        if m.relation_heads is not None and m.relation_heads < 1:
+            errors.append(f"{where}.relation_heads must be at least 1, got {m.relation_heads}")
+        if m.relation_heads is not None and m.feature not in ("qq", "kk", "vv"):
+            errors.append(f"{where}.relation_heads applies only to qq, kk and vv, not {m.feature}")
+        errors += _check_schedule(m.schedule, f"{where}.schedule")
     return errors
 
 

@@ -45,8 +45,9 @@ class StudentStep(nn.Module):
         self.objective = objective
 
     def forward(self, batch: dict, signal: TeacherSignal | None) -> dict[str, torch.Tensor]:
-        out = self.student(**batch["student"])
-        return self.objective(out, signal, batch)
+        out = self.student(**batch["student"], output_hidden_states=self.objective.needs_hidden or None)
+        tap = self.objective.student_tap
+        return self.objective(out, signal, batch, tap.pop() if tap is not None else None)
 
 
 @dataclass
@@ -171,7 +172,9 @@ def train(
     signal_of = None
     if teacher is not None and objective.needs_teacher:
         teacher.to(accelerator.device)
-        signal_of = LiveTeacher(teacher)
+    objective.attach(student, teacher)
+    if teacher is not None and objective.needs_teacher:
+        signal_of = LiveTeacher(teacher, hidden_states=objective.needs_hidden, tap=objective.teacher_tap)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     state = LoopState()
@@ -228,55 +231,59 @@ def train(
 
     # ---- the loop -----------------------------------------------------------------------------
     stop = False
-    while state.step < total_steps and not stop and state.epoch < num_epochs:
-        loader.set_epoch(state.epoch)
-        sampler.set_epoch(state.epoch)
-        batches = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
-        for batch in batches:
-            state.batches_in_epoch += 1
-            with accelerator.accumulate(model):
-                signal = signal_of(batch) if signal_of is not None else None
-                terms = model(batch, signal)
-                loss = objective.total(terms)
-                if cfg.on_nonfinite == "skip" and not torch.isfinite(loss):  # a host sync per step
-                    state.skipped_batches += 1
-                    loss = loss.detach().nan_to_num(0.0, 0.0, 0.0)
-                    terms = {k: v.detach().nan_to_num(0.0, 0.0, 0.0) for k, v in terms.items()}
-                else:
-                    accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            for k, v in {"loss": loss, **terms}.items():  # summed on the device: no host sync per step
-                running[k] = running.get(k, 0.0) + v.detach().float()
-            state.n_running += 1
-            if not accelerator.sync_gradients:
-                continue
-            state.step += 1
-            progress.update(1)
-            if state.step % cfg.log_every == 0 or state.step == total_steps:
-                values = {k: (v / state.n_running).item() for k, v in running.items()}
-                running, state.n_running = {}, 0
-                check_finite(values)
-                log({"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
-                     "lr": scheduler.get_last_lr()[0],
-                     **{("loss" if k == "loss" else f"loss/{k}"): v for k, v in values.items()}})
-                progress.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
-            if evaluate is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
-                stop = run_eval()
-            if stop or state.step >= total_steps:
-                break
-            if cfg.save_every and state.step % cfg.save_every == 0:
-                state.running = {k: v.item() for k, v in running.items()}
-                checkpoint.save(accelerator, out_dir, state.__dict__, keep=cfg.save_total_limit)
-        else:  # the epoch ran to its end
-            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
-            if evaluate is not None and not cfg.eval_every:
-                stop = run_eval()
-    if evaluate is not None and not stop and state.last_eval_step != state.step:
-        run_eval()  # the final student is always evaluated
+    try:
+        while state.step < total_steps and not stop and state.epoch < num_epochs:
+            loader.set_epoch(state.epoch)
+            sampler.set_epoch(state.epoch)
+            batches = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+            for batch in batches:
+                state.batches_in_epoch += 1
+                objective.progress = state.step / total_steps
+                with accelerator.accumulate(model):
+                    signal = signal_of(batch) if signal_of is not None else None
+                    terms = model(batch, signal)
+                    loss = objective.total(terms)
+                    if cfg.on_nonfinite == "skip" and not torch.isfinite(loss):  # a host sync per step
+                        state.skipped_batches += 1
+                        loss = loss.detach().nan_to_num(0.0, 0.0, 0.0)
+                        terms = {k: v.detach().nan_to_num(0.0, 0.0, 0.0) for k, v in terms.items()}
+                    else:
+                        accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm is not None:
+                        accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for k, v in {"loss": loss, **terms}.items():  # summed on the device: no host sync per step
+                    running[k] = running.get(k, 0.0) + v.detach().float()
+                state.n_running += 1
+                if not accelerator.sync_gradients:
+                    continue
+                state.step += 1
+                progress.update(1)
+                if state.step % cfg.log_every == 0 or state.step == total_steps:
+                    values = {k: (v / state.n_running).item() for k, v in running.items()}
+                    running, state.n_running = {}, 0
+                    check_finite(values)
+                    log({"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
+                         "lr": scheduler.get_last_lr()[0],
+                         **{("loss" if k == "loss" else f"loss/{k}"): v for k, v in values.items()}})
+                    progress.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
+                if evaluate is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
+                    stop = run_eval()
+                if stop or state.step >= total_steps:
+                    break
+                if cfg.save_every and state.step % cfg.save_every == 0:
+                    state.running = {k: v.item() for k, v in running.items()}
+                    checkpoint.save(accelerator, out_dir, state.__dict__, keep=cfg.save_total_limit)
+            else:  # the epoch ran to its end
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+                if evaluate is not None and not cfg.eval_every:
+                    stop = run_eval()
+        if evaluate is not None and not stop and state.last_eval_step != state.step:
+            run_eval()  # the final student is always evaluated
+    finally:
+        objective.detach()  # hooks never outlive the run
     progress.close()
     if (evaluate is None or state.best_step is None) and on_best is not None and main:
         on_best(accelerator.unwrap_model(model).student)

@@ -105,9 +105,11 @@ def load_frames(cfg: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
     frames: dict[str, pd.DataFrame] = {}
     builtin = _builtin() if cfg.dataset else None
     if builtin is not None and cfg.dataset in builtin.BUILTIN_DATASETS:
+        from lmdistill.resources import FetchError
+
         try:
             frames["train"] = builtin.load_builtin(cfg.dataset, cfg.options)
-        except ValueError as e:
+        except (ValueError, FetchError) as e:
             raise DataError(f"data.dataset '{cfg.dataset}': {e}") from None
         given = {}
     elif cfg.dataset:
