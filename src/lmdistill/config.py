@@ -20,7 +20,7 @@ import yaml
 
 from lmdistill.errors import ConfigError
 
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "causal_lm", "mlm", "general", "embedding"]
 Verb = Literal["finetune", "distill"]
 
 
@@ -203,6 +203,20 @@ class DistillSection:
 
 
 @dataclass
+class ReportConfig:
+    """How `compress` and `report` measure the models."""
+
+    country_iso_code: str = "USA"
+    """Country whose electricity mix converts energy to CO2 (codecarbon, offline)."""
+    latency_repeats: int = 20
+    warmup: int = 3
+    speed_texts: int = 256
+    """How many test texts are used for the speed, memory and energy measurements."""
+    energy: bool = True
+    bootstrap_resamples: int = 1000
+
+
+@dataclass
 class Config:
     """The whole run. `finetune` uses `model`; `distill` uses `teacher` and `student`."""
 
@@ -215,6 +229,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     distill: DistillSection = field(default_factory=DistillSection)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 # --------------------------------------------------------------------------- loading
@@ -429,8 +444,16 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:  # noqa:
 # --------------------------------------------------------------------------- checks
 
 
-CLASSIFICATION_LOSSES = ("kd", "ce", "kd_mse")
-REGRESSION_LOSSES = ("kd_mse", "mse")
+# per task: the output-level loss terms it knows, its default weights, and the metric that picks the best model
+TASK_LOSSES: dict[str, tuple[str, ...]] = {
+    "classification": ("kd", "ce", "kd_mse"),
+    "regression": ("kd_mse", "mse"),
+}
+DEFAULT_LOSSES: dict[str, dict[str, float]] = {
+    "classification": {"kd": 0.5, "ce": 0.5},
+    "regression": {"kd_mse": 0.5, "mse": 0.5},
+}
+DEFAULT_METRIC: dict[str, str] = {"classification": "accuracy", "regression": "pearson"}
 
 
 def check(cfg: Config, verb: Verb | None = None) -> list[str]:
@@ -565,7 +588,7 @@ def _check_distill(cfg: Config) -> list[str]:
 
 def _check_losses(losses: dict[str, float], task: str, key: str, need_one: bool) -> list[str]:
     errors = []
-    known = CLASSIFICATION_LOSSES if task == "classification" else REGRESSION_LOSSES
+    known = TASK_LOSSES.get(task, ())
     for name, w in losses.items():
         if name not in known:
             hint = _suggest(name, known) or f" (for task {task} use: {', '.join(known)})"
@@ -612,9 +635,9 @@ def _check_matches(matches: list[MatchConfig], key: str) -> list[str]:
 def resolve_defaults(cfg: Config) -> None:
     """Fill defaults that depend on other keys, so the saved config states exactly what ran."""
     if cfg.distill.losses is None:
-        cfg.distill.losses = {"kd": 0.5, "ce": 0.5} if cfg.task == "classification" else {"kd_mse": 0.5, "mse": 0.5}
+        cfg.distill.losses = dict(DEFAULT_LOSSES.get(cfg.task, {}))
     if cfg.training.metric_for_best is None:
-        cfg.training.metric_for_best = "accuracy" if cfg.task == "classification" else "pearson"
+        cfg.training.metric_for_best = DEFAULT_METRIC.get(cfg.task, "loss")
 
 
 def infer_verb(cfg_raw: dict | Config) -> Verb:

@@ -176,6 +176,7 @@ def train(
     if teacher is not None and objective.needs_teacher:
         signal_of = LiveTeacher(teacher, hidden_states=objective.needs_hidden, tap=objective.teacher_tap)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    prepare = getattr(objective, "prepare_batch", None)
 
     state = LoopState()
     resumed_from = checkpoint.find(cfg.resume, out_dir)
@@ -240,6 +241,8 @@ def train(
                 state.batches_in_epoch += 1
                 objective.progress = state.step / total_steps
                 with accelerator.accumulate(model):
+                    if prepare is not None:  # e.g. on-policy distillation: the student writes the batch
+                        batch = prepare(batch, accelerator.unwrap_model(model).student)
                     signal = signal_of(batch) if signal_of is not None else None
                     terms = model(batch, signal)
                     loss = objective.total(terms)
