@@ -42,6 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     _add_resume(p)
 
+    p = verbs.add_parser("compress", help="the whole pipeline: teacher, student, no-KD baseline, report",
+                         description="Fine-tune the teacher (model.name_or_path) unless it is already trained for the "
+                                     "task (or teacher.name_or_path names one), distill the student, train the same "
+                                     "student without distillation as the baseline, evaluate all three on the test "
+                                     "split and write OUTPUT_DIR/report.md and report.html.")
+    _add_config(p)
+
+    p = verbs.add_parser("report", help="evaluate and measure finished runs, write report.md and report.html",
+                         description="Build the compression report (quality with 95%% bootstrap intervals, size, "
+                                     "latency, throughput, memory, energy, plots) from run folders of finetune, "
+                                     "distill or compress. Roles are read from each run; name them with --teacher, "
+                                     "--student, --baseline to choose.")
+    p.add_argument("runs", nargs="*", help="run folders (OUTPUT_DIR of finetune, distill or compress)")
+    p.add_argument("--teacher", help="teacher run or model folder")
+    p.add_argument("--student", help="distilled student run or model folder")
+    p.add_argument("--baseline", help="no-KD baseline run or model folder")
+    p.add_argument("--config", help="config whose data section gives the test split (default: the student run's)")
+    p.add_argument("--output", help="folder for report.md / report.html (default: the config's output_dir)")
+
     p = verbs.add_parser("evaluate", help="evaluate a saved model on a data split or file",
                          description="Evaluate a saved model; prints metrics as a table and JSON.")
     p.add_argument("model", help="folder of a saved model (e.g. runs/student/model)")
@@ -66,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Check a config without running it: exit 0 and print 'ok', or print "
                                      "every problem (one per line) and exit 2.")
     _add_config(p)
-    p.add_argument("--for", dest="for_verb", choices=("finetune", "distill"),
+    p.add_argument("--for", dest="for_verb", choices=("finetune", "distill", "compress"),
                    help="the verb to check for (default: distill when a teacher is named, else finetune)")
     return parser
 
@@ -113,6 +132,18 @@ def _run(args: argparse.Namespace) -> int:
     from lmdistill import api
 
     hf_logging.disable_progress_bar()  # our own bar shows the run; theirs would interleave with it
+    if args.verb == "compress":
+        from lmdistill.pipeline import compress
+
+        compress(args.config, args.overrides)
+        return 0
+    if args.verb == "report":
+        from lmdistill.pipeline import report
+
+        _, md, html = report(args.runs, teacher=args.teacher, student=args.student, baseline=args.baseline,
+                             out_dir=args.output, config=args.config)
+        print(f"report: {html}\n        {md}")
+        return 0
     if args.verb in ("finetune", "distill"):
         overrides = list(args.overrides) + ([f"training.resume={args.resume}"] if args.resume else [])
         result = getattr(api, args.verb)(args.config, overrides)

@@ -21,7 +21,7 @@ import yaml
 from lmdistill.errors import ConfigError
 
 Task = Literal["classification", "regression", "causal_lm", "mlm", "general", "embedding"]
-Verb = Literal["finetune", "distill"]
+Verb = Literal["finetune", "distill", "compress"]
 
 
 @dataclass
@@ -203,6 +203,41 @@ class DistillSection:
 
 
 @dataclass
+class CausalLMConfig:
+    """Causal LM distillation (``task: causal_lm``): the token-level divergence, the teacher signal, the data
+    layout and generation (see docs/causal_lm.md)."""
+
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"] = (
+        "forward_kl"
+    )
+    """forward_kl = KL(teacher || student); reverse_kl = KL(student || teacher) (MiniLLM); jsd (GKD, ``beta``);
+    skew_forward_kl / skew_reverse_kl (DistiLLM, ``alpha``); tvd (total variation)."""
+    beta: float = 0.5
+    """jsd: the teacher's weight in the mixture; 0 = forward_kl, 1 = reverse_kl (continuous at both ends)."""
+    alpha: float = 0.1
+    """skew_*: the skew (DistiLLM's default 0.1); 0 = the plain KL."""
+    top_k: int | None = None
+    """Use only the teacher's k most likely tokens plus their tail mass (null: the full distribution)."""
+    chunk_size: int = 512
+    """Token positions per chunk of the divergence (bounds the float32 (chunk, vocab) temporaries)."""
+    seq_kd: bool = False
+    """Sequence-level KD (Kim & Rush 2016): train on the teacher's greedy continuations, generated once and
+    cached in output_dir/seq_kd."""
+    on_policy: float = 0.0
+    """GKD's lambda: the probability that a batch is made of the student's own samples (scored by the teacher)."""
+    max_new_tokens: int = 64
+    """Tokens generated per example (seq_kd, on_policy); raw-text prompts are the tokens before the last
+    max_new_tokens."""
+    generation_temperature: float = 1.0
+    """Sampling temperature of the student's on-policy samples (0: greedy)."""
+    block_size: int | None = None
+    """Raw text: tokens per training block after packing documents (default: data.max_length)."""
+    prompt_column: str | None = None
+    """Prompt/response data: the prompt column (no loss on its tokens); set with response_column."""
+    response_column: str | None = None
+
+
+@dataclass
 class ReportConfig:
     """How `compress` and `report` measure the models."""
 
@@ -230,6 +265,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     distill: DistillSection = field(default_factory=DistillSection)
     report: ReportConfig = field(default_factory=ReportConfig)
+    lm: CausalLMConfig = field(default_factory=CausalLMConfig)
 
 
 # --------------------------------------------------------------------------- loading
@@ -449,11 +485,14 @@ TASK_LOSSES: dict[str, tuple[str, ...]] = {
     "classification": ("kd", "ce", "kd_mse"),
     "regression": ("kd_mse", "mse"),
 }
+TASK_LOSSES["causal_lm"] = ("kd", "lm")
 DEFAULT_LOSSES: dict[str, dict[str, float]] = {
     "classification": {"kd": 0.5, "ce": 0.5},
     "regression": {"kd_mse": 0.5, "mse": 0.5},
 }
+DEFAULT_LOSSES["causal_lm"] = {"kd": 0.5, "lm": 0.5}
 DEFAULT_METRIC: dict[str, str] = {"classification": "accuracy", "regression": "pearson"}
+DEFAULT_METRIC["causal_lm"] = "perplexity"
 
 
 def check(cfg: Config, verb: Verb | None = None) -> list[str]:
@@ -461,13 +500,31 @@ def check(cfg: Config, verb: Verb | None = None) -> list[str]:
     errors: list[str] = []
     errors += _check_data(cfg.data)
     errors += _check_training(cfg.training)
+    errors += _check_lm(cfg, verb)
     if verb == "finetune" and not cfg.model.name_or_path:
         errors.append("model.name_or_path is required for finetune: the pretrained model to fine-tune")
-    if verb == "distill":
-        if not cfg.teacher.name_or_path:
-            errors.append("teacher.name_or_path is required for distill: a fine-tuned teacher folder or hub id")
+    if verb == "distill" and not cfg.teacher.name_or_path:
+        errors.append("teacher.name_or_path is required for distill: a fine-tuned teacher folder or hub id")
+    if verb == "compress" and not cfg.teacher.name_or_path and not cfg.model.name_or_path:
+        errors.append("compress needs model.name_or_path (the model to fine-tune as teacher) or "
+                      "teacher.name_or_path (a teacher already fine-tuned for the task)")
+    if verb in ("distill", "compress"):
         errors += _check_student(cfg.student)
         errors += _check_distill(cfg)
+    errors += _check_report(cfg.report)
+    return errors
+
+
+def _check_report(r: ReportConfig) -> list[str]:
+    errors = []
+    for key in ("latency_repeats", "speed_texts", "bootstrap_resamples"):
+        if getattr(r, key) < 1:
+            errors.append(f"report.{key} must be at least 1, got {getattr(r, key)}")
+    if r.warmup < 0:
+        errors.append(f"report.warmup must be 0 or more, got {r.warmup}")
+    if len(r.country_iso_code) != 3 or not r.country_iso_code.isalpha():
+        errors.append(f"report.country_iso_code must be a 3-letter ISO code such as USA, FRA or DEU, "
+                      f"got '{r.country_iso_code}'")
     return errors
 
 
@@ -490,6 +547,31 @@ def _check_data(d: DataConfig) -> list[str]:
             errors.append(f"data.{key} must be at least 1, got {v}")
     if d.label_names is not None and len(set(d.label_names)) != len(d.label_names):
         errors.append(f"data.label_names has duplicates: {d.label_names}")
+    return errors
+
+
+def _check_lm(cfg: Config, verb: Verb | None) -> list[str]:
+    """The ``lm`` section: ranges always; what needs a teacher only for task causal_lm."""
+    lm = cfg.lm
+    errors = [f"lm.{k} must be between 0 and 1, got {getattr(lm, k)}" for k in ("beta", "alpha", "on_policy")
+              if not 0.0 <= getattr(lm, k) <= 1.0]
+    for key in ("top_k", "chunk_size", "max_new_tokens"):
+        v = getattr(lm, key)
+        if v is not None and v < 1:
+            errors.append(f"lm.{key} must be at least 1, got {v}")
+    if lm.block_size is not None and lm.block_size < 4:
+        errors.append(f"lm.block_size must be at least 4 tokens, got {lm.block_size}")
+    if lm.generation_temperature < 0:
+        errors.append(f"lm.generation_temperature must be 0 (greedy) or more, got {lm.generation_temperature}")
+    if (lm.prompt_column is None) != (lm.response_column is None):
+        errors.append("lm.prompt_column and lm.response_column go together: set both (prompt/response data) "
+                      "or neither (raw text in data.text_column)")
+    if cfg.task == "causal_lm":
+        if verb == "finetune" and (lm.seq_kd or lm.on_policy > 0):
+            key = "lm.seq_kd" if lm.seq_kd else "lm.on_policy"
+            errors.append(f"{key} needs a teacher: use `lmdistill distill` (finetune trains on the data alone)")
+        if cfg.distill.stages:
+            errors.append("distill.stages is not supported for task causal_lm: use distill.losses and matches")
     return errors
 
 
@@ -641,11 +723,14 @@ def resolve_defaults(cfg: Config) -> None:
 
 
 def infer_verb(cfg_raw: dict | Config) -> Verb:
-    """`distill` when a teacher is named, else `finetune`."""
+    """`distill` when a teacher is named, `compress` when a model and a student are, else `finetune`."""
     teacher = cfg_raw.teacher.name_or_path if isinstance(cfg_raw, Config) else (cfg_raw.get("teacher") or {})
     if isinstance(teacher, dict):
         teacher = teacher.get("name_or_path")
-    return "distill" if teacher else "finetune"
+    student = cfg_raw.get("student") if isinstance(cfg_raw, dict) else None
+    if teacher:
+        return "distill"
+    return "compress" if student else "finetune"
 
 
 def to_dict(cfg: Config) -> dict:

@@ -1,0 +1,307 @@
+"""The whole pipeline a user runs to answer "what did distillation buy me and what did it cost?".
+
+``compress(config)``: fine-tune the teacher (unless it is already trained for the task), distill the
+student, train the same student without distillation (hard labels only, same budget: the baseline),
+evaluate all three on the test split and write the report. ``report(run_dirs)``: the report alone, from
+finished runs. Both are what ``lmdistill compress`` and ``lmdistill report`` call.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from lmdistill.config import Config, load_config
+from lmdistill.errors import LmdistillError
+
+ROLES = ("teacher", "student", "baseline")
+BASELINE_LOSS = {"classification": {"ce": 1.0}, "regression": {"mse": 1.0}}
+
+
+@dataclass
+class CompressResult:
+    """Where everything went, and the headline figures."""
+
+    output_dir: Path
+    report_md: Path
+    report_html: Path
+    runs: dict[str, Path]
+    test: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _say(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def _teacher_is_trained(run: Path, cfg: Config) -> bool:
+    """True when ``run`` holds a finished fine-tuning of the same base model on the same data."""
+    if not (run / "results.json").is_file() or not (run / "model" / "config.json").is_file():
+        return False
+    try:
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    from dataclasses import asdict
+
+    return saved.get("data") == asdict(cfg.data) and saved.get("model") == asdict(cfg.model) and \
+        saved.get("task") == cfg.task and saved.get("seed") == cfg.seed
+
+
+def compress(config: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = ()) -> CompressResult:
+    """Teacher (fine-tuned if needed) -> distilled student + no-KD baseline -> evaluation -> report."""
+    from lmdistill import api
+    from lmdistill.report.measure import track_energy
+
+    cfg = load_config(config, overrides, verb="compress")
+    if cfg.task not in BASELINE_LOSS:
+        raise LmdistillError(f"task: compress supports classification and regression, not {cfg.task}")
+    out = Path(cfg.output_dir)
+    runs = {role: out / role for role in ROLES}
+    energy: dict[str, dict] = {}
+    country = cfg.report.country_iso_code
+
+    teacher_model = cfg.teacher.name_or_path
+    if teacher_model:
+        _say(f"1/4 teacher: using the trained teacher {teacher_model}")
+        runs.pop("teacher")
+    elif _teacher_is_trained(runs["teacher"], cfg):
+        _say(f"1/4 teacher: already trained for this task in {runs['teacher']} (delete it to retrain)")
+        teacher_model = str(runs["teacher"] / "model")
+    else:
+        _say(f"1/4 teacher: fine-tuning {cfg.model.name_or_path}")
+        t_cfg = copy.deepcopy(cfg)
+        t_cfg.output_dir = str(runs["teacher"])
+        with track_energy("teacher", country_iso_code=country) as energy["teacher"]:
+            api.finetune(t_cfg)
+        teacher_model = str(runs["teacher"] / "model")
+
+    _say("2/4 student: distilling")
+    s_cfg = copy.deepcopy(cfg)
+    s_cfg.output_dir, s_cfg.teacher.name_or_path = str(runs["student"]), teacher_model
+    with track_energy("student", country_iso_code=country) as energy["student"]:
+        api.distill(s_cfg)
+
+    _say("3/4 baseline: the same student trained on hard labels only (no distillation), same budget")
+    b_cfg = copy.deepcopy(s_cfg)
+    b_cfg.output_dir = str(runs["baseline"])
+    b_cfg.distill.losses = dict(BASELINE_LOSS[cfg.task])
+    b_cfg.distill.matches, b_cfg.distill.stages, b_cfg.distill.method = [], [], None
+    with track_energy("baseline", country_iso_code=country) as energy["baseline"]:
+        api.distill(b_cfg)
+
+    for role, result in energy.items():
+        (runs[role] / "energy.json").write_text(json.dumps(result, indent=2, default=str))
+    _say("4/4 report: evaluating and measuring the three models")
+    report_data, md, html = report(
+        [runs[r] for r in ROLES if r in runs], teacher=teacher_model if "teacher" not in runs else None,
+        out_dir=out, config=s_cfg,
+    )
+    tests = {role: {k: v["value"] for k, v in entry.get("metrics", {}).items()}
+             for role, entry in report_data["models"].items()}
+    print(f"\nreport: {html}\n        {md}")
+    return CompressResult(out, md, html, runs, tests)
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _role_of(run: Path) -> str:
+    """teacher (a finetune run), student (a distill run that learns from the teacher) or baseline."""
+    results = json.loads((run / "results.json").read_text())
+    info = json.loads((run / "run_info.json").read_text()) if (run / "run_info.json").is_file() else {}
+    if info.get("verb") == "finetune":
+        return "teacher"
+    terms = set(results.get("loss_terms", []))
+    return "baseline" if terms and terms <= {"ce", "mse"} else "student"
+
+
+def _model_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if (p / "model" / "config.json").is_file():
+        return p / "model"
+    if (p / "config.json").is_file():
+        return p
+    raise LmdistillError(f"report: '{p}' is neither a run folder (with model/) nor a model folder (config.json)")
+
+
+def _test_split(cfg: Config):
+    """The test examples every model is evaluated on (the config's data and seed)."""
+    from lmdistill.data.tables import load_task_data
+
+    data = load_task_data(cfg.data, cfg.task, cfg.seed)
+    if "test" not in data.splits:
+        raise LmdistillError("report: the data has no test split; set data.test or data.test_size above 0")
+    return data.splits["test"], data
+
+
+def _evaluate(model_dir: Path, examples, task: str, cfg: Config) -> tuple[dict, np.ndarray]:
+    """Metrics with 95% bootstrap intervals on the test split, and the predictions."""
+    from lmdistill.data.text import Collator, TextDataset, encode, pad_id
+    from lmdistill.engine import predict
+    from lmdistill.models.load import load_saved_classifier
+    from lmdistill.report.stats import metric_ci
+
+    net, tok = load_saved_classifier(str(model_dir), "model")
+    regression = task == "regression"
+    ds = TextDataset(encode(tok, examples, cfg.data.max_length), examples.labels, regression=regression)
+    logits = predict(net, ds, Collator(pad_id(tok)), cfg.training.eval_batch_size)
+    pred = logits.reshape(-1) if regression else logits.argmax(-1)
+    gold = np.asarray(examples.labels)
+    names = ("pearson", "spearman", "mse") if regression else ("accuracy", "macro_f1")
+    metrics = {}
+    for i, name in enumerate(names):
+        ci = metric_ci(name, gold, pred, n_resamples=cfg.report.bootstrap_resamples, seed=cfg.seed + i)
+        metrics[name] = {"value": ci.point, "low": ci.low, "high": ci.high}
+    return metrics, pred
+
+
+def _measure(model_dir: Path, texts: list[str], cfg: Config) -> dict:
+    """Size, latency at batch 1 and 32 (CPU, and GPU when present), peak memory, inference energy."""
+    import torch
+
+    from lmdistill.models.load import load_saved_classifier
+    from lmdistill.report import measure
+
+    net, tok = load_saved_classifier(str(model_dir), "model")
+    r = cfg.report
+    entry = {"name": str(model_dir), "parameters": measure.count_parameters(net),
+             "size": measure.size_on_disk(model_dir), "latency": [], "memory": []}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        for batch in (1, 32):
+            entry["latency"].append(measure.measure_latency(
+                net, tok, texts, batch_size=batch, device=device, repeats=r.latency_repeats, warmup=r.warmup,
+                max_length=cfg.data.max_length))
+        entry["memory"].append(measure.inference_peak_memory(net, tok, texts, batch_size=32, device=device,
+                                                             max_length=cfg.data.max_length))
+    if r.energy:
+        batches = measure.prepare_batches(tok, texts, batch_size=32, max_length=cfg.data.max_length,
+                                          device=devices[-1])
+        entry["energy"] = measure.measure_energy(lambda: measure.run_inference(net, batches), label="inference",
+                                                 country_iso_code=r.country_iso_code,
+                                                 predictions=32 * len(batches))
+    return entry
+
+
+def _training(run: Path | None) -> dict:
+    if run is None or not (run / "results.json").is_file():
+        return {}
+    results = json.loads((run / "results.json").read_text())
+    out = {"wall_time_s": results.get("train_seconds"), "history": str(run / "metrics.csv")}
+    if (run / "energy.json").is_file():
+        out["energy"] = json.loads((run / "energy.json").read_text())
+        out["wall_time_s"] = out["energy"].get("wall_time_s", out["wall_time_s"])
+    return out
+
+
+def report(
+    runs: list[str | Path] = (),
+    *,
+    teacher: str | Path | None = None,
+    student: str | Path | None = None,
+    baseline: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    config: str | Path | dict | Config | None = None,
+) -> tuple[dict, Path, Path]:
+    """Evaluate and measure teacher / student / baseline, write ``report.md`` and ``report.html``.
+
+    ``runs`` are run folders (of finetune, distill or compress; a compress folder holds all three);
+    their role is read from their results. ``teacher``/``student``/``baseline`` name folders explicitly.
+    The test split comes from ``config``, or the student's (else any run's) saved config.yaml.
+    """
+    from lmdistill.report.measure import environment_info
+    from lmdistill.report.render import render_report
+
+    roles: dict[str, Path | None] = {}
+    for run in runs:
+        run = Path(run)
+        subs = [run / r for r in ROLES if (run / r / "results.json").is_file()]
+        for r in subs or [run]:
+            if not (r / "results.json").is_file():
+                raise LmdistillError(f"report: '{r}' is not a finished lmdistill run (no results.json)")
+            roles[_role_of(r)] = r
+    explicit = {"teacher": teacher, "student": student, "baseline": baseline}
+    models = {role: _model_dir(p) for role, p in explicit.items() if p is not None}
+    models.update({role: _model_dir(p) for role, p in roles.items() if role not in models})
+    if not models:
+        raise LmdistillError("report: give at least one run folder (or --teacher/--student/--baseline)")
+    if config is None:
+        source = roles.get("student") or next(iter(roles.values()), None)
+        if source is None or not (source / "config.yaml").is_file():
+            raise LmdistillError("report: no config.yaml found in the runs; give --config to name the test data")
+        config = source / "config.yaml"
+    cfg = load_config(config) if not isinstance(config, Config) else config
+    examples, _ = _test_split(cfg)
+    texts = examples.texts[: cfg.report.speed_texts]
+    data = {"title": f"Distillation report: {Path(out_dir or cfg.output_dir).name}", "task": cfg.task,
+            "evaluation": f"test split, {len(examples)} examples", "environment": environment_info(),
+            "notes": [f"Latency and energy are measured on {len(texts)} test texts, max_length "
+                      f"{cfg.data.max_length}."], "models": {}}
+    for role in ROLES:
+        if role not in models:
+            continue
+        print(f"   {role}: evaluating and measuring {models[role]}", flush=True)
+        metrics, _ = _evaluate(models[role], examples, cfg.task, cfg)
+        entry = _measure(models[role], texts, cfg)
+        entry.update(metrics=metrics, training=_training(roles.get(role)))
+        data["models"][role] = entry
+    out = Path(out_dir or cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(data, indent=2, default=str))
+    md, html = render_report(data, out)
+    if "student" in models:
+        write_model_card(models["student"], data, cfg)
+    return data, md, html
+
+
+# --------------------------------------------------------------------------------------------- card
+
+
+def _fmt(entry: dict | None, metric: str) -> str:
+    m = (entry or {}).get("metrics", {}).get(metric)
+    if not m:
+        return "n/a"
+    return f"{m['value']:.4f} (95% CI {m['low']:.4f} to {m['high']:.4f})"
+
+
+def write_model_card(model_dir: Path, data: dict, cfg: Config) -> Path:
+    """README.md in the student's folder (the Hugging Face convention): teacher, method, data, scores,
+    and the report's key figures."""
+    models = data["models"]
+    student, teacher, baseline = models.get("student"), models.get("teacher"), models.get("baseline")
+    metric = "accuracy" if cfg.task == "classification" else "pearson"
+    method = cfg.distill.method or ", ".join(f"{k} x{w}" for k, w in (cfg.distill.losses or {}).items())
+    data_src = cfg.data.dataset or cfg.data.train
+    lines = [
+        "---", "library_name: transformers", "tags: [distillation, lmdistill]", "---", "",
+        f"# {model_dir.parent.name}: a distilled student", "",
+        f"Distilled with [lmdistill](https://pypi.org/project/lmdistill/) from the teacher "
+        f"`{cfg.teacher.name_or_path}` by {method} (temperature {cfg.distill.temperature}).", "",
+        f"- **Task:** {cfg.task} on `{data_src}` (text column `{cfg.data.text_column}`, label `{cfg.data.label_column}`)",
+        f"- **Student:** {cfg.student.init} "
+        f"({'layers ' + str(cfg.student.layers) if cfg.student.layers else ''}"
+        f"{f'{cfg.student.num_layers} layers' if cfg.student.num_layers else ''}"
+        f"{f'every {cfg.student.keep_every}th layer' if cfg.student.keep_every else ''})",
+        f"- **Evaluation:** {data['evaluation']}", "",
+        f"| model | {metric} | parameters | size on disk | latency, batch 1, CPU |", "|---|---|---|---|---|",
+    ]
+    for role, entry in (("teacher", teacher), ("student", student), ("baseline (no KD)", baseline)):
+        if entry is None:
+            continue
+        lat = next((x for x in entry.get("latency", []) if x.get("batch_size") == 1 and x.get("device") == "cpu"),
+                   None)
+        latency = f"{lat['median_s'] * 1000:.1f} ms" if lat else "n/a"
+        lines.append(f"| {role} | {_fmt(entry, metric)} | {entry['parameters']['total'] / 1e6:.1f}M | "
+                     f"{entry['size']['weights_bytes'] / 1e6:.1f} MB | {latency} |")
+    lines += ["", "Measured by `lmdistill report` (see report.html next to the run). Load it with:", "",
+              "```python", "from transformers import pipeline",
+              f'clf = pipeline("text-classification", model="{model_dir}")', "```", ""]
+    path = model_dir / "README.md"
+    path.write_text("\n".join(lines))
+    return path
