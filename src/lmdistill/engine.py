@@ -137,19 +137,23 @@ def train(
     """Train ``student`` on ``objective``; returns what happened. ``on_best`` receives the unwrapped
     student whenever validation improves (or at the end when there is no validation)."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DataLoaderConfiguration, set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     # ---- set-up -------------------------------------------------------------------------------
     set_seed(seed)
+    # split_batches: the sampler draws GLOBAL batches (batch_size x processes) and each process takes its
+    # share, so N processes see exactly the batches one process with N x batch_size would see
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.cpu),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         cpu=cfg.cpu,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     lengths = train_set.lengths() if hasattr(train_set, "lengths") else [1] * len(train_set)
-    sampler = LengthGroupedBatchSampler(lengths, cfg.batch_size, seed, sort=cfg.group_by_length)
+    sampler = LengthGroupedBatchSampler(lengths, cfg.batch_size * accelerator.num_processes, seed,
+                                        sort=cfg.group_by_length)
     # its own generator: creating an epoch's iterator must not draw from the global RNG (dropout), or a
     # resumed run would see other dropout masks than an uninterrupted one
     loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
@@ -165,13 +169,18 @@ def train(
     scheduler = get_scheduler(
         "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
         optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * total_steps) * accelerator.num_processes,
-        num_training_steps=total_steps * accelerator.num_processes,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps),  # split_batches: one scheduler step per step
+        num_training_steps=total_steps,
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     signal_of = None
     if teacher is not None and objective.needs_teacher:
-        teacher.to(accelerator.device)
+        # frozen, never wrapped for training (no DDP gradient hooks on it): a replica on every process, or
+        # under FSDP / DeepSpeed ZeRO-3 sharded like the student when training.teacher_placement is shard
+        if cfg.teacher_placement == "shard" and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+            teacher = accelerator.prepare_model(teacher, evaluation_mode=True)
+        else:
+            teacher.to(accelerator.device)
     objective.attach(student, teacher)
     if teacher is not None and objective.needs_teacher:
         signal_of = LiveTeacher(teacher, hidden_states=objective.needs_hidden, tap=objective.teacher_tap)
@@ -265,7 +274,8 @@ def train(
                 state.step += 1
                 progress.update(1)
                 if state.step % cfg.log_every == 0 or state.step == total_steps:
-                    values = {k: (v / state.n_running).item() for k, v in running.items()}
+                    # the mean over processes (a collective every log_every steps, never per step)
+                    values = {k: accelerator.reduce(v / state.n_running, "mean").item() for k, v in running.items()}
                     running, state.n_running = {}, 0
                     check_finite(values)
                     log({"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
