@@ -92,3 +92,16 @@ def test_nonfinite_loss_stops_with_term_and_step(tmp_path, sentiment_csv, tiny_b
     res = api.finetune(cfg)
     summary = json.loads((tmp_path / "skip" / "results.json").read_text())
     assert summary["skipped_batches"] > 0 and res.steps == 30
+
+
+def test_out_of_memory_becomes_advice(tmp_path, sentiment_csv, tiny_bert_dir, monkeypatch):
+    from lmdistill import objective
+    from lmdistill.engine import OutOfMemory
+
+    def explode(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setitem(objective.TERMS, "ce", explode)
+    with pytest.raises(OutOfMemory, match=r"out of GPU memory at step 0 with training.batch_size=16: lower "
+                                          r"training.batch_size \(e.g. 8\) and raise training.gradient_accumulation"):
+        api.finetune(_cfg(tmp_path, sentiment_csv, tiny_bert_dir, max_steps=2))

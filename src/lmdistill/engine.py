@@ -35,6 +35,21 @@ class NonFiniteLoss(LmdistillError):
     """A loss term became NaN or infinite."""
 
 
+class OutOfMemory(LmdistillError):
+    """The run ran out of memory; the message says what to change."""
+
+
+def _oom_advice(cfg: TrainingConfig, step: int, error: BaseException) -> OutOfMemory:
+    where = "GPU" if isinstance(error, torch.OutOfMemoryError) else "host"
+    return OutOfMemory(
+        f"out of {where} memory at step {step} with training.batch_size={cfg.batch_size}: lower "
+        f"training.batch_size (e.g. {max(1, cfg.batch_size // 2)}) and raise training.gradient_accumulation_steps "
+        f"(e.g. {cfg.gradient_accumulation_steps * 2}) to keep the same global batch, lower data.max_length, use "
+        "training.mixed_precision=bf16 on a GPU, run the teacher from a cache instead of live, or shard the "
+        "teacher with FSDP/DeepSpeed (training.teacher_placement=shard)"
+    )
+
+
 class StudentStep(nn.Module):
     """Student + objective as one module, so Accelerate wraps (DDP, autocast) both and learned
     projections inside the objective are trained and synchronised with the student."""
@@ -295,6 +310,8 @@ def train(
                     stop = run_eval()
         if evaluate is not None and not stop and state.last_eval_step != state.step:
             run_eval()  # the final student is always evaluated
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        raise _oom_advice(cfg, state.step, e) from None
     finally:
         objective.detach()  # hooks never outlive the run
     progress.close()
