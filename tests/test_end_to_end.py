@@ -41,7 +41,9 @@ def test_finetune_distill_evaluate(tmp_path, tiny_bert_dir, sentiment_csv, capsy
     assert {"loss", "loss/ce", "eval/accuracy"} <= set(metrics.columns)
 
     student_dir = tmp_path / "student"
-    cfg = _config(tmp_path, data={"train": str(sentiment_csv)}, teacher={"name_or_path": str(teacher_dir / "model")},
+    # max_eval_examples caps validation and test: evaluate must apply the same cap to the same split
+    cfg = _config(tmp_path, data={"train": str(sentiment_csv), "max_eval_examples": 20},
+                  teacher={"name_or_path": str(teacher_dir / "model")},
                   student={"layers": [0, 3]}, output_dir=str(student_dir), distill={"temperature": 2.0})
     assert main(["distill", cfg]) == 0
     metrics = pd.read_csv(student_dir / "metrics.csv")
@@ -64,7 +66,7 @@ def test_finetune_distill_evaluate(tmp_path, tiny_bert_dir, sentiment_csv, capsy
     assert "accuracy" in printed
     ev = json.loads(out_json.read_text())
     distill_results = json.loads((student_dir / "results.json").read_text())
-    assert ev["metrics"]["accuracy"] == pytest.approx(distill_results["test"]["accuracy"])
+    assert ev["metrics"]["accuracy"] == pytest.approx(distill_results["test"]["accuracy"]) and ev["n"] == 20
     assert set(pd.read_csv(preds)["prediction"]) <= {"negative", "positive"}
 
 

@@ -168,7 +168,7 @@ def build_task_data(frames: dict[str, pd.DataFrame], cfg: DataConfig, task: str)
             raise DataError(f"data.{split}: the {split} split is empty; it needs at least one example")
     label_names: list[str] = []
     if task == "classification":
-        label_names = _label_names(frames["train"], cfg)
+        label_names = [str(n) for n in cfg.label_names] if cfg.label_names else _label_names(frames["train"], cfg)
     splits = {}
     for split, df in frames.items():
         limit = cfg.max_train_examples if split == "train" else cfg.max_eval_examples
@@ -192,8 +192,6 @@ def _label_key(v) -> str:
 
 
 def _label_names(train: pd.DataFrame, cfg: DataConfig) -> list[str]:
-    if cfg.label_names:
-        return [str(n) for n in cfg.label_names]
     raw = _column(train, cfg.label_column, "label_column", "train")
     if raw.isna().any():
         row = int(np.flatnonzero(raw.isna().to_numpy())[0])
