@@ -69,8 +69,17 @@ def versions() -> dict[str, str]:
     return out
 
 
+def is_main_process() -> bool:
+    """True on the process that writes files (rank 0 under torchrun / accelerate launch; always alone)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _prepare_output(cfg: Config, verb: str, out: Path | None = None) -> Path:
     out = Path(out or cfg.output_dir)
+    if not is_main_process():
+        return out
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -162,7 +171,7 @@ def _make_student(cfg: Config, teacher, t_tok, data: TaskData):
 
 
 def _train_and_test(cfg: Config, verb: str, student, s_tok, teacher, data: TaskData, objective, sets, collate,
-                    out: Path | None = None, final: bool = True) -> RunResult:
+                    out: Path | None = None, final: bool = True, teacher_signal=None) -> RunResult:
     """Train, save the best (or, for a non-final stage, the last) student, test it, write results.json."""
     from lmdistill.engine import train
     from lmdistill.models.load import load_saved_classifier
@@ -180,8 +189,9 @@ def _train_and_test(cfg: Config, verb: str, student, s_tok, teacher, data: TaskD
         student=student, objective=objective, train_set=sets["train"], collate=collate, cfg=cfg.training,
         seed=cfg.seed, out_dir=out, teacher=teacher, evaluate=evaluate if val is not None else None,
         on_best=lambda m: save_model(m, s_tok, model_dir), desc=f"{verb} ({out.name})" if not final else verb,
+        teacher_signal=teacher_signal,
     )
-    if len(objective.projections):
+    if len(objective.projections) and is_main_process():
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous() for k, v in objective.projections.state_dict().items()}
@@ -204,7 +214,8 @@ def _train_and_test(cfg: Config, verb: str, student, s_tok, teacher, data: TaskD
                    stopped_early=outcome.stopped_early, skipped_batches=outcome.skipped_batches,
                    resumed_from=outcome.resumed_from, loss_terms=sorted(objective.weights) +
                    [m.name for m in objective.matches], split_sizes={k: len(v) for k, v in data.splits.items()})
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    if is_main_process():
+        (out / "results.json").write_text(json.dumps(summary, indent=2))
     return result
 
 
@@ -229,6 +240,44 @@ def build_objective(cfg: Config, stage: StageConfig, student, teacher, separate_
                      kd_scale_t2=d.kd_scale_t2)
 
 
+def _distill_parts(cfg: Config):
+    """Data, teacher, student, datasets, collator, stages and their objectives of a distill run."""
+    from lmdistill.models.load import load_saved_classifier
+
+    data = load_task_data(cfg.data, cfg.task, cfg.seed)
+    teacher, t_tok = load_saved_classifier(cfg.teacher.name_or_path, "teacher.name_or_path")
+    _check_teacher_labels(teacher, data, cfg.task)
+    student, s_tok = _make_student(cfg, teacher, t_tok, data)
+    sets, collate, separate = _datasets(data, s_tok, t_tok, cfg, cfg.task == "regression")
+    stages = stages_of(cfg)
+    key = "distill" if not cfg.distill.stages else "distill.stages[{}]"
+    objectives = [build_objective(cfg, st, student, teacher, separate, key.format(i)) for i, st in enumerate(stages)]
+    return data, teacher, student, s_tok, sets, collate, stages, objectives
+
+
+def teacher_cache(cfg: Config, teacher, train_set, collate, objectives):
+    """The :class:`~lmdistill.signals.cache.CachedTeacher` of ``training.teacher_cache`` for these objectives
+    (reused, or built with one teacher pass on the training device); None when the key is null."""
+    import os
+
+    import torch
+
+    from lmdistill.engine import resolve_mixed_precision
+    from lmdistill.signals.cache import open_or_build
+
+    t = cfg.training
+    if t.teacher_cache is None:
+        return None
+    path = Path(cfg.output_dir) / "teacher_cache" if t.teacher_cache == "auto" else Path(t.teacher_cache)
+    cuda = torch.cuda.is_available() and not t.cpu
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+    precision = resolve_mixed_precision(t.mixed_precision, t.cpu)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision) if cuda else None
+    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1  # distributed runs read a cache built beforehand
+    return open_or_build(path, teacher, train_set, collate, objectives, batch_size=t.eval_batch_size,
+                         device=device, autocast=autocast, build_allowed=alone)
+
+
 def stages_of(cfg: Config) -> list[StageConfig]:
     """The stages to run: ``distill.stages``, or one stage made of ``distill.losses`` and ``matches``."""
     d = cfg.distill
@@ -246,6 +295,14 @@ def finetune(config: str | Path | dict | Config, overrides: list[str] | tuple[st
     from lmdistill.objective import Objective
 
     cfg = load_config(config, overrides, verb="finetune")
+    if cfg.task == "causal_lm":
+        from lmdistill.tasks import causal_lm
+
+        return causal_lm.finetune(cfg)
+    if cfg.task == "mlm":  # continued masked-LM pre-training on raw text
+        from lmdistill.tasks import mlm
+
+        return mlm.finetune(cfg)
     data = load_task_data(cfg.data, cfg.task, cfg.seed)
     model, tok = load_classifier(cfg.model, "model", num_labels=data.num_labels, label_names=data.label_names)
     objective = Objective({"mse": 1.0} if cfg.task == "regression" else {"ce": 1.0})
@@ -259,17 +316,17 @@ def distill(config: str | Path | dict | Config, overrides: list[str] | tuple[str
     With ``distill.stages`` (TinyBERT, MiniLM recipes) the stages run one after another on the same student;
     earlier stages write into ``OUTPUT_DIR/stage-N-NAME``, the last into ``OUTPUT_DIR``.
     """
-    from lmdistill.models.load import load_saved_classifier
-
     cfg = load_config(config, overrides, verb="distill")
-    data = load_task_data(cfg.data, cfg.task, cfg.seed)
-    teacher, t_tok = load_saved_classifier(cfg.teacher.name_or_path, "teacher.name_or_path")
-    _check_teacher_labels(teacher, data, cfg.task)
-    student, s_tok = _make_student(cfg, teacher, t_tok, data)
-    sets, collate, separate = _datasets(data, s_tok, t_tok, cfg, cfg.task == "regression")
-    stages = stages_of(cfg)
-    key = "distill" if not cfg.distill.stages else "distill.stages[{}]"
-    objectives = [build_objective(cfg, st, student, teacher, separate, key.format(i)) for i, st in enumerate(stages)]
+    if cfg.task == "causal_lm":
+        from lmdistill.tasks import causal_lm
+
+        return causal_lm.distill(cfg)
+    if cfg.task in ("mlm", "general", "embedding"):  # raw-text and sentence-embedding distillation
+        import importlib
+
+        return importlib.import_module(f"lmdistill.tasks.{cfg.task}").distill(cfg)
+    data, teacher, student, s_tok, sets, collate, stages, objectives = _distill_parts(cfg)
+    signal = teacher_cache(cfg, teacher, sets["train"], collate, objectives)
     result = None
     for i, (stage, objective) in enumerate(zip(stages, objectives)):
         final = i == len(stages) - 1
@@ -281,8 +338,27 @@ def distill(config: str | Path | dict | Config, overrides: list[str] | tuple[str
             stage_cfg.training.resume = None
         out = None if final else Path(cfg.output_dir) / f"stage-{i + 1}-{stage.name}"
         result = _train_and_test(stage_cfg, "distill", student, s_tok, teacher, data, objective, sets, collate,
-                                 out=out, final=final)
+                                 out=out, final=final, teacher_signal=signal)
     return result
+
+
+def cache(config: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = ()):
+    """Run the teacher once over the training data and store what the configured losses read from it, at
+    ``training.teacher_cache`` (auto when null: OUTPUT_DIR/teacher_cache). Reuses a cache that is still valid.
+
+    Returns:
+        The :class:`~lmdistill.signals.cache.CachedTeacher`, or None when the losses read nothing from the
+        teacher.
+    """
+    from lmdistill.config import CACHE_TASKS
+    from lmdistill.errors import LmdistillError
+
+    cfg = load_config(config, overrides, verb="distill")
+    if cfg.task not in CACHE_TASKS:
+        raise LmdistillError(f"lmdistill cache supports tasks {', '.join(CACHE_TASKS)}, not task {cfg.task}")
+    cfg.training.teacher_cache = cfg.training.teacher_cache or "auto"
+    _, teacher, _, _, sets, collate, _, objectives = _distill_parts(cfg)
+    return teacher_cache(cfg, teacher, sets["train"], collate, objectives)
 
 
 def evaluate(
@@ -325,9 +401,8 @@ def evaluate(
     frames = load_frames(dcfg, seed)
     if split_name not in frames:
         raise DataError(f"split '{split}' is not in the data (available: {', '.join(frames)})")
-    ex = build_task_data({"train": frames[split_name]}, dcfg, task).splits["train"]
-    dataset = TextDataset(encode(tok, ex, dcfg.max_length),
-                          ex.labels, regression=regression)
+    ex = build_task_data({split_name: frames[split_name]}, dcfg, task).splits[split_name]
+    dataset = TextDataset(encode(tok, ex, dcfg.max_length), ex.labels, regression=regression)
     logits = predict(net, dataset, Collator(pad_id(tok)), batch_size)
     metrics = compute_metrics(logits, np.asarray(ex.labels), task, net.config.num_labels)
     if regression:

@@ -142,14 +142,15 @@ def _test_split(cfg: Config):
 
 def _evaluate(model_dir: Path, examples, task: str, cfg: Config) -> tuple[dict, np.ndarray]:
     """Metrics with 95% bootstrap intervals on the test split, and the predictions."""
-    from lmdistill.data.text import Collator, TextDataset, encode, pad_id
+    from lmdistill.data.text import Collator, TextDataset, encode, max_length_for, pad_id
     from lmdistill.engine import predict
     from lmdistill.models.load import load_saved_classifier
     from lmdistill.report.stats import metric_ci
 
     net, tok = load_saved_classifier(str(model_dir), "model")
     regression = task == "regression"
-    ds = TextDataset(encode(tok, examples, cfg.data.max_length), examples.labels, regression=regression)
+    ds = TextDataset(encode(tok, examples, max_length_for(cfg.data.max_length, net)), examples.labels,
+                     regression=regression)
     logits = predict(net, ds, Collator(pad_id(tok)), cfg.training.eval_batch_size)
     pred = logits.reshape(-1) if regression else logits.argmax(-1)
     gold = np.asarray(examples.labels)

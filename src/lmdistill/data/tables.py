@@ -9,6 +9,7 @@ from the training rows with the run's seed.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,10 +58,19 @@ def read_table(path: str | Path, key: str = "data.train") -> pd.DataFrame:
     kind = _READERS.get(p.suffix.lower())
     if kind is None:
         raise DataError(f"{key}: cannot tell the format of '{p}'; use a .csv, .tsv, .jsonl, .json or .parquet file")
+    if kind in ("csv", "tsv", "jsonl", "json"):
+        with p.open("rb") as f:
+            head = f.read(4096)
+        if b"\x00" in head:
+            raise DataError(f"{key}: '{p}' is not UTF-8 text (it has NUL bytes: UTF-16?); re-save it as UTF-8")
     try:
         if kind in ("csv", "tsv"):
-            df = pd.read_csv(p, sep="\t" if kind == "tsv" else ",", encoding="utf-8", keep_default_na=False,
-                             na_values=[""])
+            # index_col=False: a row with one field too many must not turn its first field into an index;
+            # pandas then warns that it drops fields: that is an error here, never a silent loss
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                df = pd.read_csv(p, sep="\t" if kind == "tsv" else ",", encoding="utf-8", keep_default_na=False,
+                                 na_values=[""], index_col=False)
         elif kind == "jsonl":
             df = pd.read_json(p, lines=True, encoding="utf-8")
         elif kind == "json":
@@ -69,6 +79,10 @@ def read_table(path: str | Path, key: str = "data.train") -> pd.DataFrame:
             df = pd.read_parquet(p)
     except UnicodeDecodeError as e:
         raise DataError(f"{key}: '{p}' is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    except pd.errors.ParserWarning:
+        raise DataError(
+            f"{key}: rows of '{p}' have more fields than its header; quote texts that contain the delimiter"
+        ) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{key}: '{p}' is empty; it needs a header row and at least one example") from None
     except (ValueError, pd.errors.ParserError, OSError, ImportError) as e:
@@ -151,6 +165,12 @@ def _column(df: pd.DataFrame, name: str, key: str, split: str) -> pd.Series:
 
 
 def _texts(series: pd.Series, key: str, split: str) -> list[str]:
+    bad = [i for i, v in enumerate(series.tolist()) if v is not None and not isinstance(v, (str, float, int))]
+    if bad:
+        raise DataError(
+            f"data.{key}: row {bad[0]} of the {split} data holds a {type(series.iloc[bad[0]]).__name__}, not text; "
+            "each text must be a string"
+        )
     missing = series.isna()
     if missing.any():
         row = int(np.flatnonzero(missing.to_numpy())[0])
@@ -184,6 +204,22 @@ def build_task_data(frames: dict[str, pd.DataFrame], cfg: DataConfig, task: str)
     return TaskData(splits, label_names)
 
 
+MISSING_LABELS = {"nan", "NaN", "NAN"}
+
+
+def _is_missing_label(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v in MISSING_LABELS)
+
+
+def _check_label_types(raw: pd.Series, split: str) -> None:
+    for row, v in enumerate(raw.tolist()):
+        if not _is_missing_label(v) and not isinstance(v, (str, int, float, np.integer, np.floating, bool)):
+            raise DataError(
+                f"data.label_column: row {row} of the {split} data holds a {type(v).__name__} as its label; "
+                "each label must be one name or number"
+            )
+
+
 def _label_key(v) -> str:
     """Labels compare as text: 1, 1.0 and '1' are one label; names stay names."""
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
@@ -193,9 +229,10 @@ def _label_key(v) -> str:
 
 def _label_names(train: pd.DataFrame, cfg: DataConfig) -> list[str]:
     raw = _column(train, cfg.label_column, "label_column", "train")
-    if raw.isna().any():
-        row = int(np.flatnonzero(raw.isna().to_numpy())[0])
-        raise DataError(f"data.label_column: missing label in the train data at row {row}; fill or drop it")
+    _check_label_types(raw, "train")
+    missing = [i for i, v in enumerate(raw.tolist()) if _is_missing_label(v)]
+    if missing:
+        raise DataError(f"data.label_column: missing label in the train data at row {missing[0]}; fill or drop it")
     keys = {_label_key(v) for v in raw.tolist()}
     numeric = all(k.lstrip("-").isdigit() for k in keys)
     values = sorted(keys, key=int) if numeric else sorted(keys)
@@ -209,9 +246,10 @@ def _label_names(train: pd.DataFrame, cfg: DataConfig) -> list[str]:
 
 def _class_ids(raw: pd.Series, names: list[str], split: str) -> list[int]:
     index = {n: i for i, n in enumerate(names)}
+    _check_label_types(raw, split)
     ids = []
     for row, v in enumerate(raw.tolist()):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
+        if _is_missing_label(v):
             raise DataError(f"data.label_column: missing label in the {split} data at row {row}; fill or drop it")
         k = _label_key(v)
         if k not in index:
@@ -224,6 +262,7 @@ def _class_ids(raw: pd.Series, names: list[str], split: str) -> list[int]:
 
 
 def _floats(raw: pd.Series, split: str) -> list[float]:
+    _check_label_types(raw, split)
     values = pd.to_numeric(raw, errors="coerce")
     bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
     if bad.any():

@@ -23,6 +23,31 @@ def tokenizers_match(a, b) -> bool:
     return a.get_vocab() == b.get_vocab() and a.all_special_ids == b.all_special_ids
 
 
+# model types whose position ids start after the padding index (usable positions = table size - pad - 1)
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")
+
+
+def position_limit(model) -> int | None:
+    """How many tokens a model's position embeddings can take (None when unbounded or unknown)."""
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if not isinstance(n, int):
+        return None
+    if cfg.model_type in _OFFSET_POSITIONS:
+        n -= (getattr(cfg, "pad_token_id", None) or 0) + 1
+    return n
+
+
+def max_length_for(wanted: int, *models) -> int:
+    """``wanted`` (data.max_length), cut to the smallest position limit of ``models``; says when it cuts."""
+    limits = [n for n in (position_limit(m) for m in models if m is not None) if n]
+    if limits and min(limits) < wanted:
+        print(f"note: data.max_length={wanted} is more than the model's {min(limits)} positions; "
+              f"texts are cut to {min(limits)} tokens")
+        return min(limits)
+    return wanted
+
+
 def encode(tokenizer, examples: Examples, max_length: int) -> dict[str, list[list[int]]]:
     """Tokenise a split without padding: ``{"input_ids": [[...], ...], "token_type_ids": ...}``."""
     args = (examples.texts, examples.pairs) if examples.pairs is not None else (examples.texts,)
@@ -99,3 +124,42 @@ def pad_id(tokenizer) -> int:
     if tokenizer.eos_token_id is not None:
         return tokenizer.eos_token_id
     return 0
+
+
+# a few fixed sequence lengths for torch.compile (training.compile): 32, 48, 64, 96, 128, 192, 256, ...
+BUCKETS = tuple(sorted(b * 2**i for b in (32, 48) for i in range(9)))
+
+
+def bucket_length(longest: int, cap: int | None = None) -> int:
+    """The smallest bucket >= ``longest`` (beyond the last: a multiple of it), at most ``cap`` (the models'
+    position limit) unless ``longest`` itself is longer."""
+    last = BUCKETS[-1]
+    length = next((b for b in BUCKETS if b >= longest), -(-longest // last) * last)
+    return max(longest, min(length, cap)) if cap is not None else length
+
+
+class BucketPad:
+    """Wraps a collator: pads every ``(B, T)`` tensor of the model inputs (and token-level labels, with
+    -100) on the right to :func:`bucket_length`, so a compiled model sees a bounded number of shapes."""
+
+    def __init__(self, collate, cap: int | None = None):
+        self.collate = collate
+        self.cap = cap
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = self.collate(items)
+        for side in ("student", "teacher"):
+            block = batch.get(side)
+            if block is None:
+                continue
+            t = block["attention_mask"].shape[1]
+            extra = bucket_length(t, self.cap) - t
+            if extra <= 0:
+                continue
+            for key, x in block.items():
+                if x.dim() == 2 and x.shape[1] == t:
+                    block[key] = torch.nn.functional.pad(x, (0, extra), value=0)  # masked: any id will do
+            labels = batch.get("labels")
+            if side == "student" and isinstance(labels, torch.Tensor) and labels.dim() == 2 and labels.shape[1] == t:
+                batch["labels"] = torch.nn.functional.pad(labels, (0, extra), value=-100)
+        return batch
