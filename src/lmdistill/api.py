@@ -107,15 +107,19 @@ def save_model(model, tokenizer, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _datasets(data: TaskData, s_tok, t_tok, cfg: Config, regression: bool):
-    """Per-split TextDatasets and the collator (teacher inputs only when its tokenizer differs)."""
-    from lmdistill.data.text import Collator, TextDataset, encode, pad_id, tokenizers_match
+def _datasets(data: TaskData, s_tok, t_tok, cfg: Config, regression: bool, student_model=None, teacher_model=None):
+    """Per-split TextDatasets and the collator (teacher inputs only when its tokenizer differs).
+
+    Texts are cut to ``data.max_length`` tokens, or to what the models' position embeddings allow."""
+    from lmdistill.data.text import Collator, TextDataset, encode, max_length_for, pad_id, tokenizers_match
 
     separate = t_tok is not None and not tokenizers_match(s_tok, t_tok)
+    s_len = max_length_for(cfg.data.max_length, student_model, None if separate else teacher_model)
+    t_len = max_length_for(cfg.data.max_length, teacher_model)
     sets = {}
     for split, ex in data.splits.items():
-        student = encode(s_tok, ex, cfg.data.max_length)
-        teacher = encode(t_tok, ex, cfg.data.max_length) if separate and split == "train" else None
+        student = encode(s_tok, ex, s_len)
+        teacher = encode(t_tok, ex, t_len) if separate and split == "train" else None
         sets[split] = TextDataset(student, ex.labels, teacher, regression=regression)
     collate = Collator(pad_id(s_tok), pad_id(t_tok) if separate else None)
     return sets, collate, separate
@@ -248,7 +252,7 @@ def _distill_parts(cfg: Config):
     teacher, t_tok = load_saved_classifier(cfg.teacher.name_or_path, "teacher.name_or_path")
     _check_teacher_labels(teacher, data, cfg.task)
     student, s_tok = _make_student(cfg, teacher, t_tok, data)
-    sets, collate, separate = _datasets(data, s_tok, t_tok, cfg, cfg.task == "regression")
+    sets, collate, separate = _datasets(data, s_tok, t_tok, cfg, cfg.task == "regression", student, teacher)
     stages = stages_of(cfg)
     key = "distill" if not cfg.distill.stages else "distill.stages[{}]"
     objectives = [build_objective(cfg, st, student, teacher, separate, key.format(i)) for i, st in enumerate(stages)]
@@ -306,7 +310,7 @@ def finetune(config: str | Path | dict | Config, overrides: list[str] | tuple[st
     data = load_task_data(cfg.data, cfg.task, cfg.seed)
     model, tok = load_classifier(cfg.model, "model", num_labels=data.num_labels, label_names=data.label_names)
     objective = Objective({"mse": 1.0} if cfg.task == "regression" else {"ce": 1.0})
-    sets, collate, _ = _datasets(data, tok, None, cfg, cfg.task == "regression")
+    sets, collate, _ = _datasets(data, tok, None, cfg, cfg.task == "regression", model)
     return _train_and_test(cfg, "finetune", model, tok, None, data, objective, sets, collate)
 
 
@@ -374,7 +378,7 @@ def evaluate(
     overrides: list[str] | tuple[str, ...] = (),
 ) -> EvalResult:
     """Evaluate a saved model on ``split`` of the config's data, or on a whole file given as ``data``."""
-    from lmdistill.data.text import Collator, TextDataset, encode, pad_id
+    from lmdistill.data.text import Collator, TextDataset, encode, max_length_for, pad_id
     from lmdistill.engine import predict
     from lmdistill.models.load import load_saved_classifier
     from lmdistill.tasks.metrics import compute_metrics
@@ -402,7 +406,7 @@ def evaluate(
     if split_name not in frames:
         raise DataError(f"split '{split}' is not in the data (available: {', '.join(frames)})")
     ex = build_task_data({split_name: frames[split_name]}, dcfg, task).splits[split_name]
-    dataset = TextDataset(encode(tok, ex, dcfg.max_length), ex.labels, regression=regression)
+    dataset = TextDataset(encode(tok, ex, max_length_for(dcfg.max_length, net)), ex.labels, regression=regression)
     logits = predict(net, dataset, Collator(pad_id(tok)), batch_size)
     metrics = compute_metrics(logits, np.asarray(ex.labels), task, net.config.num_labels)
     if regression:
@@ -413,3 +417,15 @@ def evaluate(
         gold = [names[i] for i in ex.labels]
     return EvalResult(model=str(model), split=key if data is None else str(data), n=len(ex), metrics=metrics,
                       predictions=preds, labels=gold)
+
+
+def evaluate_retrieval(model: str | Path, *, teacher: str | Path | None = None, data: str = "bbc-news",
+                       query_column: str = "title", document_column: str = "text", max_queries: int | None = None,
+                       batch_size: int = 64, max_length: int = 128, seed: int = 0) -> dict:
+    """Search quality of a saved sentence-embedding model: recall@1, recall@10, MRR@10 and texts/s on
+    ``data`` (``bbc-news``: title -> body, or a CSV/JSONL/Parquet file), and its agreement with ``teacher``."""
+    from lmdistill.tasks.retrieval import evaluate_retrieval as run
+
+    return run(str(model), teacher=None if teacher is None else str(teacher), data=data, query_column=query_column,
+               document_column=document_column, max_queries=max_queries, batch_size=batch_size,
+               max_length=max_length, seed=seed)

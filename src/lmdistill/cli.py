@@ -42,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     _add_resume(p)
 
+    p = verbs.add_parser("cache", help="run the teacher once and store what the losses read (teacher cache)",
+                         description="Run the teacher once over the training data and store exactly what the "
+                                     "configured losses read from it (logits, tapped hidden states, q/k/v) in "
+                                     "16-bit memory-mapped files at training.teacher_cache (auto when null: "
+                                     "OUTPUT_DIR/teacher_cache). distill with training.teacher_cache set trains "
+                                     "from it with no teacher forward pass; a changed teacher, data or loss set "
+                                     "rebuilds it.")
+    _add_config(p)
+
     p = verbs.add_parser("compress", help="the whole pipeline: teacher, student, no-KD baseline, report",
                          description="Fine-tune the teacher (model.name_or_path) unless it is already trained for the "
                                      "task (or teacher.name_or_path names one), distill the student, train the same "
@@ -144,10 +153,18 @@ def _run(args: argparse.Namespace) -> int:
                              out_dir=args.output, config=args.config)
         print(f"report: {html}\n        {md}")
         return 0
+    if args.verb == "cache":
+        cached = api.cache(args.config, args.overrides)
+        if cached is not None:
+            meta = cached.meta
+            print(f"teacher cache: {cached.path} ({meta['examples']} examples, {meta['tokens']} tokens, "
+                  f"{meta['bytes'] / 1e6:.1f} MB); train from it with training.teacher_cache={cached.path}")
+        return 0
     if args.verb in ("finetune", "distill"):
         overrides = list(args.overrides) + ([f"training.resume={args.resume}"] if args.resume else [])
         result = getattr(api, args.verb)(args.config, overrides)
-        _print_run(result)
+        if api.is_main_process():
+            _print_run(result)
         return 0
     if args.verb == "evaluate":
         res = api.evaluate(args.model, config=args.config, data=args.data, split=args.split,

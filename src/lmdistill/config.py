@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import json
 import types
 import typing
@@ -50,6 +51,13 @@ class DataConfig:
     max_length: int = 128
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
+    block_size: int | None = None
+    """mlm / general raw text: tokens per block, special tokens included (default: data.max_length)."""
+    mlm_probability: float = 0.15
+    """mlm: the share of real tokens selected for prediction in each batch (dynamic masking, 80/10/10)."""
+    streaming: bool = False
+    """mlm / general: read the corpus as a stream (.txt / .jsonl line by line, `datasets` streaming);
+    needs training.max_steps."""
 
 
 @dataclass
@@ -121,7 +129,15 @@ class TrainingConfig:
     """A NaN/inf loss: stop (checked at each log, no per-step sync) or skip that batch (checked every step)."""
     cpu: bool = False
     """Force the CPU even when a GPU is present."""
+    teacher_placement: Literal["replicate", "shard"] = "replicate"
+    """Under FSDP / DeepSpeed ZeRO-3: keep a full teacher on every process, or shard it like the student."""
     num_workers: int = 0
+    teacher_cache: str | None = None
+    """Run the teacher once over the training data and train from its stored outputs (16-bit, memory-mapped):
+    auto (OUTPUT_DIR/teacher_cache), a folder (share it between students), or null (the teacher runs live).
+    A changed teacher, data or loss set rebuilds it; on-policy batches still use the live teacher."""
+    compile: bool = False
+    """torch.compile the student; batches are padded to a few fixed lengths (32, 48, 64, 96, 128, ...)."""
 
 
 @dataclass
@@ -231,10 +247,42 @@ class CausalLMConfig:
     generation_temperature: float = 1.0
     """Sampling temperature of the student's on-policy samples (0: greedy)."""
     block_size: int | None = None
-    """Raw text: tokens per training block after packing documents (default: data.max_length)."""
+    """Raw text: tokens per training block after packing documents (default: data.block_size, else
+    data.max_length)."""
     prompt_column: str | None = None
     """Prompt/response data: the prompt column (no loss on its tokens); set with response_column."""
     response_column: str | None = None
+
+
+@dataclass
+class EmbeddingConfig:
+    """Sentence-embedding distillation for search (`task: embedding`; docs/embedding.md)."""
+
+    mode: Literal["bi", "cross"] = "bi"
+    """bi: the student learns the teacher's sentence embeddings; cross: a cross-encoder teacher's relevance
+    scores are distilled into a bi-encoder student with margin-MSE (Hofstaetter et al. 2020)."""
+    loss: Literal["mse", "cosine", "margin_mse"] | None = None
+    """bi: mse (default; Reimers & Gurevych 2020) or cosine on the pooled embeddings; cross: margin_mse."""
+    pooling: Literal["auto", "mean", "cls"] = "auto"
+    """auto: the teacher's (sentence-transformers 1_Pooling/config.json in its folder), else mean."""
+    normalize: bool | None = None
+    """L2-normalise the saved student's embeddings (default: as the teacher's Normalize module)."""
+    projection: bool | None = None
+    """bi: a learned linear map student width -> teacher width after pooling (default: when widths differ)."""
+    similarity: Literal["dot", "cosine"] = "dot"
+    """cross: how the student scores a query and a passage."""
+    extra_text_columns: list[str] = field(default_factory=list)
+    """bi: more text columns to learn from besides data.text_column (e.g. [title])."""
+    query_column: str = "query"
+    positive_column: str = "positive"
+    negative_column: str | None = None
+    """cross: the negative passage column (default: another row's positive, drawn with the seed)."""
+    retrieval: str | None = None
+    """Evaluate retrieval at the end: bbc-news (or another built-in) or a CSV/JSONL/Parquet file; when it is
+    data.dataset, only its test split is used."""
+    retrieval_query_column: str = "title"
+    retrieval_document_column: str = "text"
+    retrieval_max_queries: int | None = None
 
 
 @dataclass
@@ -265,8 +313,11 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     distill: DistillSection = field(default_factory=DistillSection)
     report: ReportConfig = field(default_factory=ReportConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     lm: CausalLMConfig = field(default_factory=CausalLMConfig)
 
+
+MAX_INT = 2**32 - 1  # no count, size or step in a config is larger; bigger values overflow the libraries
 
 # --------------------------------------------------------------------------- loading
 
@@ -298,13 +349,14 @@ def load_config(
 
 def apply_method(raw: dict) -> dict:
     """Lay a preset (``distill.method``) under the user's keys: what the user wrote wins."""
-    from lmdistill.methods.presets import PRESETS
+    from lmdistill.methods.presets import presets_for
 
     distill = raw.get("distill") if isinstance(raw, dict) else None
     method = distill.get("method") if isinstance(distill, dict) else None
-    if not isinstance(method, str) or method not in PRESETS:
+    presets = presets_for(raw.get("task") if isinstance(raw, dict) else None)
+    if not isinstance(method, str) or method not in presets:
         return raw  # an unknown name is reported by check()
-    return _deep_merge(PRESETS[method], raw)
+    return _deep_merge(presets[method], raw)
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -314,20 +366,67 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:limit]
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A value as it appears in a message: repr, one line, cut short."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<a deeply nested {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML would keep the last silently)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)  # resolve `<<: *anchor` merges first: a merged key may be overridden
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value", key_node.start_mark)
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {_show(key)} appears twice (also on line {seen[key] + 1}); keep one",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
 def read_yaml(path: Path) -> dict:
     """Read a YAML mapping safely (no code is ever executed)."""
     if not path.is_file():
         raise ConfigError([f"config file '{path}' not found"])
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"config file '{path}' cannot be read as UTF-8 text: {e}"]) from None
+        raise ConfigError([f"config file '{path}' cannot be read as UTF-8 text ({_one_line(e)}); save it as UTF-8"]) from None
+    if "\x00" in text:
+        raise ConfigError([f"config file '{path}' contains NUL bytes (saved as UTF-16?); save it as UTF-8"])
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no tag can run code
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"config file '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}"]) from None
+        what = getattr(e, "problem", None) or _one_line(e)
+        raise ConfigError([f"config file '{path}' is not valid YAML{where}: {what}"]) from None
+    except RecursionError:
+        raise ConfigError([f"config file '{path}' is nested too deeply to be a config"]) from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
+        # a tag such as `!!int 1.5` or `!!timestamp nope` that cannot be built
+        raise ConfigError([f"config file '{path}' is not valid YAML: a tagged value cannot be read ({_one_line(e)})"]) from None
     if raw is None:
         raise ConfigError([f"config file '{path}' is empty: it needs at least `data:` and a model"])
     if not isinstance(raw, dict):
@@ -340,14 +439,18 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     raw = json.loads(json.dumps(raw, default=str)) if overrides else raw
     for item in overrides:
         if "=" not in item:
-            raise ConfigError([f"override '{item}' must look like key.sub=value (e.g. training.learning_rate=3e-5)"])
+            raise ConfigError([f"override {_show(item)} must look like key.sub=value (e.g. training.learning_rate=3e-5)"])
         key, _, text = item.partition("=")
+        if any(not c.isprintable() for c in key):
+            raise ConfigError([f"override {_show(item)} has a key with unprintable characters"])
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
-            raise ConfigError([f"override '{item}' has an empty key"])
+            raise ConfigError([f"override {_show(item)} has an empty key"])
         try:
             value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+        except RecursionError:
+            raise ConfigError([f"override '{key}' has a value nested too deeply"]) from None
+        except (yaml.YAMLError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
             value = text
         node = raw
         for p in parts[:-1]:
@@ -373,12 +476,11 @@ def _build(cls: type, raw: Any, path: str, errors: list[str]) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        errors.append(f"{where} must be a mapping of keys, got {type(raw).__name__} {raw!r}")
-        return cls()
+        errors.append(f"{where} must be a mapping of keys, got {type(raw).__name__} {_show(raw)}")
+        return None if _required(cls) else cls()
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = _required(cls)
     missing = [n for n in required if n not in raw]
     for n in missing:
         errors.append(f"{_join(path, n)} is required")
@@ -386,7 +488,7 @@ def _build(cls: type, raw: Any, path: str, errors: list[str]) -> Any:
         return None
     kwargs = {}
     for key, value in raw.items():
-        key_path = _join(path, str(key))
+        key_path = _join(path, str(key) if str(key).isprintable() else _show(str(key)))
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
             hint = f" (did you mean '{_join(path, close[0])}'?)" if close else f" (valid keys: {', '.join(names)})"
@@ -396,7 +498,14 @@ def _build(cls: type, raw: Any, path: str, errors: list[str]) -> Any:
         converted = _convert(hints[key], value, key_path, errors)
         if len(errors) == n_before or dataclasses.is_dataclass(converted):
             kwargs[key] = converted  # a section with a bad key inside is still checked
+    if any(n not in kwargs for n in required):
+        return None  # a required value was wrong: reported above
     return cls(**kwargs)
+
+
+def _required(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
 
 
 def _type_name(tp: Any) -> str:
@@ -407,7 +516,7 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if origin is dict:
+    if origin is dict or dataclasses.is_dataclass(tp):
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
@@ -427,30 +536,33 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:  # noqa:
             out = _convert(a, value, path, trial)
             if not trial:
                 return out
-        errors.append(f"{path} must be {_type_name(tp)}, got {value!r}")
+        errors.append(f"{path} must be {_type_name(tp)}, got {_show(value)}")
         return None
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, errors)
     if origin is Literal:
-        if value in args:
+        if isinstance(value, bool) and "no" in args and value is False:
+            return "no"  # YAML 1.1 reads an unquoted `no` as false
+        if not isinstance(value, bool) and value in args:
             return value
         errors.append(
-            f"{path} must be one of {', '.join(map(str, args))}, got {value!r}{_suggest(str(value), map(str, args))}"
+            f"{path} must be one of {', '.join(map(str, args))}, got {_show(value)}{_suggest(str(value), map(str, args))}"
         )
         return None
     if origin is list:
         if not isinstance(value, list):
-            errors.append(f"{path} must be {_type_name(tp)}, got {value!r}")
+            errors.append(f"{path} must be {_type_name(tp)}, got {_show(value)}")
             return None
         n_before = len(errors)
         out = [_convert(args[0], v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
         return out if len(errors) == n_before else None
     if origin is dict:
         if not isinstance(value, dict):
-            errors.append(f"{path} must be a mapping of keys to values, got {value!r}")
+            errors.append(f"{path} must be a mapping of keys to values, got {_show(value)}")
             return None
         n_before = len(errors)
-        out = {str(k): _convert(args[1], v, _join(path, str(k)), errors) for k, v in value.items()}
+        out = {str(k): _convert(args[1], v, _join(path, str(k) if str(k).isprintable() else _show(str(k))), errors)
+               for k, v in value.items()}
         return out if len(errors) == n_before else None
     if tp is Any:
         return value
@@ -459,21 +571,30 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:  # noqa:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_INT:
+                errors.append(f"{path} is too large ({_show(value, 30)}); use a value below {MAX_INT:,}")
+                return None
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-5` as a string
+            number = float(value) if abs(value) < 1e308 else math.inf
+        elif isinstance(value, str):  # YAML 1.1 reads `1e-5` as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                errors.append(f"{path} must be a finite number, got {_show(value)}")
+                return None
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    errors.append(f"{path} must be {_type_name(tp)}, got {value!r}")
+    errors.append(f"{path} must be {_type_name(tp)}, got {_show(value)}")
     return None
 
 
@@ -493,14 +614,28 @@ DEFAULT_LOSSES: dict[str, dict[str, float]] = {
 DEFAULT_LOSSES["causal_lm"] = {"kd": 0.5, "lm": 0.5}
 DEFAULT_METRIC: dict[str, str] = {"classification": "accuracy", "regression": "pearson"}
 DEFAULT_METRIC["causal_lm"] = "perplexity"
+# raw-text and embedding tasks (tasks/mlm.py, tasks/general.py, tasks/embedding.py)
+TASK_LOSSES.update(mlm=("kd", "mlm", "cos"), general=(), embedding=())
+DEFAULT_LOSSES["mlm"] = {"kd": 5.0, "mlm": 2.0, "cos": 1.0}  # DistilBERT's alpha_ce, alpha_mlm, alpha_cos
+DEFAULT_METRIC.update(mlm="perplexity", general="loss", embedding="loss")
+CACHE_TASKS = ("classification", "regression")  # training.teacher_cache: tasks whose teacher can be cached
+EVAL_METRICS = {"mlm": ("perplexity", "mlm_loss", "mlm_accuracy", "loss"), "general": ("loss",),
+                "bi": ("loss", "teacher_cosine", "embedding_mse"), "cross": ("loss", "margin_mse", "pairwise_accuracy")}
 
 
 def check(cfg: Config, verb: Verb | None = None) -> list[str]:
     """Range and consistency checks; returns every problem found (empty when the config is fine)."""
     errors: list[str] = []
+    if not 0 <= cfg.seed < 2**32:
+        errors.append(f"seed must be between 0 and 4294967295, got {cfg.seed}")
     errors += _check_data(cfg.data)
     errors += _check_training(cfg.training)
     errors += _check_lm(cfg, verb)
+    errors += _check_rawtext(cfg, verb) + _check_embedding(cfg, verb)
+    if cfg.training.teacher_cache is not None and cfg.task not in CACHE_TASKS:
+        errors.append(f"training.teacher_cache is not supported for task {cfg.task} (its loop feeds the teacher "
+                      f"inputs that change every epoch or its own signal); use it with tasks {', '.join(CACHE_TASKS)}, "
+                      "or set it to null")
     if verb == "finetune" and not cfg.model.name_or_path:
         errors.append("model.name_or_path is required for finetune: the pretrained model to fine-tune")
     if verb == "distill" and not cfg.teacher.name_or_path:
@@ -512,6 +647,63 @@ def check(cfg: Config, verb: Verb | None = None) -> list[str]:
         errors += _check_student(cfg.student)
         errors += _check_distill(cfg)
     errors += _check_report(cfg.report)
+    return errors
+
+
+def _check_metric(cfg: Config, kind: str) -> list[str]:
+    m, known = cfg.training.metric_for_best, EVAL_METRICS[kind]
+    if m is None or m in known:
+        return []
+    return [f"training.metric_for_best '{m}' is not measured for task {cfg.task}{_suggest(m, known)} "
+            f"(use one of: {', '.join(known)})"]
+
+
+def _check_rawtext(cfg: Config, verb: Verb | None) -> list[str]:
+    """Raw-text keys (block_size, mlm_probability, streaming) and what tasks mlm and general need."""
+    d, t = cfg.data, cfg.training
+    errors = []
+    if d.block_size is not None and d.block_size < 8:
+        errors.append(f"data.block_size must be at least 8 tokens, got {d.block_size}")
+    if not 0.0 < d.mlm_probability < 1.0:
+        errors.append(f"data.mlm_probability must be between 0 and 1 (exclusive), got {d.mlm_probability}")
+    if d.streaming:
+        if cfg.task not in ("mlm", "general"):
+            errors.append(f"data.streaming applies to tasks mlm and general, not {cfg.task}")
+        if t.max_steps is None:
+            errors.append("data.streaming needs training.max_steps: a stream has no length to count epochs by")
+        if t.num_workers:
+            errors.append(f"data.streaming needs training.num_workers 0 (one reader of the stream), got {t.num_workers}")
+    if cfg.task not in ("mlm", "general"):
+        return errors
+    errors += _check_metric(cfg, cfg.task)
+    if cfg.task == "general" and verb == "finetune":
+        errors.append("task general distils a teacher: run `lmdistill distill`, then finetune its model/ "
+                      "with a task such as classification")
+    if cfg.task == "general" and verb == "distill" and not cfg.distill.matches and not cfg.distill.stages:
+        errors.append("distill.matches is required for task general (it learns from hidden states, attention and "
+                      "relations only): add matches, or set distill.method: tinybert | minilmv2")
+    return errors
+
+
+def _check_embedding(cfg: Config, verb: Verb | None) -> list[str]:
+    e = cfg.embedding
+    if cfg.task != "embedding":
+        return []
+    errors = _check_metric(cfg, e.mode)
+    if verb == "finetune":
+        errors.append("task embedding distils a teacher: run `lmdistill distill` with teacher.name_or_path")
+    if e.mode == "bi" and e.loss == "margin_mse":
+        errors.append("embedding.loss margin_mse needs embedding.mode cross (a cross-encoder teacher); "
+                      "mode bi uses mse or cosine")
+    if e.mode == "cross" and e.loss in ("mse", "cosine"):
+        errors.append(f"embedding.loss {e.loss} applies to embedding.mode bi; mode cross uses margin_mse")
+    if e.mode == "cross" and e.projection:
+        errors.append("embedding.projection applies to embedding.mode bi (the teacher's embedding width)")
+    if e.retrieval_max_queries is not None and e.retrieval_max_queries < 1:
+        errors.append(f"embedding.retrieval_max_queries must be at least 1, got {e.retrieval_max_queries}")
+    if cfg.distill.matches or cfg.distill.stages:
+        errors.append("distill.matches and distill.stages do not apply to task embedding (the student learns "
+                      "pooled sentence embeddings or relevance margins): remove them")
     return errors
 
 
@@ -601,8 +793,10 @@ def _check_training(t: TrainingConfig) -> list[str]:
         errors.append(f"training.weight_decay must be 0 or more, got {t.weight_decay}")
     if t.max_grad_norm is not None and t.max_grad_norm <= 0:
         errors.append(f"training.max_grad_norm must be greater than 0 (or null for no clipping), got {t.max_grad_norm}")
-    if t.num_workers < 0:
-        errors.append(f"training.num_workers must be 0 or more, got {t.num_workers}")
+    if not 0 <= t.num_workers <= 64:
+        errors.append(f"training.num_workers must be between 0 and 64, got {t.num_workers}")
+    if t.teacher_cache is not None and not t.teacher_cache.strip():
+        errors.append("training.teacher_cache must be auto, a folder, or null (no cache), got an empty string")
     return errors
 
 
@@ -640,8 +834,9 @@ def _check_student(s: StudentConfig) -> list[str]:
 
 
 def _check_distill(cfg: Config) -> list[str]:
-    from lmdistill.methods.presets import PRESETS
+    from lmdistill.methods.presets import presets_for
 
+    PRESETS = presets_for(cfg.task)  # noqa: N806 - the recipes known for this task
     d = cfg.distill
     errors = []
     if d.method is not None and d.method not in PRESETS:
@@ -673,7 +868,8 @@ def _check_losses(losses: dict[str, float], task: str, key: str, need_one: bool)
     known = TASK_LOSSES.get(task, ())
     for name, w in losses.items():
         if name not in known:
-            hint = _suggest(name, known) or f" (for task {task} use: {', '.join(known)})"
+            hint = _suggest(name, known) or (f" (for task {task} use: {', '.join(known)})" if known else
+                                             f" (task {task} takes no distill.losses: remove it)")
             errors.append(f"{key}.{name} is not a loss for task {task}{hint}")
         elif not w >= 0:
             errors.append(f"{key}.{name} must be 0 or more, got {w}")

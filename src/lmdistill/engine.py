@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from lmdistill import checkpoint
 from lmdistill.config import TrainingConfig
 from lmdistill.data.sampler import LengthGroupedBatchSampler
+from lmdistill.data.text import BUCKETS, BucketPad
 from lmdistill.errors import LmdistillError
 from lmdistill.objective import Objective
 from lmdistill.signals.live import LiveTeacher, TeacherSignal
@@ -45,7 +46,8 @@ def _oom_advice(cfg: TrainingConfig, step: int, error: BaseException) -> OutOfMe
         f"out of {where} memory at step {step} with training.batch_size={cfg.batch_size}: lower "
         f"training.batch_size (e.g. {max(1, cfg.batch_size // 2)}) and raise training.gradient_accumulation_steps "
         f"(e.g. {cfg.gradient_accumulation_steps * 2}) to keep the same global batch, lower data.max_length, use "
-        "training.mixed_precision=bf16 on a GPU, run the teacher from a cache instead of live, or shard the "
+        "training.mixed_precision=bf16 on a GPU, run the teacher from a cache (training.teacher_cache=auto), or "
+        "shard the "
         "teacher with FSDP/DeepSpeed (training.teacher_placement=shard)"
     )
 
@@ -54,13 +56,16 @@ class StudentStep(nn.Module):
     """Student + objective as one module, so Accelerate wraps (DDP, autocast) both and learned
     projections inside the objective are trained and synchronised with the student."""
 
-    def __init__(self, student: nn.Module, objective: Objective):
+    def __init__(self, student: nn.Module, objective: Objective, compile: bool = False):
         super().__init__()
         self.student = student
         self.objective = objective
+        # training.compile: a compiled view of the same student, kept out of the module tree (no duplicate
+        # state-dict keys); evaluation calls the plain student, so its shapes never trigger a compile
+        self.__dict__["run_student"] = torch.compile(student, dynamic=False) if compile else student
 
     def forward(self, batch: dict, signal: TeacherSignal | None) -> dict[str, torch.Tensor]:
-        out = self.student(**batch["student"], output_hidden_states=self.objective.needs_hidden or None)
+        out = self.run_student(**batch["student"], output_hidden_states=self.objective.needs_hidden or None)
         tap = self.objective.student_tap
         return self.objective(out, signal, batch, tap.pop() if tap is not None else None)
 
@@ -145,12 +150,15 @@ def train(
     seed: int,
     out_dir: Path,
     teacher: nn.Module | None = None,
+    teacher_signal: Callable[[dict], TeacherSignal] | None = None,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     on_best: Callable[[nn.Module], None] | None = None,
     desc: str = "train",
 ) -> TrainOutcome:
     """Train ``student`` on ``objective``; returns what happened. ``on_best`` receives the unwrapped
-    student whenever validation improves (or at the end when there is no validation)."""
+    student whenever validation improves (or at the end when there is no validation). ``teacher_signal``
+    (e.g. a :class:`~lmdistill.signals.cache.CachedTeacher`) replaces the live teacher for every batch that
+    ``objective.prepare_batch`` leaves as it is; new batches (on-policy samples) still go to ``teacher``."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from tqdm.auto import tqdm
@@ -164,8 +172,16 @@ def train(
         mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.cpu),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         cpu=cfg.cpu,
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        dataloader_config=DataLoaderConfiguration(split_batches=True, non_blocking=torch.cuda.is_available()
+                                                  and not cfg.cpu),  # with pinned memory: copies overlap
     )
+    if cfg.compile:  # a few fixed lengths, so the compiled student sees a bounded number of shapes
+        collate = BucketPad(collate, min((getattr(m.config, "max_position_embeddings", None) or 10**9
+                                          for m in (student, teacher) if hasattr(m, "config")), default=None))
+        limit = len(BUCKETS) * 2 + 2  # every bucket, each also with the epoch's smaller last batch
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    if teacher_signal is not None and hasattr(teacher_signal, "wrap_collate"):
+        collate = teacher_signal.wrap_collate(collate)  # cache look-ups run in the loader, not in the step
     lengths = train_set.lengths() if hasattr(train_set, "lengths") else [1] * len(train_set)
     sampler = LengthGroupedBatchSampler(lengths, cfg.batch_size * accelerator.num_processes, seed,
                                         sort=cfg.group_by_length)
@@ -178,7 +194,7 @@ def train(
     total_steps = cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
 
-    model = StudentStep(student, objective)
+    model = StudentStep(student, objective, compile=cfg.compile)
     model.train()
     optimizer = make_optimizer(list(model.named_parameters()), cfg, accelerator.device)
     scheduler = get_scheduler(
@@ -189,7 +205,10 @@ def train(
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     signal_of = None
-    if teacher is not None and objective.needs_teacher:
+    prepare = getattr(objective, "prepare_batch", None)
+    # with a cache and no batch-rewriting hook the teacher never runs: it stays where it is (no device memory)
+    live = teacher is not None and objective.needs_teacher and (teacher_signal is None or prepare is not None)
+    if live:
         # frozen, never wrapped for training (no DDP gradient hooks on it): a replica on every process, or
         # under FSDP / DeepSpeed ZeRO-3 sharded like the student when training.teacher_placement is shard
         if cfg.teacher_placement == "shard" and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
@@ -197,10 +216,9 @@ def train(
         else:
             teacher.to(accelerator.device)
     objective.attach(student, teacher)
-    if teacher is not None and objective.needs_teacher:
+    if live:
         signal_of = LiveTeacher(teacher, hidden_states=objective.needs_hidden, tap=objective.teacher_tap)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    prepare = getattr(objective, "prepare_batch", None)
 
     state = LoopState()
     resumed_from = checkpoint.find(cfg.resume, out_dir)
@@ -265,9 +283,13 @@ def train(
                 state.batches_in_epoch += 1
                 objective.progress = state.step / total_steps
                 with accelerator.accumulate(model):
+                    source = teacher_signal if objective.needs_teacher else None
                     if prepare is not None:  # e.g. on-policy distillation: the student writes the batch
-                        batch = prepare(batch, accelerator.unwrap_model(model).student)
-                    signal = signal_of(batch) if signal_of is not None else None
+                        prepared = prepare(batch, accelerator.unwrap_model(model).student)
+                        if prepared is not batch:  # a new batch: no cache holds it, the live teacher scores it
+                            batch, source = prepared, None
+                    source = signal_of if source is None else source
+                    signal = source(batch) if source is not None else None
                     terms = model(batch, signal)
                     loss = objective.total(terms)
                     if cfg.on_nonfinite == "skip" and not torch.isfinite(loss):  # a host sync per step

@@ -93,3 +93,48 @@ PRESETS: dict[str, dict] = {
         },
     },
 }
+
+# The same papers' recipes in their task-agnostic form: with ``task: mlm`` or ``task: general``,
+# ``distill.method`` names the paper and the task picks the phase (pre-training distillation on raw text).
+# These tasks know only these recipes; every other task uses PRESETS.
+TASK_PRESETS: dict[str, dict[str, dict]] = {
+    "mlm": {
+        # Sanh et al. 2019 (DistilBERT), pre-training: L = 5.0 L_ce (soft targets on the MLM logits, T=2)
+        # + 2.0 L_mlm + 1.0 L_cos (last hidden states), the weights of the DistilBERT training code; the student
+        # keeps every other teacher layer.
+        "distilbert": {
+            "student": {"keep_every": 2},
+            "distill": {"temperature": 2.0, "losses": {"kd": 5.0, "mlm": 2.0, "cos": 1.0}},
+        },
+    },
+    "general": {
+        # Jiao et al. 2020 (TinyBERT), general distillation: embedding-layer and transformer-layer distillation
+        # (hidden MSE through a learned projection when widths differ, attention-score MSE), uniform layer map,
+        # no prediction layer; weights 1.
+        "tinybert": {
+            "distill": {
+                "matches": [
+                    {"feature": "embeddings", "loss": "mse"},
+                    {"feature": "hidden", "loss": "mse", "strategy": "uniform"},
+                    {"feature": "attention_scores", "loss": "mse", "strategy": "uniform"},
+                ],
+            },
+        },
+        # Wang et al. 2021 (MiniLMv2): Q-Q, K-K and V-V self-attention relations (KL) of the teacher's last layer
+        # (set teacher_layer for an upper-middle one) into the student's last layer, relation heads shared.
+        "minilmv2": {
+            "distill": {
+                "matches": [
+                    {"feature": "qq", "loss": "kl", **_LAST},
+                    {"feature": "kk", "loss": "kl", **_LAST},
+                    {"feature": "vv", "loss": "kl", **_LAST},
+                ],
+            },
+        },
+    },
+}
+
+
+def presets_for(task: str | None) -> dict[str, dict]:
+    """The recipes ``distill.method`` may name for ``task``."""
+    return TASK_PRESETS.get(task, PRESETS) if isinstance(task, str) else PRESETS

@@ -38,7 +38,7 @@ class LiveTeacher:
         inputs = batch.get("teacher") or batch["student"]
         out = self.model(**inputs, output_hidden_states=self.hidden_states or None)
         return TeacherSignal(
-            logits=out.logits,
+            logits=getattr(out, "logits", None),  # base encoders (task general) have no head
             hidden_states=tuple(out.hidden_states) if self.hidden_states else None,
             features=self.tap.pop() if self.tap is not None else {},
         )

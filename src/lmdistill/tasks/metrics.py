@@ -6,6 +6,7 @@ import numpy as np
 
 GREATER_IS_BETTER = {"accuracy": True, "macro_f1": True, "pearson": True, "spearman": True, "mse": False,
                      "rmse": False, "loss": False}
+GREATER_IS_BETTER["perplexity"] = False
 
 
 def classification_metrics(pred: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:

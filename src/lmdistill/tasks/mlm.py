@@ -1,0 +1,233 @@
+"""Masked-LM distillation on raw text (``task: mlm``): DistilBERT's pre-training triple loss.
+
+DistilBERT (Sanh et al. 2019, sec. 3, "Knowledge distillation" / "Training loss") trains the student on
+``L = alpha_ce L_ce + alpha_mlm L_mlm + alpha_cos L_cos``, here ``distill.losses: {kd, mlm, cos}``:
+
+- ``kd`` (``L_ce``): the soft-target loss on the masked-LM logits,
+  ``T^2 KL(p_T || p_S)`` with ``p = softmax(z / T)`` over the vocabulary, per token (forward KL:
+  ``F.kl_div(input=log q, target=log p)``); averaged over every real token of the batch, as the authors'
+  ``distiller.py`` does by default (``restrict_ce_to_mask=False``): the teacher's predictions at unmasked
+  positions carry knowledge too. ``T^2`` (Hinton et al. 2015) because a hard-label term is mixed in
+  (``distill.kd_scale_t2``).
+- ``mlm`` (``L_mlm``): cross-entropy of the student's prediction at the masked positions (labels from
+  :class:`lmdistill.data.rawtext.MLMCollator`, dynamic masking).
+- ``cos`` (``L_cos``): ``1 - cos(h_S, h_T)`` between the last hidden states, per real token (a cosine
+  embedding loss with target 1), which "tends to align the directions of the student and teacher hidden
+  states vectors".
+
+Defaults are those of the DistilBERT training code (``train.py``): ``alpha_ce 5.0``, ``alpha_mlm 2.0``,
+``alpha_cos 1.0``, ``temperature 2.0``, ``mlm_mask_prop 0.15`` with 80/10/10 replacement; the student
+keeps every other teacher layer (``student.keep_every: 2``; ``distill.method: distilbert`` with ``task: mlm``
+sets all of this). ``distill.matches`` may be added (e.g. TinyBERT-style hidden states).
+
+Evaluation: ``mlm_loss`` (cross-entropy per masked token), ``perplexity = exp(mlm_loss)`` and
+``mlm_accuracy`` on held-out blocks masked once with a fixed seed, and ``loss`` (the weighted objective).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lmdistill.config import Config
+from lmdistill.errors import LmdistillError, ModelError
+from lmdistill.losses.divergences import forward_kl
+from lmdistill.losses.features import hidden_cosine
+from lmdistill.losses.logits import cross_entropy
+from lmdistill.losses.reduce import masked_mean
+from lmdistill.objective import Objective
+from lmdistill.signals.live import TeacherSignal
+from lmdistill.tasks.general import (
+    build_objective,
+    load_auto,
+    load_teacher,
+    make_student,
+    raw_text_data,
+    require_same_tokenizer,
+    run_stages,
+    stages_with_keys,
+    to_device,
+)
+
+MLM_LOSSES = ("kd", "mlm", "cos")
+
+
+def masked_lm_kd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Per-token forward KL of the softened vocabulary distributions at the selected positions.
+
+    ``(B, T, V), (B, T, V), (B, T) bool -> (N,)`` with ``N = mask.sum()``: ``KL(p_T || p_S)`` at temperature
+    ``T``, no ``T^2`` factor (the caller applies it). Positions are selected BEFORE the softmax, so padding
+    costs nothing (DistilBERT's ``masked_select``).
+    """
+    return forward_kl(student_logits[mask], teacher_logits[mask], temperature)
+
+
+def masked_lm_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy at the masked positions: ``(B, T, V), (B, T) -> (N,)``, ``N`` = labels other than -100."""
+    selected = labels != -100
+    return cross_entropy(student_logits[selected], labels[selected])
+
+
+def _kd(obj: MLMObjective, out, signal: TeacherSignal, batch: dict) -> torch.Tensor:
+    t = obj.temperature_now()
+    kl = masked_lm_kd(out.logits, signal.logits, batch["student"]["attention_mask"].bool(), t)
+    return masked_mean(kl) * (t**2 if obj.kd_scale_t2 else 1.0)
+
+
+def _mlm(obj: MLMObjective, out, signal, batch: dict) -> torch.Tensor:
+    return masked_mean(masked_lm_ce(out.logits, batch["labels"]))
+
+
+def _cos(obj: MLMObjective, out, signal: TeacherSignal, batch: dict) -> torch.Tensor:
+    loss = hidden_cosine(out.hidden_states[-1], signal.hidden_states[-1])
+    return masked_mean(loss, batch["student"]["attention_mask"])
+
+
+MLM_TERMS = {"kd": _kd, "mlm": _mlm, "cos": _cos}
+
+
+class MLMObjective(Objective):
+    """DistilBERT's triple loss (``kd``, ``mlm``, ``cos``) plus any ``distill.matches``."""
+
+    @property
+    def needs_teacher(self) -> bool:
+        return bool(self.matches) or any(k in ("kd", "cos") for k in self.weights)
+
+    @property
+    def needs_hidden(self) -> bool:
+        return "cos" in self.weights or super().needs_hidden
+
+    def forward(self, out, signal: TeacherSignal | None, batch: dict, feats: dict | None = None) -> dict:
+        terms = {name: MLM_TERMS[name](self, out, signal, batch) for name in self.weights}
+        for m in self.matches:
+            terms[m.name] = self._match(m, out, feats or {}, signal, batch)
+        return terms
+
+
+@torch.no_grad()
+def mlm_metrics(model, batches: list[dict], objective: MLMObjective | None = None, teacher=None) -> dict:
+    """``mlm_loss``, ``perplexity``, ``mlm_accuracy`` over every masked token of ``batches``; with an
+    objective (and its taps attached) also ``loss`` and each term, averaged over examples."""
+    from lmdistill.signals.live import LiveTeacher
+    from lmdistill.tasks.general import _base_weight
+
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    signal_of = None
+    if objective is not None and teacher is not None and objective.needs_teacher:
+        signal_of = LiveTeacher(teacher, hidden_states=objective.needs_hidden, tap=objective.teacher_tap)
+    ce_sum, correct, count, n = 0.0, 0, 0, 0
+    sums: dict[str, float] = {}
+    hidden = objective.needs_hidden if objective is not None else False
+    for batch in batches:
+        batch = to_device(batch, device)
+        out = model(**batch["student"], output_hidden_states=hidden or None)
+        labels = batch["labels"]
+        selected = labels != -100
+        logits = out.logits[selected]
+        ce_sum += float(cross_entropy(logits, labels[selected]).sum())
+        correct += int((logits.argmax(-1) == labels[selected]).sum())
+        count += int(selected.sum())
+        if objective is not None:
+            feats = objective.student_tap.pop() if objective.student_tap is not None else None
+            terms = objective(out, signal_of(batch) if signal_of is not None else None, batch, feats)
+            b = labels.shape[0]
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * b
+            n += b
+    model.train(was)
+    ce = ce_sum / max(count, 1)
+    out = {"mlm_loss": ce, "perplexity": math.exp(min(ce, 50.0)), "mlm_accuracy": correct / max(count, 1)}
+    if objective is not None:
+        terms = {k: v / max(n, 1) for k, v in sums.items()}
+        out.update(loss=sum(_base_weight(objective, k) * v for k, v in terms.items()), **terms)
+    return out
+
+
+def _check_shapes(objective: MLMObjective, student, teacher) -> None:
+    if teacher is None:
+        return
+    s_v, t_v = student.get_output_embeddings().out_features, teacher.get_output_embeddings().out_features
+    if "kd" in objective.weights and s_v != t_v:
+        raise ModelError(
+            f"distill.losses.kd: the student predicts {s_v} tokens and the teacher {t_v}; the soft-target "
+            "loss needs one vocabulary (build the student from the teacher)"
+        )
+    s_w, t_w = student.config.hidden_size, teacher.config.hidden_size
+    if "cos" in objective.weights and s_w != t_w:
+        raise ModelError(
+            f"distill.losses.cos: student width {s_w} != teacher width {t_w}; the cosine loss compares "
+            "hidden states directly: drop it, or use a match {feature: hidden, loss: cosine} (projected)"
+        )
+
+
+def distill(cfg: Config):
+    """DistilBERT-style distillation of a masked-LM teacher into a masked-LM student on raw text."""
+    from transformers import AutoModelForMaskedLM
+
+    teacher, t_tok = load_teacher(cfg, AutoModelForMaskedLM, need_head="masked-LM head")
+    student, s_tok = make_student(cfg, teacher, t_tok, AutoModelForMaskedLM)
+    require_same_tokenizer(t_tok, s_tok, "mlm")
+    return _run(cfg, "distill", student, s_tok, teacher)
+
+
+def finetune(cfg: Config):
+    """Continued masked-LM pre-training of ``model`` on raw text (no teacher): the ``mlm`` term only."""
+    from transformers import AutoModelForMaskedLM
+
+    from lmdistill.models.load import load_tokenizer
+
+    m = cfg.model
+    model = load_auto(AutoModelForMaskedLM, m.name_or_path, "model.name_or_path")
+    tok = load_tokenizer(m.tokenizer or m.name_or_path, "model.tokenizer")
+    cfg.distill.losses = {"mlm": 1.0}
+    cfg.distill.matches, cfg.distill.stages = [], []
+    return _run(cfg, "finetune", model, tok, None)
+
+
+def _run(cfg: Config, verb: str, student, s_tok, teacher):
+    from transformers import AutoModelForMaskedLM
+
+    from lmdistill.data.rawtext import MLMCollator
+    from lmdistill.tasks.general import check_length
+
+    for m in (student, teacher) if teacher is not None else (student,):
+        check_length(m, cfg.data.block_size or cfg.data.max_length, "data.block_size")
+
+    p = cfg.data.mlm_probability
+    data = raw_text_data(cfg, s_tok, MLMCollator(s_tok, p, cfg.seed), MLMCollator(s_tok, p, cfg.seed + 1))
+    pairs = stages_with_keys(cfg)
+    objectives = [build_objective(cfg, st, student, teacher, key, MLMObjective) for st, key in pairs]
+    for obj in objectives:
+        if obj.needs_teacher and teacher is None:
+            raise LmdistillError("distill.losses: kd and cos need a teacher; finetune trains with mlm only")
+        _check_shapes(obj, student, teacher)
+    extra = {}
+    if teacher is not None and (data.validation or data.test):
+        extra["teacher"] = {
+            s: mlm_metrics(teacher, getattr(data, s)) for s in ("validation", "test") if getattr(data, s)
+        }
+
+    def metrics(model, objective, batches):
+        return mlm_metrics(model, batches, objective, teacher)
+
+    def reload(model_dir):
+        return load_auto(AutoModelForMaskedLM, str(model_dir), "model")
+
+    return run_stages(
+        cfg,
+        verb,
+        student=student,
+        s_tok=s_tok,
+        teacher=teacher,
+        data=data,
+        objectives=objectives,
+        stages=[st for st, _ in pairs],
+        metrics=metrics,
+        reload=reload,
+        extra=extra,
+    )
