@@ -114,8 +114,9 @@ def _print_run(result) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.verb == "validate":
-        from lmdistill.config import infer_verb, load_config, read_yaml
         from pathlib import Path
+
+        from lmdistill.config import infer_verb, load_config, read_yaml
 
         raw = read_yaml(Path(args.config))
         load_config(raw, args.overrides, verb=args.for_verb or infer_verb(raw))

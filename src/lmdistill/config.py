@@ -7,10 +7,11 @@ types and ranges are checked with the key named as typed, and all errors are rep
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
-import math
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -392,7 +393,8 @@ def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = F
         try:
             duplicate = key in seen
         except TypeError:
-            raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value", key_node.start_mark)
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain value", key_node.start_mark) from None
         if duplicate:
             raise yaml.constructor.ConstructorError(
                 None, None, f"key {_show(key)} appears twice (also on line {seen[key] + 1}); keep one",
@@ -580,10 +582,8 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:  # noqa:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value) if abs(value) < 1e308 else math.inf
         elif isinstance(value, str):  # YAML 1.1 reads `1e-5` as a string
-            try:
+            with contextlib.suppress(ValueError):
                 number = float(value)
-            except ValueError:
-                pass
         if number is not None:
             if not math.isfinite(number):
                 errors.append(f"{path} must be a finite number, got {_show(value)}")

@@ -54,9 +54,9 @@ def qkv_modules(model: nn.Module, layer: int) -> tuple[nn.Module, nn.Module, nn.
 
 def attention_shape(config) -> tuple[int, int, int]:
     """(query heads, key/value heads, head dim) of a model config."""
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads")
+    heads = getattr(config, "num_attention_heads", None) or config.n_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim")
+    hidden = getattr(config, "hidden_size", None) or config.dim
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     return heads, kv_heads, head_dim
 
