@@ -62,7 +62,7 @@ def test_compress_reuses_a_trained_teacher(compressed, capsys):
     run, path = compressed
     before = (run / "teacher" / "model" / "model.safetensors").stat().st_mtime
     capsys.readouterr()
-    assert main(["compress", str(path), "report.energy=false"]) == 0
+    assert main(["compress", str(path), "report.energy=false", "training.max_steps=2"]) == 0
     assert "already trained for this task" in capsys.readouterr().out
     assert (run / "teacher" / "model" / "model.safetensors").stat().st_mtime == before
 
