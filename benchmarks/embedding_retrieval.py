@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("run", help="output_dir of a `task: embedding` run")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. teacher.name_or_path=PATH")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
 
     import torch
 

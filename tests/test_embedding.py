@@ -376,3 +376,12 @@ def test_narrower_student_gets_a_projection_and_keeps_the_teachers_pooling(tok, 
     cfg.embedding.projection = False
     with pytest.raises(ModelError, match="the student embeds into 16 dimensions and the teacher into 32"):
         make_bi_student(cfg, teacher, t_tok)
+
+
+def test_every_metric_a_config_may_pick_has_a_direction():
+    from lmdistill.config import EVAL_METRICS
+    from lmdistill.tasks.metrics import GREATER_IS_BETTER, is_better
+
+    assert all(m in GREATER_IS_BETTER for names in EVAL_METRICS.values() for m in names)
+    assert is_better("teacher_cosine", 0.9, 0.8) and is_better("margin_mse", 0.1, 0.2)
+    assert not is_better("embedding_mse", 0.3, 0.2) and is_better("mlm_loss", 1.0, 2.0)
