@@ -6,7 +6,8 @@ student of half its depth, soft-target KL at T=2 + hard-label CE + hidden-state 
 lengths are log-normal (median 40 tokens, capped at --max-len), batch size --bs.
 
 Modes (each in its own process, so peak memory is its own):
-  plain             a plain PyTorch loop: shuffled batches padded to their longest example, fp32 eager
+  plain             a plain PyTorch loop: shuffled batches padded to their longest example, eager, SDPA,
+                    bf16 autocast on a GPU (fp32 on a CPU)
   textbrewer        TextBrewer 0.2.1 GeneralDistiller, batches padded to --max-len (as in its examples)
   textbrewer_dyn    the same with the plain loop's batches (padded to their longest example)
   lmdistill_live    lmdistill.engine.train with the teacher running live
@@ -20,8 +21,9 @@ CPU, as in shared/anchors/gpu_probe.py), and peak memory (GPU: max allocated; CP
 
     # CPU, MiniLM-sized (hidden 384, 6 -> 3 layers): a few minutes on 2 cores
     python benchmarks/engine_bench.py --size minilm --n 384 --epochs 2
-    # GPU, BERT-base teacher, 6-layer student
-    python benchmarks/engine_bench.py --size bert-base --n 20000 --epochs 2 \\
+    # GPU, BERT-base teacher, 6-layer student, batch 256 (the setting of shared/anchors/gpu_probe.py)
+    PYTHONPATH=src python benchmarks/engine_bench.py --size bert-base --n 20480 --epochs 2 --bs 256 \\
+        --cache-bs 512 --rounds 2 --out benchmarks/results/engine_gpu_bert_base.json \\
         --modes plain,textbrewer,textbrewer_dyn,lmdistill_live,lmdistill_cached,lmdistill_cached_compile
 
 TextBrewer is a benchmark-only dependency, installed outside the main environment:
@@ -148,10 +150,11 @@ def run_plain(args, dev, teacher, student, ids, labels) -> dict:
         for idx in torch.randperm(len(ids), generator=g).split(args.bs):
             x, mask = pad([ids[i] for i in idx])
             x, mask, y = x.to(dev), mask.to(dev), torch.tensor([labels[i] for i in idx], device=dev)
-            with torch.no_grad():
-                t_out = teacher(input_ids=x, attention_mask=mask, output_hidden_states=True)
-            s_out = student(input_ids=x, attention_mask=mask, output_hidden_states=True)
-            loss = kd_loss(s_out, t_out.logits, t_out.hidden_states, y, mask, pairs)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                with torch.no_grad():
+                    t_out = teacher(input_ids=x, attention_mask=mask, output_hidden_states=True)
+                s_out = student(input_ids=x, attention_mask=mask, output_hidden_states=True)
+                loss = kd_loss(s_out, t_out.logits, t_out.hidden_states, y, mask, pairs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
