@@ -80,6 +80,80 @@ def test_length_grouped_batches_keep_every_example_once():
     assert list(LengthGroupedBatchSampler(lengths, 8, seed=5, group=4)) != batches  # epoch 0 differs from 1
 
 
+def test_token_budget_batches_keep_every_example_once_within_the_budget():
+    from lmdistill.data.sampler import TokenBudgetBatchSampler
+    from lmdistill.errors import LmdistillError
+
+    lengths = [int(x) for x in torch.randint(3, 60, (203,), generator=torch.Generator().manual_seed(0))]
+    for processes in (1, 2):
+        sampler = TokenBudgetBatchSampler(lengths, max_tokens=256, seed=5, processes=processes)
+        seen = []
+        for epoch in range(2):
+            sampler.set_epoch(epoch)
+            batches = list(sampler)
+            seen.append(batches)
+            assert len(batches) == len(sampler)
+            assert sorted(i for b in batches for i in b) == list(range(203))
+            for b in batches:
+                padded = -(-max(lengths[i] for i in b) // 8) * 8
+                assert -(-len(b) // processes) * padded <= 256  # per process, padded to a multiple of 8
+            assert sum(len(b) % processes != 0 for b in batches) <= 1  # only the last cut may be uneven
+        short = min(seen[0], key=lambda b: max(lengths[i] for i in b))
+        long = max(seen[0], key=lambda b: max(lengths[i] for i in b))
+        assert len(short) > len(long)  # short sentences travel in larger batches
+        assert seen[0] != seen[1] and sorted(map(sorted, seen[0])) == sorted(map(sorted, seen[1]))
+    with pytest.raises(LmdistillError, match=r"training.max_tokens=32 is smaller than the longest example"):
+        TokenBudgetBatchSampler(lengths, max_tokens=32)
+
+
+def test_process_shards_cover_every_batch_of_any_size():
+    from lmdistill.data.sampler import ProcessShard
+
+    class Fixed:  # global batches of uneven sizes, one shorter than the number of processes
+        def __init__(self):
+            self.epoch = None
+
+        def __iter__(self):
+            return iter([[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11]])
+
+        def __len__(self):
+            return 3
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    base = Fixed()
+    shards = [list(ProcessShard(base, i, 2)) for i in range(2)]
+    assert shards[0] == [[0, 1, 2], [6, 7, 8], [11]]
+    assert shards[1] == [[3, 4, 5], [9, 10], [0]]  # the short batch is filled from the epoch's first
+    assert list(ProcessShard(base, 0, 1)) == list(base)  # one process: the batches as they are
+    ProcessShard(base, 1, 2).set_epoch(3)
+    assert base.epoch == 3 and len(ProcessShard(base, 0, 2)) == 3
+
+
+def test_token_budget_training_run(tmp_path, sentiment_csv, tiny_bert_dir, monkeypatch):
+    from lmdistill import engine
+
+    made, shapes = [], []
+    real_sampler, real_forward = engine.TokenBudgetBatchSampler, engine.StudentStep.forward
+
+    def sampler(*a, **k):
+        made.append(real_sampler(*a, **k))
+        return made[-1]
+
+    def forward(self, batch, signal):
+        shapes.append(tuple(batch["student"]["input_ids"].shape))
+        return real_forward(self, batch, signal)
+
+    monkeypatch.setattr(engine, "TokenBudgetBatchSampler", sampler)
+    monkeypatch.setattr(engine.StudentStep, "forward", forward)
+    res = api.finetune(_cfg(tmp_path, sentiment_csv, tiny_bert_dir, max_tokens=96, epochs=2))
+    assert res.steps == 2 * len(made[0])
+    assert len(shapes) == res.steps and all(n * length <= 96 for n, length in shapes)
+    assert sum(n for n, _ in shapes) == 2 * 192  # every training row once per epoch
+    assert len({n for n, _ in shapes}) > 1  # the batch size follows the lengths
+
+
 def test_nonfinite_loss_stops_with_term_and_step(tmp_path, sentiment_csv, tiny_bert_dir):
     from lmdistill.engine import NonFiniteLoss
 

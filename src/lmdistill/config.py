@@ -126,6 +126,9 @@ class TrainingConfig:
     """auto: continue from the newest checkpoint in output_dir/checkpoints (if any); or a checkpoint folder."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding; every example still seen once per epoch)."""
+    max_tokens: int | None = None
+    """Token-budget batches: as many examples as fit in this many padded tokens per process (batch_size is
+    then not used for training batches); batches of similar length, formed once, shuffled every epoch."""
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """A NaN/inf loss: stop (checked at each log, no per-step sync) or skip that batch (checked every step)."""
     cpu: bool = False
@@ -783,6 +786,7 @@ def _check_training(t: TrainingConfig) -> list[str]:
         "early_stopping_patience": t.early_stopping_patience,
         "save_every": t.save_every,
         "save_total_limit": t.save_total_limit,
+        "max_tokens": t.max_tokens,
     }
     for key, v in at_least_one.items():
         if v is not None and v < 1:
@@ -795,6 +799,9 @@ def _check_training(t: TrainingConfig) -> list[str]:
         errors.append(f"training.max_grad_norm must be greater than 0 (or null for no clipping), got {t.max_grad_norm}")
     if not 0 <= t.num_workers <= 64:
         errors.append(f"training.num_workers must be between 0 and 64, got {t.num_workers}")
+    if t.compile and t.max_tokens is not None:
+        errors.append("training.compile and training.max_tokens are both set: token-budget batches vary in size, "
+                      "so the student would compile again for each; keep one (compile pads to fixed lengths)")
     if t.teacher_cache is not None and not t.teacher_cache.strip():
         errors.append("training.teacher_cache must be auto, a folder, or null (no cache), got an empty string")
     return errors

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmdistill import checkpoint
 from lmdistill.config import TrainingConfig
-from lmdistill.data.sampler import LengthGroupedBatchSampler
+from lmdistill.data.sampler import LengthGroupedBatchSampler, ProcessShard, TokenBudgetBatchSampler
 from lmdistill.data.text import BUCKETS, BucketPad
 from lmdistill.errors import LmdistillError
 from lmdistill.objective import Objective
@@ -161,20 +161,21 @@ def train(
     (e.g. a :class:`~lmdistill.signals.cache.CachedTeacher`) replaces the live teacher for every batch that
     ``objective.prepare_batch`` leaves as it is; new batches (on-policy samples) still go to ``teacher``."""
     from accelerate import Accelerator
+    from accelerate.data_loader import prepare_data_loader
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     # ---- set-up -------------------------------------------------------------------------------
     set_seed(seed)
-    # split_batches: the sampler draws GLOBAL batches (batch_size x processes) and each process takes its
-    # share, so N processes see exactly the batches one process with N x batch_size would see
+    # the sampler draws GLOBAL batches (batch_size x processes) and each process takes its share
+    # (ProcessShard), so N processes see exactly the batches one process with N x batch_size would see
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.cpu),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         cpu=cfg.cpu,
-        dataloader_config=DataLoaderConfiguration(split_batches=True, non_blocking=torch.cuda.is_available()
-                                                  and not cfg.cpu),  # with pinned memory: copies overlap
+        # split_batches also tells the prepared scheduler to step once per optimizer step, not once per process
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     if cfg.compile:  # a few fixed lengths, so the compiled student sees a bounded number of shapes
         collate = BucketPad(collate, min((getattr(m.config, "max_position_embeddings", None) or 10**9
@@ -184,13 +185,24 @@ def train(
     if teacher_signal is not None and hasattr(teacher_signal, "wrap_collate"):
         collate = teacher_signal.wrap_collate(collate)  # cache look-ups run in the loader, not in the step
     lengths = train_set.lengths() if hasattr(train_set, "lengths") else [1] * len(train_set)
-    sampler = LengthGroupedBatchSampler(lengths, cfg.batch_size * accelerator.num_processes, seed,
-                                        sort=cfg.group_by_length)
+    if cfg.max_tokens is not None:  # token-budget batches: the budget is per process
+        if not hasattr(train_set, "lengths") or not getattr(train_set, "known_lengths", True):
+            raise LmdistillError("training.max_tokens needs the examples' lengths up front: not with "
+                                 "data.streaming (set training.batch_size instead)")
+        sampler = TokenBudgetBatchSampler(lengths, cfg.max_tokens, seed, processes=accelerator.num_processes)
+    else:
+        sampler = LengthGroupedBatchSampler(lengths, cfg.batch_size * accelerator.num_processes, seed,
+                                            sort=cfg.group_by_length)
     # its own generator: creating an epoch's iterator must not draw from the global RNG (dropout), or a
     # resumed run would see other dropout masks than an uninterrupted one
-    loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+    # each process takes its share of every global batch itself (accelerate's split_batches would skip any
+    # batch shorter than batch_size); accelerate then only moves the batches to the device
+    loader = DataLoader(train_set, batch_sampler=ProcessShard(sampler, accelerator.process_index,
+                                                              accelerator.num_processes),
+                        collate_fn=collate, num_workers=cfg.num_workers,
                         pin_memory=accelerator.device.type == "cuda", generator=torch.Generator().manual_seed(seed))
-    loader = accelerator.prepare(loader)
+    loader = prepare_data_loader(loader, device=accelerator.device, num_processes=1, process_index=0,
+                                 put_on_device=True, non_blocking=accelerator.device.type == "cuda")
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.gradient_accumulation_steps))
     total_steps = cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -201,7 +213,7 @@ def train(
     scheduler = get_scheduler(
         "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
         optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * total_steps),  # split_batches: one scheduler step per step
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps),  # one scheduler step per optimizer step
         num_training_steps=total_steps,
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)

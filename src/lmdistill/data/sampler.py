@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from lmdistill.errors import LmdistillError
+
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
     """A batch sampler: yields lists of example indices of similar length (pass as ``batch_sampler``)."""
@@ -48,3 +50,82 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         for b in self.batches(self.epoch):
             yield b.tolist()
+
+
+class TokenBudgetBatchSampler(Sampler[list[int]]):
+    """Batches by a token budget (as fairseq's ``--max-tokens``): each batch holds as many examples as fit in
+    ``max_tokens`` padded positions per process, so short sentences travel in large batches and long ones in
+    small batches, and every step does about the same work.
+
+    The batches are formed once: examples sorted by length (ties in a seeded random order), cut greedily so
+    that ``examples per process x longest length (rounded up to multiple)`` stays within the budget, every
+    batch a multiple of ``processes`` examples (split_batches gives each process the same share; only the
+    last batch may be smaller). Each epoch shuffles the order of the batches with the seed, so the number of
+    steps per epoch is fixed and every example is seen exactly once per epoch.
+    """
+
+    def __init__(self, lengths: list[int], max_tokens: int, seed: int = 0, multiple: int = 8, processes: int = 1):
+        lengths = torch.as_tensor(lengths)
+        padded = (lengths + multiple - 1) // multiple * multiple
+        if len(lengths) and int(padded.max()) > max_tokens:
+            raise LmdistillError(
+                f"training.max_tokens={max_tokens} is smaller than the longest example ({int(lengths.max())} tokens, "
+                f"{int(padded.max())} padded): set training.max_tokens to at least {int(padded.max())}"
+            )
+        self.seed = seed
+        self.epoch = 0
+        g = torch.Generator().manual_seed(seed)
+        tie = torch.randperm(len(lengths), generator=g)
+        order = tie[torch.argsort(padded[tie], stable=True)].tolist()  # ascending: a batch's longest is its last
+        self._batches: list[list[int]] = []
+        start = 0
+        while start < len(order):
+            end = min(start + processes, len(order))  # one example per process at least
+            while end < len(order):
+                nxt = min(end + processes, len(order))
+                per_process = -(-(nxt - start) // processes)
+                if per_process * int(padded[order[nxt - 1]]) > max_tokens:
+                    break
+                end = nxt
+            self._batches.append(order[start:end])
+            start = end
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The index batches of one epoch (the same batches every epoch, in a seeded order per epoch)."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return [self._batches[i] for i in torch.randperm(len(self._batches), generator=g).tolist()]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.batches(self.epoch)
+
+
+class ProcessShard(Sampler[list[int]]):
+    """This process's share of every global batch that ``batches`` yields: contiguous slices as accelerate's
+    ``split_batches`` cuts them, but for batches of any size (token budgets, the short batch of an epoch
+    wherever it falls), so no batch is skipped. Shares differ by at most one example; a batch with fewer
+    examples than processes is filled up with the epoch's first examples (every process needs a batch)."""
+
+    def __init__(self, batches: Sampler[list[int]], process_index: int, num_processes: int):
+        self.batches, self.index, self.n = batches, process_index, num_processes
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        first: list[int] = []
+        for batch in self.batches:
+            first = first or list(batch)
+            if len(batch) < self.n:
+                batch = (list(batch) + first * self.n)[: self.n]
+            share, extra = divmod(len(batch), self.n)
+            start = self.index * share + min(self.index, extra)
+            yield list(batch[start : start + share + (self.index < extra)])
