@@ -179,3 +179,12 @@ def test_out_of_memory_becomes_advice(tmp_path, sentiment_csv, tiny_bert_dir, mo
     with pytest.raises(OutOfMemory, match=r"out of GPU memory at step 0 with training.batch_size=16: lower "
                                           r"training.batch_size \(e.g. 8\) and raise training.gradient_accumulation"):
         api.finetune(_cfg(tmp_path, sentiment_csv, tiny_bert_dir, max_steps=2))
+
+
+def test_fp16_on_a_cpu_is_refused_not_silently_fp32(tmp_path, sentiment_csv, tiny_bert_dir):
+    from lmdistill.errors import LmdistillError
+
+    cfg = _cfg(tmp_path, sentiment_csv, tiny_bert_dir, mixed_precision="fp16", cpu=True, max_steps=1)
+    with pytest.raises(LmdistillError, match="training.mixed_precision=fp16 needs a GPU"):
+        api.finetune(cfg)
+    assert not (tmp_path / "run" / "model").exists()

@@ -102,8 +102,18 @@ class TrainOutcome:
     history: list[dict] = field(default_factory=list)
 
 
+def _has_accelerator() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return (torch.cuda.is_available() or torch.backends.mps.is_available()
+            or bool(xpu is not None and xpu.is_available()))
+
+
 def resolve_mixed_precision(choice: str, cpu: bool) -> str:
     """auto -> bf16 on a CUDA GPU that supports it, else no (bf16 autocast on CPU is slower, not faster)."""
+    if choice == "fp16" and (cpu or not _has_accelerator()):
+        # accelerate would silently train in fp32 (no fp16 autocast or loss scaling on a CPU)
+        raise LmdistillError("training.mixed_precision=fp16 needs a GPU (fp16 autocast and loss scaling run on "
+                             "CUDA, XPU or MPS devices); on a CPU use bf16 or no")
     if choice != "auto":
         return choice
     if not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
