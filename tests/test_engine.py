@@ -188,3 +188,41 @@ def test_fp16_on_a_cpu_is_refused_not_silently_fp32(tmp_path, sentiment_csv, tin
     with pytest.raises(LmdistillError, match="training.mixed_precision=fp16 needs a GPU"):
         api.finetune(cfg)
     assert not (tmp_path / "run" / "model").exists()
+
+
+@pytest.mark.parametrize("cache", [None, "auto"])
+def test_bf16_autocast_run_on_the_cpu(tmp_path, sentiment_csv, tiny_bert_dir, monkeypatch, cache):
+    """training.mixed_precision=bf16 goes through accelerate's autocast (here the CPU's): the student's matmuls
+    run in bf16, the loss terms stay float32 and finite, and the losses track a float32 run closely."""
+    from lmdistill import engine
+
+    dtypes = set()
+    real_forward = engine.StudentStep.forward
+
+    def forward(self, batch, signal):
+        terms = real_forward(self, batch, signal)
+        dtypes.add(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        dtypes.update(v.dtype for v in terms.values())
+        return terms
+
+    monkeypatch.setattr(engine.StudentStep, "forward", forward)
+
+    def run(precision):
+        cfg = {
+            "seed": 3,
+            "data": {"train": str(sentiment_csv), "max_length": 32},
+            "teacher": {"name_or_path": str(tiny_bert_dir)},
+            "student": {"layers": [0, 3]},
+            "distill": {"losses": {"kd": 0.5, "ce": 0.5},
+                        "matches": [{"feature": "hidden", "strategy": "uniform"}]},
+            "output_dir": str(tmp_path / precision),
+            "training": {"max_steps": 6, "batch_size": 16, "log_every": 1, "cpu": True,
+                         "mixed_precision": precision, "teacher_cache": cache},
+        }
+        return [r["loss"] for r in api.distill(cfg).history if "loss" in r]
+
+    half = run("bf16")
+    assert dtypes == {torch.bfloat16, torch.float32}  # autocast on, terms in float32
+    full = run("no")
+    assert all(torch.isfinite(torch.tensor(half)))
+    torch.testing.assert_close(torch.tensor(half), torch.tensor(full), rtol=0.05, atol=0.02)

@@ -172,12 +172,17 @@ def train(
     ``objective.prepare_batch`` leaves as it is; new batches (on-policy samples) still go to ``teacher``."""
     from accelerate import Accelerator
     from accelerate.data_loader import prepare_data_loader
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     # ---- set-up -------------------------------------------------------------------------------
     set_seed(seed)
+    # accelerate keeps its state per Python process: forget the previous run's mixed precision and gradient
+    # accumulation (a notebook or `compress` may train several times); the process group is kept
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     # the sampler draws GLOBAL batches (batch_size x processes) and each process takes its share
     # (ProcessShard), so N processes see exactly the batches one process with N x batch_size would see
     accelerator = Accelerator(
