@@ -30,8 +30,8 @@ demo: $(STAMP)
 	$(BIN)/lmdistill compress configs/demo.yaml model.name_or_path=$$($(BIN)/lmdistill fetch all-MiniLM-L6-v2)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -42,18 +42,30 @@ def main() -> None:
     for name, distill in VARIANTS.items():
         if args.only and name not in args.only:
             continue
-        overrides = [f"teacher.name_or_path={args.teacher}", f"output_dir={out / name.split()[0]}",
-                     "student.num_layers=null", "student.layers=[0,2,5]", "student.keep_every=null",
-                     f"distill={json.dumps(distill)}", *args.overrides]
+        overrides = [
+            f"teacher.name_or_path={args.teacher}",
+            f"output_dir={out / name.split()[0]}",
+            "student.num_layers=null",
+            "student.layers=[0,2,5]",
+            "student.keep_every=null",
+            f"distill={json.dumps(distill)}",
+            *args.overrides,
+        ]
         start = time.perf_counter()
         res = api.distill(args.config, overrides)
-        rows[name] = {"test": res.test, "validation": res.validation, "steps": res.steps,
-                      "wall_s": round(time.perf_counter() - start, 1)}
+        rows[name] = {
+            "test": res.test,
+            "validation": res.validation,
+            "steps": res.steps,
+            "wall_s": round(time.perf_counter() - start, 1),
+        }
         (out / "presets.json").write_text(json.dumps(rows, indent=2))
     lines = ["| variant | test accuracy | test macro-F1 | steps | wall time (s) |", "|---|---|---|---|---|"]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['test']['accuracy']:.4f} | {r['test']['macro_f1']:.4f} | {r['steps']} | "
-                     f"{r['wall_s']} |")
+        lines.append(
+            f"| {name} | {r['test']['accuracy']:.4f} | {r['test']['macro_f1']:.4f} | {r['steps']} | "
+            f"{r['wall_s']} |"
+        )
     (out / "presets.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

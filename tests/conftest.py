@@ -55,12 +55,21 @@ def bert_tokenizer(tmp: Path, words=WORDS):
     return BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
 
 
-def tiny_bert(num_labels: int = 2, layers: int = 4, hidden: int = 32, heads: int = 2, vocab: int = 64, seed: int = 0):
+def tiny_bert(
+    num_labels: int = 2, layers: int = 4, hidden: int = 32, heads: int = 2, vocab: int = 64, seed: int = 0
+):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=num_labels)
+    cfg = BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+    )
     return BertForSequenceClassification(cfg)
 
 
@@ -101,8 +110,15 @@ def tiny_mpnet_dir(tmp_path_factory) -> Path:
         (d / "vocab.txt").write_text("\n".join(words) + "\n")
         tok = MPNetTokenizerFast(vocab_file=str(d / "vocab.txt"))
     torch.manual_seed(1)
-    cfg = MPNetConfig(vocab_size=len(words), hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
-                      intermediate_size=96, max_position_embeddings=70, pad_token_id=1)
+    cfg = MPNetConfig(
+        vocab_size=len(words),
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=70,
+        pad_token_id=1,
+    )
     MPNetForSequenceClassification(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     return d

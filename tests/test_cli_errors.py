@@ -26,8 +26,12 @@ def run(tmp_path, capsys, verb: str, cfg: dict, *overrides: str) -> str:
 
 @pytest.fixture
 def base(tmp_path, sentiment_csv, tiny_bert_dir):
-    return {"data": {"train": str(sentiment_csv), "max_length": 32}, "model": {"name_or_path": str(tiny_bert_dir)},
-            "output_dir": str(tmp_path / "out"), "training": {"max_steps": 1}}
+    return {
+        "data": {"train": str(sentiment_csv), "max_length": 32},
+        "model": {"name_or_path": str(tiny_bert_dir)},
+        "output_dir": str(tmp_path / "out"),
+        "training": {"max_steps": 1},
+    }
 
 
 def test_missing_data_file(tmp_path, capsys, base):
@@ -37,13 +41,18 @@ def test_missing_data_file(tmp_path, capsys, base):
 
 def test_missing_column(tmp_path, capsys, base):
     line = run(tmp_path, capsys, "finetune", base, "data.text_column=sentence")
-    assert line.startswith("error: data.text_column: column 'sentence' not found in the train data (columns: text")
+    assert line.startswith(
+        "error: data.text_column: column 'sentence' not found in the train data (columns: text"
+    )
 
 
 def test_label_outside_known_set(tmp_path, capsys, base):
     pd.DataFrame({"text": ["good"], "label": ["mixed"]}).to_csv(tmp_path / "test.csv", index=False)
     line = run(tmp_path, capsys, "finetune", base, f"data.test={tmp_path}/test.csv")
-    assert "label 'mixed' in the test data (row 0) is not among the known labels ['negative', 'positive']" in line
+    assert (
+        "label 'mixed' in the test data (row 0) is not among the known labels ['negative', 'positive']"
+        in line
+    )
 
 
 def test_empty_split(tmp_path, capsys, base):
@@ -68,8 +77,9 @@ def test_unsupported_architecture(tmp_path, capsys, base):
 def test_student_layer_outside_teacher(tmp_path, capsys, base, tiny_bert_dir):
     cfg = {**base, "teacher": {"name_or_path": str(tiny_bert_dir)}, "student": {"layers": [0, 9]}}
     line = run(tmp_path, capsys, "distill", cfg)
-    assert line == ("error: student.layers: layer 9 is outside the teacher, which has 4 layers "
-                    "(valid indices 0..3)")
+    assert line == (
+        "error: student.layers: layer 9 is outside the teacher, which has 4 layers (valid indices 0..3)"
+    )
 
 
 def test_config_errors_all_reported(tmp_path, capsys, base):
@@ -93,14 +103,28 @@ def test_cross_tokenizer_distillation(tmp_path, sentiment_csv, tiny_mpnet_dir, t
     data = {"train": str(sentiment_csv), "max_length": 32}
     training = {"epochs": 3, "batch_size": 16, "learning_rate": 2e-3, "log_every": 2}
     path = tmp_path / "t.yaml"
-    path.write_text(yaml.safe_dump({"data": data, "model": {"name_or_path": str(tiny_mpnet_dir)},
-                                    "output_dir": str(tmp_path / "teacher"), "training": training}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data": data,
+                "model": {"name_or_path": str(tiny_mpnet_dir)},
+                "output_dir": str(tmp_path / "teacher"),
+                "training": training,
+            }
+        )
+    )
     assert main(["finetune", str(path)]) == 0
-    path.write_text(yaml.safe_dump({
-        "data": data, "teacher": {"name_or_path": str(tmp_path / "teacher" / "model")},
-        "student": {"init": "pretrained", "name_or_path": str(tiny_bert_dir)},
-        "output_dir": str(tmp_path / "student"), "training": training,
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data": data,
+                "teacher": {"name_or_path": str(tmp_path / "teacher" / "model")},
+                "student": {"init": "pretrained", "name_or_path": str(tiny_bert_dir)},
+                "output_dir": str(tmp_path / "student"),
+                "training": training,
+            }
+        )
+    )
     assert main(["distill", str(path)]) == 0
     res = json.loads((tmp_path / "student" / "results.json").read_text())
     assert res["test"]["accuracy"] > 0.5

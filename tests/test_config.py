@@ -32,12 +32,19 @@ def test_unknown_top_level_key_lists_valid_keys():
 
 def test_all_errors_reported_at_once():
     errs = errors_of(
-        {"data": {"train": "x.csv"}, "training": {"lerning_rate": 1, "batch_size": 0}, "task": "clasification"},
-        ["distill.temperature=-1"], verb="distill",
+        {
+            "data": {"train": "x.csv"},
+            "training": {"lerning_rate": 1, "batch_size": 0},
+            "task": "clasification",
+        },
+        ["distill.temperature=-1"],
+        verb="distill",
     )
     assert "unknown key 'training.lerning_rate' (did you mean 'training.learning_rate'?)" in errs
     assert "training.batch_size must be at least 1, got 0" in errs
-    assert any(e.startswith("task must be one of classification, regression") and "did you mean" in e for e in errs)
+    assert any(
+        e.startswith("task must be one of classification, regression") and "did you mean" in e for e in errs
+    )
     assert "distill.temperature must be greater than 0, got -1.0" in errs
     assert any(e.startswith("teacher.name_or_path is required") for e in errs)
 
@@ -47,8 +54,10 @@ def test_all_errors_reported_at_once():
     [
         ({"training": {"epochs": "three"}}, "training.epochs must be a number, got 'three'"),
         ({"training": {"warmup_ratio": 1.5}}, "training.warmup_ratio must be between 0 and 1, got 1.5"),
-        ({"data": {"train": "x", "validation_size": 0.6, "test_size": 0.5}},
-         "data.validation_size + data.test_size must be below 1, got 1.1"),
+        (
+            {"data": {"train": "x", "validation_size": 0.6, "test_size": 0.5}},
+            "data.validation_size + data.test_size must be below 1, got 1.1",
+        ),
         ({"training": {"cpu": "yes"}}, "training.cpu must be true or false, got 'yes'"),
         ({"student": {"layers": [0, "a"]}}, "student.layers[1] must be an integer, got 'a'"),
         ({"data": "x.csv"}, "data must be a mapping of keys, got str 'x.csv'"),
@@ -62,23 +71,31 @@ def test_type_and_range_errors_name_the_key(raw, expected):
 def test_distill_checks():
     base = {"data": {"train": "x"}, "teacher": {"name_or_path": "t"}}
     assert "student.layers and student.num_layers are both set: keep one" in errors_of(
-        {**base, "student": {"layers": [0], "num_layers": 1}}, verb="distill")
-    (err,) = errors_of({**base, "student": {"num_layers": 2}, "distill": {"losses": {"kdd": 1.0}}}, verb="distill")
+        {**base, "student": {"layers": [0], "num_layers": 1}}, verb="distill"
+    )
+    (err,) = errors_of(
+        {**base, "student": {"num_layers": 2}, "distill": {"losses": {"kdd": 1.0}}}, verb="distill"
+    )
     assert err == "distill.losses.kdd is not a loss for task classification (did you mean 'kd'?)"
-    (err,) = errors_of({**base, "task": "regression", "student": {"num_layers": 2}, "distill": {"losses": {"ce": 1}}},
-                       verb="distill")
+    (err,) = errors_of(
+        {**base, "task": "regression", "student": {"num_layers": 2}, "distill": {"losses": {"ce": 1}}},
+        verb="distill",
+    )
     assert "for task regression use: kd_mse, mse" in err
 
 
 def test_overrides_and_yaml_float_strings():
-    cfg = load_config({"data": {"train": "x.csv"}, "training": {"learning_rate": "1e-5"}},
-                      ["training.batch_size=8", "distill.losses={kd: 1.0}", "student.layers=[0,2]"])
+    cfg = load_config(
+        {"data": {"train": "x.csv"}, "training": {"learning_rate": "1e-5"}},
+        ["training.batch_size=8", "distill.losses={kd: 1.0}", "student.layers=[0,2]"],
+    )
     assert cfg.training.learning_rate == 1e-5 and cfg.training.batch_size == 8
     assert cfg.distill.losses == {"kd": 1.0} and cfg.student.layers == [0, 2]
     with pytest.raises(ConfigError, match="override 'training.batch_size' must look like key.sub=value"):
         load_config({"data": {"train": "x"}}, ["training.batch_size"])
     assert "unknown key 'training.batchsize' (did you mean 'training.batch_size'?)" in errors_of(
-        {"data": {"train": "x"}}, ["training.batchsize=3"])
+        {"data": {"train": "x"}}, ["training.batchsize=3"]
+    )
 
 
 def test_defaults_resolved_and_roundtrip(tmp_path):

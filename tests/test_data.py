@@ -9,7 +9,12 @@ from lmdistill.config import DataConfig
 from lmdistill.data.tables import load_task_data, read_table
 from lmdistill.errors import DataError
 
-ROWS = [("good film", "pos", 1.5), ("bad film", "neg", -2.0), ("great plot", "pos", 3.0), ("dull", "neg", -1.0)] * 10
+ROWS = [
+    ("good film", "pos", 1.5),
+    ("bad film", "neg", -2.0),
+    ("great plot", "pos", 3.0),
+    ("dull", "neg", -1.0),
+] * 10
 
 
 @pytest.fixture
@@ -52,7 +57,9 @@ def test_labels_names_integers_and_regression(tmp_path, frame):
     frame.to_csv(tmp_path / "t.csv", index=False)
     d = load_task_data(DataConfig(train=str(tmp_path / "t.csv"), label_column="num"), "classification", 0)
     assert d.label_names == ["0", "1"]
-    d = load_task_data(DataConfig(train=str(tmp_path / "t.csv"), label_names=["pos", "neg"]), "classification", 0)
+    d = load_task_data(
+        DataConfig(train=str(tmp_path / "t.csv"), label_names=["pos", "neg"]), "classification", 0
+    )
     ex = d.splits["train"]
     assert all((lab == 0) == (t.startswith(("good", "great"))) for t, lab in zip(ex.texts, ex.labels))
     d = load_task_data(DataConfig(train=str(tmp_path / "t.csv"), label_column="score"), "regression", 0)
@@ -62,7 +69,9 @@ def test_labels_names_integers_and_regression(tmp_path, frame):
 def test_pairs_column(tmp_path, frame):
     frame["other"] = "x"
     frame.to_csv(tmp_path / "t.csv", index=False)
-    d = load_task_data(DataConfig(train=str(tmp_path / "t.csv"), text_pair_column="other"), "classification", 0)
+    d = load_task_data(
+        DataConfig(train=str(tmp_path / "t.csv"), text_pair_column="other"), "classification", 0
+    )
     assert d.splits["train"].pairs[0] == "x"
 
 
@@ -79,20 +88,32 @@ def test_errors_name_the_problem(tmp_path, frame):
     with pytest.raises(DataError, match="cannot tell the format"):
         read_table(tmp_path / "x.xlsx")
     frame.to_csv(tmp_path / "t.csv", index=False)
-    with pytest.raises(DataError, match=r"data.label_column: column 'y' not found in the train data \(columns: text"):
+    with pytest.raises(
+        DataError, match=r"data.label_column: column 'y' not found in the train data \(columns: text"
+    ):
         load_task_data(DataConfig(train=str(tmp_path / "t.csv"), label_column="y"), "classification", 0)
     test = pd.DataFrame([("meh", "neutral")], columns=["text", "label"])
     test.to_csv(tmp_path / "test.csv", index=False)
-    with pytest.raises(DataError, match=r"label 'neutral' in the test data \(row 0\) is not among the known labels"):
-        load_task_data(DataConfig(train=str(tmp_path / "t.csv"), test=str(tmp_path / "test.csv")), "classification", 0)
+    with pytest.raises(
+        DataError, match=r"label 'neutral' in the test data \(row 0\) is not among the known labels"
+    ):
+        load_task_data(
+            DataConfig(train=str(tmp_path / "t.csv"), test=str(tmp_path / "test.csv")), "classification", 0
+        )
     pd.DataFrame({"text": [], "label": []}).to_csv(tmp_path / "empty_split.csv", index=False)
     with pytest.raises(DataError, match="validation"):
-        load_task_data(DataConfig(train=str(tmp_path / "t.csv"), validation=str(tmp_path / "empty_split.csv")),
-                       "classification", 0)
+        load_task_data(
+            DataConfig(train=str(tmp_path / "t.csv"), validation=str(tmp_path / "empty_split.csv")),
+            "classification",
+            0,
+        )
     with pytest.raises(DataError, match="leaves no test rows"):
         load_task_data(DataConfig(train=str(tmp_path / "t.csv"), test_size=0.01), "classification", 0)
     frame.loc[3, "score"] = float("nan")
     frame.to_csv(tmp_path / "nan.csv", index=False)
     with pytest.raises(DataError, match="regression target 'nan' in the .* data .* is not a finite number"):
-        load_task_data(DataConfig(train=str(tmp_path / "nan.csv"), label_column="score", validation_size=0,
-                                  test_size=0), "regression", 0)
+        load_task_data(
+            DataConfig(train=str(tmp_path / "nan.csv"), label_column="score", validation_size=0, test_size=0),
+            "regression",
+            0,
+        )

@@ -49,10 +49,34 @@ def test_two_processes_match_one(tmp_path, no_dropout_teacher, sentiment_csv):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     # 192 training rows in global batches of 10: 19 full batches and one of 2 (shuffled in among them), which
     # each process shares too (accelerate's split_batches alone would skip a short batch mid-epoch)
-    _run([sys.executable, "-m", "lmdistill.cli", "distill", "c.yaml", "training.batch_size=10", "output_dir=one"],
-         tmp_path)
-    _run([TORCHRUN, "--nproc_per_node", "2", "--master_port", "29517", "-m", "lmdistill.cli", "distill", "c.yaml",
-          "training.batch_size=5", "output_dir=two"], tmp_path)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "lmdistill.cli",
+            "distill",
+            "c.yaml",
+            "training.batch_size=10",
+            "output_dir=one",
+        ],
+        tmp_path,
+    )
+    _run(
+        [
+            TORCHRUN,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "lmdistill.cli",
+            "distill",
+            "c.yaml",
+            "training.batch_size=5",
+            "output_dir=two",
+        ],
+        tmp_path,
+    )
     one = load_file(tmp_path / "one" / "model" / "model.safetensors")
     two = load_file(tmp_path / "two" / "model" / "model.safetensors")
     for k in one:

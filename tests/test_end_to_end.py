@@ -15,7 +15,13 @@ def _config(tmp_path, **sections) -> str:
     cfg = {
         "seed": 0,
         "data": {"train": "", "validation_size": 0.15, "test_size": 0.15, "max_length": 32},
-        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 2e-3, "warmup_ratio": 0.1, "log_every": 2},
+        "training": {
+            "epochs": 2,
+            "batch_size": 16,
+            "learning_rate": 2e-3,
+            "warmup_ratio": 0.1,
+            "log_every": 2,
+        },
     }
     for k, v in sections.items():
         cfg.setdefault(k, {}).update(v) if isinstance(v, dict) else cfg.__setitem__(k, v)
@@ -28,8 +34,12 @@ def test_finetune_distill_evaluate(tmp_path, tiny_bert_dir, sentiment_csv, capsy
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     teacher_dir = tmp_path / "teacher"
-    cfg = _config(tmp_path, data={"train": str(sentiment_csv)}, model={"name_or_path": str(tiny_bert_dir)},
-                  output_dir=str(teacher_dir))
+    cfg = _config(
+        tmp_path,
+        data={"train": str(sentiment_csv)},
+        model={"name_or_path": str(tiny_bert_dir)},
+        output_dir=str(teacher_dir),
+    )
     assert main(["finetune", cfg, "training.epochs=6"]) == 0
     results = json.loads((teacher_dir / "results.json").read_text())
     assert results["test"]["accuracy"] > 0.75  # the words decide the label: a 4-layer model learns it
@@ -42,9 +52,14 @@ def test_finetune_distill_evaluate(tmp_path, tiny_bert_dir, sentiment_csv, capsy
 
     student_dir = tmp_path / "student"
     # max_eval_examples caps validation and test: evaluate must apply the same cap to the same split
-    cfg = _config(tmp_path, data={"train": str(sentiment_csv), "max_eval_examples": 20},
-                  teacher={"name_or_path": str(teacher_dir / "model")},
-                  student={"layers": [0, 3]}, output_dir=str(student_dir), distill={"temperature": 2.0})
+    cfg = _config(
+        tmp_path,
+        data={"train": str(sentiment_csv), "max_eval_examples": 20},
+        teacher={"name_or_path": str(teacher_dir / "model")},
+        student={"layers": [0, 3]},
+        output_dir=str(student_dir),
+        distill={"temperature": 2.0},
+    )
     assert main(["distill", cfg]) == 0
     metrics = pd.read_csv(student_dir / "metrics.csv")
     assert {"loss/kd", "loss/ce"} <= set(metrics.columns)
@@ -60,8 +75,23 @@ def test_finetune_distill_evaluate(tmp_path, tiny_bert_dir, sentiment_csv, capsy
     capsys.readouterr()
     out_json = tmp_path / "eval.json"
     preds = tmp_path / "preds.csv"
-    assert main(["evaluate", str(student_dir / "model"), "--config", cfg, "--split", "test",
-                 "--output", str(out_json), "--predictions", str(preds)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(student_dir / "model"),
+                "--config",
+                cfg,
+                "--split",
+                "test",
+                "--output",
+                str(out_json),
+                "--predictions",
+                str(preds),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "accuracy" in printed
     ev = json.loads(out_json.read_text())
@@ -72,14 +102,24 @@ def test_finetune_distill_evaluate(tmp_path, tiny_bert_dir, sentiment_csv, capsy
 
 def test_regression_finetune_and_distill(tmp_path, tiny_bert_dir, sentiment_csv):
     teacher_dir = tmp_path / "teacher"
-    cfg = _config(tmp_path, task="regression", data={"train": str(sentiment_csv), "label_column": "score"},
-                  model={"name_or_path": str(tiny_bert_dir)}, output_dir=str(teacher_dir))
+    cfg = _config(
+        tmp_path,
+        task="regression",
+        data={"train": str(sentiment_csv), "label_column": "score"},
+        model={"name_or_path": str(tiny_bert_dir)},
+        output_dir=str(teacher_dir),
+    )
     assert main(["finetune", cfg, "training.epochs=3"]) == 0
     res = json.loads((teacher_dir / "results.json").read_text())
     assert res["test"]["pearson"] > 0.5
-    cfg = _config(tmp_path, task="regression", data={"train": str(sentiment_csv), "label_column": "score"},
-                  teacher={"name_or_path": str(teacher_dir / "model")}, student={"num_layers": 2},
-                  output_dir=str(tmp_path / "student"))
+    cfg = _config(
+        tmp_path,
+        task="regression",
+        data={"train": str(sentiment_csv), "label_column": "score"},
+        teacher={"name_or_path": str(teacher_dir / "model")},
+        student={"num_layers": 2},
+        output_dir=str(tmp_path / "student"),
+    )
     assert main(["distill", cfg]) == 0
     res = json.loads((tmp_path / "student" / "results.json").read_text())
     assert set(res["test"]) == {"mse", "rmse", "pearson", "spearman"}

@@ -23,8 +23,17 @@ def _cfg(tmp_path, sentiment_csv, tiny_bert_dir, **training):
 
 def test_eval_every_and_early_stopping(tmp_path, sentiment_csv, tiny_bert_dir):
     # learning rate 0: nothing improves after the first evaluation, so patience 2 stops at the third
-    cfg = _cfg(tmp_path, sentiment_csv, tiny_bert_dir, epochs=5, eval_every=2, early_stopping_patience=2,
-               learning_rate=1e-12, scheduler="constant", warmup_ratio=0.0)
+    cfg = _cfg(
+        tmp_path,
+        sentiment_csv,
+        tiny_bert_dir,
+        epochs=5,
+        eval_every=2,
+        early_stopping_patience=2,
+        learning_rate=1e-12,
+        scheduler="constant",
+        warmup_ratio=0.0,
+    )
     res = api.finetune(cfg)
     evals = [r for r in res.history if "eval/accuracy" in r]
     assert [r["step"] for r in evals] == [2, 4, 6]
@@ -33,7 +42,9 @@ def test_eval_every_and_early_stopping(tmp_path, sentiment_csv, tiny_bert_dir):
 
 
 def test_accumulation_counts_optimizer_steps(tmp_path, sentiment_csv, tiny_bert_dir):
-    res = api.finetune(_cfg(tmp_path, sentiment_csv, tiny_bert_dir, batch_size=8, gradient_accumulation_steps=2))
+    res = api.finetune(
+        _cfg(tmp_path, sentiment_csv, tiny_bert_dir, batch_size=8, gradient_accumulation_steps=2)
+    )
     # 240 rows - 10% validation - 10% test = 192 training rows = 24 batches of 8 = 12 optimizer steps
     assert res.steps == 12
     logged = pd.read_csv(tmp_path / "run" / "metrics.csv")
@@ -157,8 +168,16 @@ def test_token_budget_training_run(tmp_path, sentiment_csv, tiny_bert_dir, monke
 def test_nonfinite_loss_stops_with_term_and_step(tmp_path, sentiment_csv, tiny_bert_dir):
     from lmdistill.engine import NonFiniteLoss
 
-    cfg = _cfg(tmp_path, sentiment_csv, tiny_bert_dir, learning_rate=1e6, max_steps=30, log_every=5,
-               max_grad_norm=None, warmup_ratio=0.0)
+    cfg = _cfg(
+        tmp_path,
+        sentiment_csv,
+        tiny_bert_dir,
+        learning_rate=1e6,
+        max_steps=30,
+        log_every=5,
+        max_grad_norm=None,
+        warmup_ratio=0.0,
+    )
     with pytest.raises(NonFiniteLoss, match=r"loss term 'ce' became nan between steps \d+ and \d+"):
         api.finetune(cfg)
     cfg["training"]["on_nonfinite"] = "skip"
@@ -176,8 +195,11 @@ def test_out_of_memory_becomes_advice(tmp_path, sentiment_csv, tiny_bert_dir, mo
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setitem(objective.TERMS, "ce", explode)
-    with pytest.raises(OutOfMemory, match=r"out of GPU memory at step 0 with training.batch_size=16: lower "
-                                          r"training.batch_size \(e.g. 8\) and raise training.gradient_accumulation"):
+    with pytest.raises(
+        OutOfMemory,
+        match=r"out of GPU memory at step 0 with training.batch_size=16: lower "
+        r"training.batch_size \(e.g. 8\) and raise training.gradient_accumulation",
+    ):
         api.finetune(_cfg(tmp_path, sentiment_csv, tiny_bert_dir, max_steps=2))
 
 
@@ -213,11 +235,19 @@ def test_bf16_autocast_run_on_the_cpu(tmp_path, sentiment_csv, tiny_bert_dir, mo
             "data": {"train": str(sentiment_csv), "max_length": 32},
             "teacher": {"name_or_path": str(tiny_bert_dir)},
             "student": {"layers": [0, 3]},
-            "distill": {"losses": {"kd": 0.5, "ce": 0.5},
-                        "matches": [{"feature": "hidden", "strategy": "uniform"}]},
+            "distill": {
+                "losses": {"kd": 0.5, "ce": 0.5},
+                "matches": [{"feature": "hidden", "strategy": "uniform"}],
+            },
             "output_dir": str(tmp_path / precision),
-            "training": {"max_steps": 6, "batch_size": 16, "log_every": 1, "cpu": True,
-                         "mixed_precision": precision, "teacher_cache": cache},
+            "training": {
+                "max_steps": 6,
+                "batch_size": 16,
+                "log_every": 1,
+                "cpu": True,
+                "mixed_precision": precision,
+                "teacher_cache": cache,
+            },
         }
         return [r["loss"] for r in api.distill(cfg).history if "loss" in r]
 

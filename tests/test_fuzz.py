@@ -77,27 +77,47 @@ def _dump(raw: Any) -> bytes:
 
 _NAN_KEPT = "BUG: a NaN value passes the range check (`x < 0` is False for NaN); it must be rejected"
 _INF_KEPT = "BUG: an infinite value is accepted; it must be rejected as not a finite number"
-_TRACEBACK_YAML = ("BUG: a YAML scalar with an explicit tag that cannot be constructed raises {exc} from "
-                   "yaml.safe_load, which read_yaml does not catch (it catches only yaml.YAMLError): traceback")
-_TWO_LINES_READER = ("BUG: yaml ReaderError (control/NUL character) prints as two lines; the second, "
-                     "'  in \"<unicode string>\", position N', has no 'error: ' prefix")
+_TRACEBACK_YAML = (
+    "BUG: a YAML scalar with an explicit tag that cannot be constructed raises {exc} from "
+    "yaml.safe_load, which read_yaml does not catch (it catches only yaml.YAMLError): traceback"
+)
+_TWO_LINES_READER = (
+    "BUG: yaml ReaderError (control/NUL character) prints as two lines; the second, "
+    "'  in \"<unicode string>\", position N', has no 'error: ' prefix"
+)
 _NEWLINE_KEY = "BUG: a key containing a newline is echoed raw, so the error spans two lines (use repr/escape)"
 _RECURSION = "BUG: deeply nested YAML raises RecursionError out of yaml.safe_load: traceback"
-_MATCH_NOT_MAPPING = ("BUG: a list item of a dataclass with a required field (MatchConfig.feature) that is not a "
-                      "mapping makes _build call cls() without it: TypeError traceback")
-_CLASS_REPR = ("BUG: _type_name() falls back to str(tp) for dataclasses, so the message reads "
-               "\"must be a list of <class 'lmdistill.config.MatchConfig'>\"; say 'a list of mappings'")
-_DUPLICATE = ("BUG: PyYAML keeps the last of two equal keys and drops the first silently, so a whole section "
-              "the user typed is never checked; duplicate keys must be an error")
-_SEED_RANGE = ("BUG: seed outside 0..2**32-1 passes validation and then fails in numpy/accelerate "
-               "(ValueError 'expected non-negative integer' / 'Seed must be between 0 and 2**32 - 1'): traceback")
-_HUGE_INT = "BUG: an integer above 2**63 passes validation and then overflows in torch/python: {exc} traceback"
-_LIST_LABEL = ("BUG: list/dict/array labels are turned into class names with str() (e.g. '[1, 2]') instead of "
-               "a DataError naming the row")
-_LIST_TEXT = ("BUG: list/dict/bytes texts are turned into text with str() (e.g. \"['a', 'b']\") instead of a "
-              "DataError naming the row")
-_NAN_LABEL = ("BUG: a literal NaN label in a CSV (keep_default_na=False) becomes a class named 'NaN'; in the "
-              "label column NaN/nan/NA must count as a missing label")
+_MATCH_NOT_MAPPING = (
+    "BUG: a list item of a dataclass with a required field (MatchConfig.feature) that is not a "
+    "mapping makes _build call cls() without it: TypeError traceback"
+)
+_CLASS_REPR = (
+    "BUG: _type_name() falls back to str(tp) for dataclasses, so the message reads "
+    "\"must be a list of <class 'lmdistill.config.MatchConfig'>\"; say 'a list of mappings'"
+)
+_DUPLICATE = (
+    "BUG: PyYAML keeps the last of two equal keys and drops the first silently, so a whole section "
+    "the user typed is never checked; duplicate keys must be an error"
+)
+_SEED_RANGE = (
+    "BUG: seed outside 0..2**32-1 passes validation and then fails in numpy/accelerate "
+    "(ValueError 'expected non-negative integer' / 'Seed must be between 0 and 2**32 - 1'): traceback"
+)
+_HUGE_INT = (
+    "BUG: an integer above 2**63 passes validation and then overflows in torch/python: {exc} traceback"
+)
+_LIST_LABEL = (
+    "BUG: list/dict/array labels are turned into class names with str() (e.g. '[1, 2]') instead of "
+    "a DataError naming the row"
+)
+_LIST_TEXT = (
+    "BUG: list/dict/bytes texts are turned into text with str() (e.g. \"['a', 'b']\") instead of a "
+    "DataError naming the row"
+)
+_NAN_LABEL = (
+    "BUG: a literal NaN label in a CSV (keep_default_na=False) becomes a class named 'NaN'; in the "
+    "label column NaN/nan/NA must count as a missing label"
+)
 
 BUGS: dict[str, str] = {}  # every bug this corpus found is fixed; list new ones here while they are open
 BUG_RULES: list[tuple[str, str]] = []
@@ -134,17 +154,23 @@ def _deadline():
 
 def _check_lines(lines: list[str]) -> None:
     for line in lines:
-        assert line.startswith("error: ") and line[len("error: "):].strip(), f"not a clean error line: {line!r}"
+        assert line.startswith("error: ") and line[len("error: ") :].strip(), (
+            f"not a clean error line: {line!r}"
+        )
         assert len(line) <= MAX_LINE, f"error line of {len(line)} characters: {line[:200]!r}..."
         assert not any(n in line for n in NOISE), f"Python noise in the message: {line!r}"
 
 
-def _check_exit(code: int, out: str, err: str, expect: str, needle: str = "", stderr_only_errors: bool = True) -> None:
+def _check_exit(
+    code: int, out: str, err: str, expect: str, needle: str = "", stderr_only_errors: bool = True
+) -> None:
     """The CLI contract: 0 and no error, or 2 and one-line `error: ...` messages, never a traceback."""
     assert "Traceback" not in err, err[-2000:]
     assert code in (0, 2), f"exit code {code}; stderr: {err[-2000:]}"
     if expect != EITHER:
-        assert code == (0 if expect == OK else 2), f"expected {expect}, got exit {code}; stderr: {err[-2000:]}"
+        assert code == (0 if expect == OK else 2), (
+            f"expected {expect}, got exit {code}; stderr: {err[-2000:]}"
+        )
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     if code == 0:
         assert not errors, err
@@ -220,7 +246,11 @@ def _category(tp: Any) -> str | None:
     if origin is Literal:
         return "choice"
     if origin is list:
-        return "list_section" if dataclasses.is_dataclass(args[0]) else {int: "list_int", str: "list_str"}.get(args[0])
+        return (
+            "list_section"
+            if dataclasses.is_dataclass(args[0])
+            else {int: "list_int", str: "list_str"}.get(args[0])
+        )
     if origin is dict:
         value = _unwrap(args[1])[0]
         if dataclasses.is_dataclass(value):
@@ -298,9 +328,9 @@ def _typo(name: str, rng: random.Random, taken: set[str]) -> str:
         op = rng.choice(["swap", "drop", "double", "dash", "upper", "plural", "space"])
         if op == "swap" and len(name) > 1:
             i = min(i, len(name) - 2)
-            new = name[:i] + name[i + 1] + name[i] + name[i + 2:]
+            new = name[:i] + name[i + 1] + name[i] + name[i + 2 :]
         elif op == "drop":
-            new = name[:i] + name[i + 1:]
+            new = name[:i] + name[i + 1 :]
         elif op == "double":
             new = name[:i] + name[i] + name[i:]
         elif op == "dash":
@@ -316,7 +346,20 @@ def _typo(name: str, rng: random.Random, taken: set[str]) -> str:
     return name + "_x"
 
 
-RANDOM_NAMES = ["zzyzx", "colour", "lr", "épochs", "训练", "__class__", "null_", "0", "-", "a.b", "$ref", "🙂"]
+RANDOM_NAMES = [
+    "zzyzx",
+    "colour",
+    "lr",
+    "épochs",
+    "训练",
+    "__class__",
+    "null_",
+    "0",
+    "-",
+    "a.b",
+    "$ref",
+    "🙂",
+]
 
 
 def _unknown_key_cases() -> list[ConfigCase]:
@@ -324,8 +367,15 @@ def _unknown_key_cases() -> list[ConfigCase]:
     for path, tp, base in _fields(config_module.Config, BASE_DISTILL):
         inner, _ = _unwrap(tp)
         if dataclasses.is_dataclass(inner) and (len(path) == 1 or inner.__name__ in ELEMENT_BASE):
-            sections.append((path, inner, _with(base, path, ELEMENT_BASE.get(inner.__name__, {}))
-                             if inner.__name__ in ELEMENT_BASE else base))
+            sections.append(
+                (
+                    path,
+                    inner,
+                    _with(base, path, ELEMENT_BASE.get(inner.__name__, {}))
+                    if inner.__name__ in ELEMENT_BASE
+                    else base,
+                )
+            )
         elif typing.get_origin(inner) is list and dataclasses.is_dataclass(typing.get_args(inner)[0]):
             element = typing.get_args(inner)[0]
             if element.__name__ in ELEMENT_BASE:
@@ -337,12 +387,21 @@ def _unknown_key_cases() -> list[ConfigCase]:
         for real in rng.sample(sorted(names), min(2, len(names))):
             typo = _typo(real, rng, names)
             full = _path_text((*path, typo))
-            cases.append(ConfigCase(f"unknown-{full}", _dump(_with(base, (*path, typo), 1)), ERROR,
-                                    f"unknown key '{full}'"))
+            cases.append(
+                ConfigCase(
+                    f"unknown-{full}", _dump(_with(base, (*path, typo), 1)), ERROR, f"unknown key '{full}'"
+                )
+            )
         odd = rng.choice(RANDOM_NAMES)
         full = _path_text((*path, odd))
-        cases.append(ConfigCase(f"unknown-{full}-random", _dump(_with(base, (*path, odd), {"x": [1]})), ERROR,
-                                f"unknown key '{full}'"))
+        cases.append(
+            ConfigCase(
+                f"unknown-{full}-random",
+                _dump(_with(base, (*path, odd), {"x": [1]})),
+                ERROR,
+                f"unknown key '{full}'",
+            )
+        )
     return cases
 
 
@@ -353,64 +412,137 @@ def _missing_cases() -> list[ConfigCase]:
         ConfigCase("valid-base-finetune", _dump(f), OK),
         ConfigCase("valid-base-finetune-for-finetune", _dump(f), OK, for_verb="finetune"),
         ConfigCase("missing-model-finetune", _dump(_without(f, ("model",))), ERROR, "model.name_or_path"),
-        ConfigCase("missing-model-name-empty-string", _dump(_with(f, ("model", "name_or_path"), "")), ERROR,
-                   "model.name_or_path"),
-        ConfigCase("missing-teacher-for-distill", _dump(f), ERROR, "teacher.name_or_path", for_verb="distill"),
-        ConfigCase("missing-teacher-null-for-distill", _dump(_with(f, ("teacher",), {"name_or_path": None})),
-                   ERROR, "teacher.name_or_path", for_verb="distill"),
-        ConfigCase("missing-model-for-finetune", _dump(_without(d, ("model",))), ERROR, "model.name_or_path",
-                   for_verb="finetune"),
+        ConfigCase(
+            "missing-model-name-empty-string",
+            _dump(_with(f, ("model", "name_or_path"), "")),
+            ERROR,
+            "model.name_or_path",
+        ),
+        ConfigCase(
+            "missing-teacher-for-distill", _dump(f), ERROR, "teacher.name_or_path", for_verb="distill"
+        ),
+        ConfigCase(
+            "missing-teacher-null-for-distill",
+            _dump(_with(f, ("teacher",), {"name_or_path": None})),
+            ERROR,
+            "teacher.name_or_path",
+            for_verb="distill",
+        ),
+        ConfigCase(
+            "missing-model-for-finetune",
+            _dump(_without(d, ("model",))),
+            ERROR,
+            "model.name_or_path",
+            for_verb="finetune",
+        ),
         ConfigCase("missing-student-section", _dump(_without(d, ("student",))), ERROR, "student."),
-        ConfigCase("missing-student-pretrained-path", _dump(_with(d, ("student",), {"init": "pretrained"})), ERROR,
-                   "student.name_or_path"),
-        ConfigCase("missing-student-config-depth", _dump(_with(d, ("student",), {"init": "config"})), ERROR,
-                   "student.num_layers"),
+        ConfigCase(
+            "missing-student-pretrained-path",
+            _dump(_with(d, ("student",), {"init": "pretrained"})),
+            ERROR,
+            "student.name_or_path",
+        ),
+        ConfigCase(
+            "missing-student-config-depth",
+            _dump(_with(d, ("student",), {"init": "config"})),
+            ERROR,
+            "student.num_layers",
+        ),
         ConfigCase("missing-data-section", _dump(_without(d, ("data",))), ERROR, "data.train"),
         ConfigCase("missing-data-empty-mapping", _dump(_with(d, ("data",), {})), ERROR, "data.train"),
         ConfigCase("missing-data-train-null", _dump(_with(d, ("data", "train"), None)), ERROR, "data.train"),
         ConfigCase("missing-data-section-null", _dump(_with(d, ("data",), None)), ERROR, "data.train"),
-        ConfigCase("missing-match-feature", _dump(_with(d, ("distill", "matches"), [{}])), ERROR,
-                   "distill.matches[0].feature"),
-        ConfigCase("missing-schedule-end", _dump(_with(d, ("distill", "temperature_schedule"), {"kind": "linear"})),
-                   ERROR, "distill.temperature_schedule"),
-        ConfigCase("missing-everything-for-distill", _dump({"task": "classification"}), ERROR, "data.train",
-                   for_verb="distill"),
+        ConfigCase(
+            "missing-match-feature",
+            _dump(_with(d, ("distill", "matches"), [{}])),
+            ERROR,
+            "distill.matches[0].feature",
+        ),
+        ConfigCase(
+            "missing-schedule-end",
+            _dump(_with(d, ("distill", "temperature_schedule"), {"kind": "linear"})),
+            ERROR,
+            "distill.temperature_schedule",
+        ),
+        ConfigCase(
+            "missing-everything-for-distill",
+            _dump({"task": "classification"}),
+            ERROR,
+            "data.train",
+            for_verb="distill",
+        ),
     ]
 
 
 NUMBERS: list[tuple[str, Any, str]] = [
-    ("training.learning_rate", math.nan, ERROR), ("training.learning_rate", math.inf, ERROR),
-    ("training.learning_rate", -1e-5, ERROR), ("training.learning_rate", 0, ERROR),
-    ("training.learning_rate", "1e999", ERROR), ("training.learning_rate", "3e-5", OK),
+    ("training.learning_rate", math.nan, ERROR),
+    ("training.learning_rate", math.inf, ERROR),
+    ("training.learning_rate", -1e-5, ERROR),
+    ("training.learning_rate", 0, ERROR),
+    ("training.learning_rate", "1e999", ERROR),
+    ("training.learning_rate", "3e-5", OK),
     ("training.learning_rate", 1e-300, OK),
-    ("training.epochs", math.nan, ERROR), ("training.epochs", math.inf, ERROR), ("training.epochs", 0, ERROR),
-    ("training.epochs", -3, ERROR), ("training.epochs", 0.5, OK),
-    ("training.weight_decay", math.nan, ERROR), ("training.weight_decay", math.inf, ERROR),
-    ("training.weight_decay", -0.1, ERROR), ("training.weight_decay", 0, OK),
-    ("training.warmup_ratio", math.nan, ERROR), ("training.warmup_ratio", 1, ERROR),
-    ("training.warmup_ratio", -0.1, ERROR), ("training.warmup_ratio", 0, OK),
-    ("training.max_grad_norm", math.nan, ERROR), ("training.max_grad_norm", 0, ERROR),
-    ("training.max_grad_norm", -1, ERROR), ("training.max_grad_norm", None, OK),
-    ("training.batch_size", 0, ERROR), ("training.batch_size", -8, ERROR),
-    ("training.eval_batch_size", 0, ERROR), ("training.gradient_accumulation_steps", 0, ERROR),
-    ("training.log_every", 0, ERROR), ("training.log_every", 10**30, EITHER),
-    ("training.max_steps", 0, ERROR), ("training.max_steps", -5, ERROR),
-    ("training.eval_every", 0, ERROR), ("training.eval_every", 10**30, EITHER),
-    ("training.early_stopping_patience", 0, ERROR), ("training.num_workers", -1, ERROR),
-    ("data.validation_size", math.nan, ERROR), ("data.validation_size", 1, ERROR),
-    ("data.validation_size", -0.1, ERROR), ("data.validation_size", math.inf, ERROR),
-    ("data.validation_size", 0, OK), ("data.test_size", 1.5, ERROR), ("data.test_size", 0.95, ERROR),
-    ("data.max_length", 0, ERROR), ("data.max_length", 3, ERROR), ("data.max_length", -1, ERROR),
-    ("data.max_length", 4, OK), ("data.max_train_examples", 0, ERROR), ("data.max_train_examples", -1, ERROR),
-    ("data.max_eval_examples", 0, ERROR), ("data.max_train_examples", 10**30, EITHER),
-    ("seed", 0, OK), ("seed", 2**32 - 1, OK),
-    ("student.num_layers", 0, ERROR), ("student.num_layers", -1, ERROR),
-    ("student.hidden_size", 0, ERROR), ("student.intermediate_size", -4, ERROR),
-    ("student.layers", [-1], ERROR), ("student.layers", [], ERROR), ("student.layers", [0, 0], ERROR),
-    ("distill.temperature", math.nan, ERROR), ("distill.temperature", math.inf, ERROR),
-    ("distill.temperature", 0, ERROR), ("distill.temperature", -2, ERROR),
-    ("distill.losses", {"kd": math.nan}, ERROR), ("distill.losses", {"kd": math.inf}, ERROR),
-    ("distill.losses", {"kd": -1}, ERROR), ("distill.losses", {"kd": 0, "ce": 0}, ERROR),
+    ("training.epochs", math.nan, ERROR),
+    ("training.epochs", math.inf, ERROR),
+    ("training.epochs", 0, ERROR),
+    ("training.epochs", -3, ERROR),
+    ("training.epochs", 0.5, OK),
+    ("training.weight_decay", math.nan, ERROR),
+    ("training.weight_decay", math.inf, ERROR),
+    ("training.weight_decay", -0.1, ERROR),
+    ("training.weight_decay", 0, OK),
+    ("training.warmup_ratio", math.nan, ERROR),
+    ("training.warmup_ratio", 1, ERROR),
+    ("training.warmup_ratio", -0.1, ERROR),
+    ("training.warmup_ratio", 0, OK),
+    ("training.max_grad_norm", math.nan, ERROR),
+    ("training.max_grad_norm", 0, ERROR),
+    ("training.max_grad_norm", -1, ERROR),
+    ("training.max_grad_norm", None, OK),
+    ("training.batch_size", 0, ERROR),
+    ("training.batch_size", -8, ERROR),
+    ("training.eval_batch_size", 0, ERROR),
+    ("training.gradient_accumulation_steps", 0, ERROR),
+    ("training.log_every", 0, ERROR),
+    ("training.log_every", 10**30, EITHER),
+    ("training.max_steps", 0, ERROR),
+    ("training.max_steps", -5, ERROR),
+    ("training.eval_every", 0, ERROR),
+    ("training.eval_every", 10**30, EITHER),
+    ("training.early_stopping_patience", 0, ERROR),
+    ("training.num_workers", -1, ERROR),
+    ("data.validation_size", math.nan, ERROR),
+    ("data.validation_size", 1, ERROR),
+    ("data.validation_size", -0.1, ERROR),
+    ("data.validation_size", math.inf, ERROR),
+    ("data.validation_size", 0, OK),
+    ("data.test_size", 1.5, ERROR),
+    ("data.test_size", 0.95, ERROR),
+    ("data.max_length", 0, ERROR),
+    ("data.max_length", 3, ERROR),
+    ("data.max_length", -1, ERROR),
+    ("data.max_length", 4, OK),
+    ("data.max_train_examples", 0, ERROR),
+    ("data.max_train_examples", -1, ERROR),
+    ("data.max_eval_examples", 0, ERROR),
+    ("data.max_train_examples", 10**30, EITHER),
+    ("seed", 0, OK),
+    ("seed", 2**32 - 1, OK),
+    ("student.num_layers", 0, ERROR),
+    ("student.num_layers", -1, ERROR),
+    ("student.hidden_size", 0, ERROR),
+    ("student.intermediate_size", -4, ERROR),
+    ("student.layers", [-1], ERROR),
+    ("student.layers", [], ERROR),
+    ("student.layers", [0, 0], ERROR),
+    ("distill.temperature", math.nan, ERROR),
+    ("distill.temperature", math.inf, ERROR),
+    ("distill.temperature", 0, ERROR),
+    ("distill.temperature", -2, ERROR),
+    ("distill.losses", {"kd": math.nan}, ERROR),
+    ("distill.losses", {"kd": math.inf}, ERROR),
+    ("distill.losses", {"kd": -1}, ERROR),
+    ("distill.losses", {"kd": 0, "ce": 0}, ERROR),
     ("distill.losses", {}, ERROR),
     ("distill.temperature_schedule", {"kind": "linear", "end": math.nan}, ERROR),
     ("distill.temperature_schedule", {"kind": "linear", "end": -1}, ERROR),
@@ -431,12 +563,30 @@ def _number_cases() -> list[ConfigCase]:
         cases.append(ConfigCase(f"number-{key}-{label}", _dump(_with(base, path, value)), expect, needle))
     # a value no config can use, in both spellings YAML knows
     # a NaN is refused wherever it stands, also in a section this verb does not use
-    cases.append(ConfigCase("number-yaml-dot-nan-literal", _dump(BASE_FINETUNE) + b"distill: {temperature: .NaN}\n",
-                            ERROR, "distill.temperature"))
-    cases.append(ConfigCase("number-yaml-dot-nan-lr", _dump(_without(BASE_FINETUNE, ("training",)))
-                            + b"training: {learning_rate: .nan}\n", ERROR, "training.learning_rate"))
-    cases.append(ConfigCase("number-yaml-minus-inf-epochs", _dump(_without(BASE_FINETUNE, ("training",)))
-                            + b"training: {epochs: -.inf}\n", ERROR, "training.epochs"))
+    cases.append(
+        ConfigCase(
+            "number-yaml-dot-nan-literal",
+            _dump(BASE_FINETUNE) + b"distill: {temperature: .NaN}\n",
+            ERROR,
+            "distill.temperature",
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "number-yaml-dot-nan-lr",
+            _dump(_without(BASE_FINETUNE, ("training",))) + b"training: {learning_rate: .nan}\n",
+            ERROR,
+            "training.learning_rate",
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "number-yaml-minus-inf-epochs",
+            _dump(_without(BASE_FINETUNE, ("training",))) + b"training: {epochs: -.inf}\n",
+            ERROR,
+            "training.epochs",
+        )
+    )
     return cases
 
 
@@ -468,11 +618,21 @@ def _structure_cases() -> list[ConfigCase]:
     cases = [ConfigCase("valid-good-yaml", good, OK)]
     # non-mapping roots and empty files
     for case_id, text in [
-        ("root-list", b"- data\n- model\n"), ("root-int", b"42\n"), ("root-string", b"just some words\n"),
-        ("root-bool", b"true\n"), ("root-null", b"null\n"), ("root-tilde", b"~\n"), ("root-empty-file", b""),
-        ("root-blank-lines", b"\n\n   \n\t\n"), ("root-only-comments", b"# data: {train: x.csv}\n# nothing else\n"),
-        ("root-document-marker", b"---\n"), ("root-document-end", b"...\n"), ("root-flow-list", b"[]\n"),
-        ("root-empty-mapping", b"{}\n"), ("root-float-nan", b".nan\n"), ("root-multi-document", good + b"---\n" + good),
+        ("root-list", b"- data\n- model\n"),
+        ("root-int", b"42\n"),
+        ("root-string", b"just some words\n"),
+        ("root-bool", b"true\n"),
+        ("root-null", b"null\n"),
+        ("root-tilde", b"~\n"),
+        ("root-empty-file", b""),
+        ("root-blank-lines", b"\n\n   \n\t\n"),
+        ("root-only-comments", b"# data: {train: x.csv}\n# nothing else\n"),
+        ("root-document-marker", b"---\n"),
+        ("root-document-end", b"...\n"),
+        ("root-flow-list", b"[]\n"),
+        ("root-empty-mapping", b"{}\n"),
+        ("root-float-nan", b".nan\n"),
+        ("root-multi-document", good + b"---\n" + good),
     ]:
         cases.append(ConfigCase(case_id, text, ERROR))
     # truncated YAML: a good file cut at seeded byte offsets (some cuts leave a usable prefix)
@@ -488,7 +648,9 @@ def _structure_cases() -> list[ConfigCase]:
     cases.append(ConfigCase("garbage-gzip", gzip.compress(good), ERROR))
     cases.append(ConfigCase("garbage-png-header", b"\x89PNG\r\n\x1a\n" + rng.randbytes(64), ERROR))
     cases.append(ConfigCase("garbage-control-characters", b"data: {train: x.csv}\x07\x1b[31m\n", ERROR))
-    cases.append(ConfigCase("garbage-nul-in-value", b"data:\n  train: a\x00b.csv\nmodel: {name_or_path: m}\n", ERROR))
+    cases.append(
+        ConfigCase("garbage-nul-in-value", b"data:\n  train: a\x00b.csv\nmodel: {name_or_path: m}\n", ERROR)
+    )
     cases.append(ConfigCase("garbage-json-not-yaml-mapping", b'["data", {"train": 1}]', ERROR))
     cases.append(ConfigCase("garbage-tab-indent", b"data:\n\ttrain: x.csv\n", ERROR))
     cases.append(ConfigCase("garbage-unclosed-flow", b"data: {train: x.csv\nmodel: [\n", ERROR))
@@ -496,9 +658,16 @@ def _structure_cases() -> list[ConfigCase]:
     cases.append(ConfigCase("garbage-undefined-alias", b"data: *nope\n", ERROR))
     cases.append(ConfigCase("garbage-yaml-2.0-directive", b"%YAML 2.0\n---\n" + good, ERROR))
     # wrong encodings
-    text = GOOD_YAML.replace("\"no\"", "\"no\"  # Grüße")
-    for enc, expect in [("latin-1", ERROR), ("utf-16", ERROR), ("utf-16-le-no-bom", ERROR), ("utf-32", ERROR),
-                        ("cp1252", ERROR), ("shift_jis", ERROR), ("utf-8-sig", OK)]:
+    text = GOOD_YAML.replace('"no"', '"no"  # Grüße')
+    for enc, expect in [
+        ("latin-1", ERROR),
+        ("utf-16", ERROR),
+        ("utf-16-le-no-bom", ERROR),
+        ("utf-32", ERROR),
+        ("cp1252", ERROR),
+        ("shift_jis", ERROR),
+        ("utf-8-sig", OK),
+    ]:
         if enc == "shift_jis":
             data = (text + "# 設定\n").encode("shift_jis", errors="replace")
         elif enc == "cp1252":
@@ -508,20 +677,47 @@ def _structure_cases() -> list[ConfigCase]:
         else:
             data = text.encode(enc)
         cases.append(ConfigCase(f"encoding-{enc}", data, expect))
-    cases.append(ConfigCase("encoding-utf-8-non-ascii-values", _dump(_with(BASE_FINETUNE, ("output_dir",), "runs/日本")),
-                            OK))
+    cases.append(
+        ConfigCase(
+            "encoding-utf-8-non-ascii-values", _dump(_with(BASE_FINETUNE, ("output_dir",), "runs/日本")), OK
+        )
+    )
     # duplicate and near-duplicate keys
     # (the first `data:` holds a typo and a bad value that nobody checks, since the second one wins)
-    cases.append(ConfigCase("duplicate-key-top-level", b"data: {train: x.csv, max_lenght: 3, max_length: -1}\n"
-                            + _dump(BASE_FINETUNE), ERROR, "data"))
-    cases.append(ConfigCase("duplicate-key-nested", _dump(_without(BASE_FINETUNE, ("training",)))
-                            + b"training:\n  batch_size: -1\n  batch_size: 8\n", ERROR, "batch_size"))
+    cases.append(
+        ConfigCase(
+            "duplicate-key-top-level",
+            b"data: {train: x.csv, max_lenght: 3, max_length: -1}\n" + _dump(BASE_FINETUNE),
+            ERROR,
+            "data",
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "duplicate-key-nested",
+            _dump(_without(BASE_FINETUNE, ("training",))) + b"training:\n  batch_size: -1\n  batch_size: 8\n",
+            ERROR,
+            "batch_size",
+        )
+    )
     for spelling in ("learning-rate", "Learning_Rate", "learningRate", "learning_rate ", "lr"):
         raw = _with(BASE_FINETUNE, ("training", spelling), 1e-4)
-        cases.append(ConfigCase(f"near-duplicate-training.{spelling.strip()}{'-space' if ' ' in spelling else ''}",
-                                _dump(raw), ERROR, "unknown key"))
-    cases.append(ConfigCase("near-duplicate-Data-section", _dump({**BASE_FINETUNE, "Data": {"train": "y.csv"}}), ERROR,
-                            "unknown key 'Data'"))
+        cases.append(
+            ConfigCase(
+                f"near-duplicate-training.{spelling.strip()}{'-space' if ' ' in spelling else ''}",
+                _dump(raw),
+                ERROR,
+                "unknown key",
+            )
+        )
+    cases.append(
+        ConfigCase(
+            "near-duplicate-Data-section",
+            _dump({**BASE_FINETUNE, "Data": {"train": "y.csv"}}),
+            ERROR,
+            "unknown key 'Data'",
+        )
+    )
     # deep nesting
     cases.append(ConfigCase("nested-list-1000", b"[" * 1000 + b"]" * 1000, ERROR))
     cases.append(ConfigCase("nested-list-300-as-root", b"[" * 300 + b"]" * 300, ERROR))
@@ -529,24 +725,49 @@ def _structure_cases() -> list[ConfigCase]:
     junk: Any = "deep"
     for i in range(40):
         junk = {f"k{i}": [junk]} if i % 2 else [junk, i]
-    cases.append(ConfigCase("nested-junk-under-unknown-key", _dump({**BASE_FINETUNE, "extras": junk}), ERROR,
-                            "unknown key 'extras'"))
-    cases.append(ConfigCase("nested-junk-under-training", _dump(_with(BASE_FINETUNE, ("training",), [junk])), ERROR,
-                            "training"))
-    cases.append(ConfigCase("nested-junk-in-data-options", _dump(_with(BASE_FINETUNE, ("data", "options"),
-                                                                       {"any": junk})), OK))
-    laughs = b"".join(b"%s: &%s [%s]\n" % (bytes([97 + i]), bytes([97 + i]),
-                                           b",".join([b"*" + bytes([96 + i])] * 9 if i else [b"lol"] * 9))
-                      for i in range(6))
+    cases.append(
+        ConfigCase(
+            "nested-junk-under-unknown-key",
+            _dump({**BASE_FINETUNE, "extras": junk}),
+            ERROR,
+            "unknown key 'extras'",
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "nested-junk-under-training",
+            _dump(_with(BASE_FINETUNE, ("training",), [junk])),
+            ERROR,
+            "training",
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "nested-junk-in-data-options", _dump(_with(BASE_FINETUNE, ("data", "options"), {"any": junk})), OK
+        )
+    )
+    laughs = b"".join(
+        b"%s: &%s [%s]\n"
+        % (bytes([97 + i]), bytes([97 + i]), b",".join([b"*" + bytes([96 + i])] * 9 if i else [b"lol"] * 9))
+        for i in range(6)
+    )
     cases.append(ConfigCase("billion-laughs-keys", laughs, ERROR, "unknown key"))
     cases.append(ConfigCase("billion-laughs-value", laughs + b"data: *f\n", ERROR, "data"))
     # YAML tags: code-running ones must never run, odd ones must fail cleanly
     base = _dump(BASE_FINETUNE)
     for case_id, text in [
-        ("tag-python-apply-os-system-root", f"!!python/object/apply:os.system ['touch {SENTINEL}']\n".encode()),
-        ("tag-python-apply-os-system-value", base + f"seed: !!python/object/apply:os.system ['touch {SENTINEL}']\n"
-         .encode()),
-        ("tag-python-new-popen", base + f"x: !!python/object/new:subprocess.Popen [[touch, {SENTINEL}]]\n".encode()),
+        (
+            "tag-python-apply-os-system-root",
+            f"!!python/object/apply:os.system ['touch {SENTINEL}']\n".encode(),
+        ),
+        (
+            "tag-python-apply-os-system-value",
+            base + f"seed: !!python/object/apply:os.system ['touch {SENTINEL}']\n".encode(),
+        ),
+        (
+            "tag-python-new-popen",
+            base + f"x: !!python/object/new:subprocess.Popen [[touch, {SENTINEL}]]\n".encode(),
+        ),
         ("tag-python-name", base.replace(b"output_dir: runs/fuzz", b"output_dir: !!python/name:os.system")),
         ("tag-python-module", base + b"x: !!python/module:os\n"),
         ("tag-python-tuple-layers", base + b"student: {layers: !!python/tuple [0, 1]}\n"),
@@ -565,50 +786,133 @@ def _structure_cases() -> list[ConfigCase]:
         ("tag-binary-bad-base64", base + b"x: !!binary '@@@'\n"),
     ]:
         cases.append(ConfigCase(case_id, text, ERROR))
-    cases.append(ConfigCase("tag-binary-for-path", _dump(_without(BASE_FINETUNE, ("data",)))
-                            + b"data: {train: !!binary aGVsbG8=}\n", ERROR, "data.train"))
-    cases.append(ConfigCase("tag-timestamp-for-path", base.replace(b"output_dir: runs/fuzz", b"output_dir: 2024-01-01"),
-                            ERROR, "output_dir"))
-    cases.append(ConfigCase("tag-set-for-label-names", _dump(_without(BASE_FINETUNE, ("data",)))
-                            + b"data: {train: x.csv, label_names: !!set {a, b}}\n", ERROR, "data.label_names"))
+    cases.append(
+        ConfigCase(
+            "tag-binary-for-path",
+            _dump(_without(BASE_FINETUNE, ("data",))) + b"data: {train: !!binary aGVsbG8=}\n",
+            ERROR,
+            "data.train",
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "tag-timestamp-for-path",
+            base.replace(b"output_dir: runs/fuzz", b"output_dir: 2024-01-01"),
+            ERROR,
+            "output_dir",
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "tag-set-for-label-names",
+            _dump(_without(BASE_FINETUNE, ("data",))) + b"data: {train: x.csv, label_names: !!set {a, b}}\n",
+            ERROR,
+            "data.label_names",
+        )
+    )
     # odd keys
     for case_id, extra, needle in [
-        ("key-int", b"1: 2\n", "unknown key '1'"), ("key-null", b"null: x\n", "unknown key"),
-        ("key-bool-yes", b"yes: 1\n", "unknown key"), ("key-empty-string", b"'': 1\n", "unknown key ''"),
-        ("key-date", b"2020-01-01: x\n", "unknown key"), ("key-float", b"1.5: x\n", "unknown key '1.5'"),
-        ("key-with-newline", b'"data\\nmodel": 1\n', "unknown key"), ("key-very-long", b"k" * 300 + b": 1\n",
-                                                                       "unknown key"),
+        ("key-int", b"1: 2\n", "unknown key '1'"),
+        ("key-null", b"null: x\n", "unknown key"),
+        ("key-bool-yes", b"yes: 1\n", "unknown key"),
+        ("key-empty-string", b"'': 1\n", "unknown key ''"),
+        ("key-date", b"2020-01-01: x\n", "unknown key"),
+        ("key-float", b"1.5: x\n", "unknown key '1.5'"),
+        ("key-with-newline", b'"data\\nmodel": 1\n', "unknown key"),
+        ("key-very-long", b"k" * 300 + b": 1\n", "unknown key"),
         ("key-merge-unknown", b"base: &b {train: x.csv}\nother: {<<: *b}\n", "unknown key 'base'"),
     ]:
         cases.append(ConfigCase(case_id, base + extra, ERROR, needle))
     # documented coercions and YAML 1.1 surprises
     cases.append(ConfigCase("coerce-int-path", _dump(_with(BASE_FINETUNE, ("data", "train"), 123)), OK))
-    cases.append(ConfigCase("coerce-string-float", _dump(_with(BASE_FINETUNE, ("training", "epochs"), "1")), OK))
-    cases.append(ConfigCase("coerce-string-int-rejected", _dump(_with(BASE_FINETUNE, ("training", "batch_size"), "8")),
-                            ERROR, "training.batch_size"))
-    cases.append(ConfigCase("yaml11-cpu-yes", _dump(_without(BASE_FINETUNE, ("training",)))
-                            + b"training: {cpu: yes}\n", OK))
-    cases.append(ConfigCase("yaml11-mixed-precision-no", _dump(_without(BASE_FINETUNE, ("training",)))
-                            + b"training: {mixed_precision: no}\n", OK))
-    cases.append(ConfigCase("choice-wrong-case", _dump(_with(BASE_FINETUNE, ("task",), "Classification")), ERROR,
-                            "task"))
-    cases.append(ConfigCase("choice-typo-suggested", _dump(_with(BASE_FINETUNE, ("training", "scheduler"), "cosin")),
-                            ERROR, "did you mean 'cosine'"))
-    cases.append(ConfigCase("distill-unknown-loss", _dump(_with(BASE_DISTILL, ("distill", "losses"), {"kdd": 1.0})),
-                            ERROR, "distill.losses.kdd"))
-    cases.append(ConfigCase("distill-regression-loss-for-classification",
-                            _dump(_with(BASE_DISTILL, ("distill", "losses"), {"mse": 1.0})), ERROR, "distill.losses.mse"))
-    cases.append(ConfigCase("student-layers-and-num-layers", _dump(_with(BASE_DISTILL, ("student", "layers"), [0, 1])),
-                            ERROR, "student."))
-    cases.append(ConfigCase("student-heads-not-dividing", _dump(_with(BASE_DISTILL, ("student",),
-                            {"init": "config", "num_layers": 2, "hidden_size": 30, "num_attention_heads": 4})),
-                            ERROR, "student.hidden_size"))
-    cases.append(ConfigCase("label-names-duplicates", _dump(_with(BASE_FINETUNE, ("data", "label_names"), ["a", "a"])),
-                            ERROR, "data.label_names"))
+    cases.append(
+        ConfigCase("coerce-string-float", _dump(_with(BASE_FINETUNE, ("training", "epochs"), "1")), OK)
+    )
+    cases.append(
+        ConfigCase(
+            "coerce-string-int-rejected",
+            _dump(_with(BASE_FINETUNE, ("training", "batch_size"), "8")),
+            ERROR,
+            "training.batch_size",
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "yaml11-cpu-yes", _dump(_without(BASE_FINETUNE, ("training",))) + b"training: {cpu: yes}\n", OK
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "yaml11-mixed-precision-no",
+            _dump(_without(BASE_FINETUNE, ("training",))) + b"training: {mixed_precision: no}\n",
+            OK,
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "choice-wrong-case", _dump(_with(BASE_FINETUNE, ("task",), "Classification")), ERROR, "task"
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "choice-typo-suggested",
+            _dump(_with(BASE_FINETUNE, ("training", "scheduler"), "cosin")),
+            ERROR,
+            "did you mean 'cosine'",
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "distill-unknown-loss",
+            _dump(_with(BASE_DISTILL, ("distill", "losses"), {"kdd": 1.0})),
+            ERROR,
+            "distill.losses.kdd",
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "distill-regression-loss-for-classification",
+            _dump(_with(BASE_DISTILL, ("distill", "losses"), {"mse": 1.0})),
+            ERROR,
+            "distill.losses.mse",
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "student-layers-and-num-layers",
+            _dump(_with(BASE_DISTILL, ("student", "layers"), [0, 1])),
+            ERROR,
+            "student.",
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "student-heads-not-dividing",
+            _dump(
+                _with(
+                    BASE_DISTILL,
+                    ("student",),
+                    {"init": "config", "num_layers": 2, "hidden_size": 30, "num_attention_heads": 4},
+                )
+            ),
+            ERROR,
+            "student.hidden_size",
+        )
+    )
+    cases.append(
+        ConfigCase(
+            "label-names-duplicates",
+            _dump(_with(BASE_FINETUNE, ("data", "label_names"), ["a", "a"])),
+            ERROR,
+            "data.label_names",
+        )
+    )
     return cases
 
 
-CONFIG_CASES = _wrong_type_cases() + _unknown_key_cases() + _missing_cases() + _number_cases() + _structure_cases()
+CONFIG_CASES = (
+    _wrong_type_cases() + _unknown_key_cases() + _missing_cases() + _number_cases() + _structure_cases()
+)
 
 
 def _run_validate(case: ConfigCase, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -651,11 +955,20 @@ def small_csv(tmp_path_factory) -> Path:
     return path
 
 
-def _finetune(tmp_path: Path, capsys, model_dir: Path, train: str, overrides: tuple[str, ...] = (),
-              data: dict | None = None) -> tuple[int, str, str]:
-    cfg = {"data": {"train": train, "max_length": 32, **(data or {})}, "model": {"name_or_path": str(model_dir)},
-           "output_dir": str(tmp_path / "out"),
-           "training": {"max_steps": 1, "batch_size": 8, "eval_batch_size": 8, "cpu": True}}
+def _finetune(
+    tmp_path: Path,
+    capsys,
+    model_dir: Path,
+    train: str,
+    overrides: tuple[str, ...] = (),
+    data: dict | None = None,
+) -> tuple[int, str, str]:
+    cfg = {
+        "data": {"train": train, "max_length": 32, **(data or {})},
+        "model": {"name_or_path": str(model_dir)},
+        "output_dir": str(tmp_path / "out"),
+        "training": {"max_steps": 1, "batch_size": 8, "eval_batch_size": 8, "cpu": True},
+    }
     path = tmp_path / "config.yaml"
     path.write_bytes(_dump(cfg))
     capsys.readouterr()
@@ -687,7 +1000,9 @@ def _rows(n: int, seed: int = 0) -> list[tuple[str, str, float]]:
 
 
 def _csv(rows, header="text,label,score", sep=",", end="\n") -> bytes:
-    return (header.replace(",", sep) + end + "".join(sep.join(map(str, r)) + end for r in rows)).encode("utf-8")
+    return (header.replace(",", sep) + end + "".join(sep.join(map(str, r)) + end for r in rows)).encode(
+        "utf-8"
+    )
 
 
 def _jsonl(records: list[dict], raw_label: str | None = None) -> bytes:
@@ -707,8 +1022,13 @@ def _records(n: int = 40, label: Any = None, text: Any = None, every: int = 2) -
     out = []
     for i, (t, lab, score) in enumerate(_rows(n)):
         odd = i % every == 0
-        out.append({"text": text if odd and text is not None else t,
-                    "label": label if odd and label is not None else lab, "score": score})
+        out.append(
+            {
+                "text": text if odd and text is not None else t,
+                "label": label if odd and label is not None else lab,
+                "score": score,
+            }
+        )
     return out
 
 
@@ -744,130 +1064,334 @@ def _data_cases() -> list[DataCase]:
         DataCase("csv-crlf", "train.csv", _csv(good_rows, end="\r\n"), OK),
         DataCase("csv-utf-8-bom", "train.csv", b"\xef\xbb\xbf" + good, OK),
         DataCase("csv-uppercase-suffix", "TRAIN.CSV", good, OK),
-        DataCase("csv-ragged-extra-fields", "train.csv",
-                 b"text,label\n" + b"".join(b"t%d,%s%s\n" % (i, lab(i).encode(), b",x,y" if i == 7 else b"")
-                                            for i in range(40))),
-        DataCase("csv-ragged-missing-fields", "train.csv",
-                 b"text,label\n" + b"".join(b"t%d%s\n" % (i, b"" if i == 5 else b"," + lab(i).encode())
-                                            for i in range(40)), needle="label"),
-        DataCase("csv-one-unquoted-comma-every-row", "train.csv",
-                 b"text,label\n" + b"".join(b"first part %d, second part,%s\n" % (i, lab(i).encode())
-                                            for i in range(40))),
-        DataCase("csv-trailing-comma-every-row", "train.csv",  # pandas (index_col=False) reads these correctly
-                 b"text,label\n" + b"".join(b"t%d,%s,\n" % (i, lab(i).encode()) for i in range(40)), OK),
+        DataCase(
+            "csv-ragged-extra-fields",
+            "train.csv",
+            b"text,label\n"
+            + b"".join(b"t%d,%s%s\n" % (i, lab(i).encode(), b",x,y" if i == 7 else b"") for i in range(40)),
+        ),
+        DataCase(
+            "csv-ragged-missing-fields",
+            "train.csv",
+            b"text,label\n"
+            + b"".join(b"t%d%s\n" % (i, b"" if i == 5 else b"," + lab(i).encode()) for i in range(40)),
+            needle="label",
+        ),
+        DataCase(
+            "csv-one-unquoted-comma-every-row",
+            "train.csv",
+            b"text,label\n"
+            + b"".join(b"first part %d, second part,%s\n" % (i, lab(i).encode()) for i in range(40)),
+        ),
+        DataCase(
+            "csv-trailing-comma-every-row",
+            "train.csv",  # pandas (index_col=False) reads these correctly
+            b"text,label\n" + b"".join(b"t%d,%s,\n" % (i, lab(i).encode()) for i in range(40)),
+            OK,
+        ),
         DataCase("csv-semicolon-delimiter", "train.csv", _csv(good_rows, sep=";"), needle="column"),
         DataCase("csv-tab-delimiter", "train.csv", _csv(good_rows, sep="\t"), needle="column"),
         DataCase("tsv-with-commas", "train.tsv", good, needle="column"),
         DataCase("tsv-good", "train.tsv", _csv(good_rows, sep="\t"), OK),
-        DataCase("csv-missing-label-column", "train.csv", _csv([r[:1] + r[2:] for r in good_rows], "text,score"),
-                 needle="data.label_column"),
-        DataCase("csv-missing-text-column", "train.csv", _csv([r[1:] for r in good_rows], "label,score"),
-                 needle="data.text_column"),
-        DataCase("csv-no-header", "train.csv", _csv(good_rows)[len(b"text,label,score\n"):], needle="column"),
-        DataCase("csv-empty-header", "train.csv", b",\n" + b"".join(b"t%d,%s\n" % (i, lab(i).encode())
-                                                                  for i in range(40)), needle="column"),
-        DataCase("csv-duplicate-columns", "train.csv",
-                 b"text,text,label\n" + b"".join(b"a%d,b%d,%s\n" % (i, i, lab(i).encode()) for i in range(40)), OK),
+        DataCase(
+            "csv-missing-label-column",
+            "train.csv",
+            _csv([r[:1] + r[2:] for r in good_rows], "text,score"),
+            needle="data.label_column",
+        ),
+        DataCase(
+            "csv-missing-text-column",
+            "train.csv",
+            _csv([r[1:] for r in good_rows], "label,score"),
+            needle="data.text_column",
+        ),
+        DataCase(
+            "csv-no-header", "train.csv", _csv(good_rows)[len(b"text,label,score\n") :], needle="column"
+        ),
+        DataCase(
+            "csv-empty-header",
+            "train.csv",
+            b",\n" + b"".join(b"t%d,%s\n" % (i, lab(i).encode()) for i in range(40)),
+            needle="column",
+        ),
+        DataCase(
+            "csv-duplicate-columns",
+            "train.csv",
+            b"text,text,label\n" + b"".join(b"a%d,b%d,%s\n" % (i, i, lab(i).encode()) for i in range(40)),
+            OK,
+        ),
         DataCase("csv-unclosed-quote", "train.csv", b'text,label\n"good movie,positive\nbad,negative\n'),
-        DataCase("csv-quoted-newlines", "train.csv",
-                 b"text,label\n" + b"".join(b'"line\nbreak %d",%s\n' % (i, lab(i).encode()) for i in range(40)), OK),
-        DataCase("csv-latin-1", "train.csv", b"text,label\n" + "".join(
-            f"caf\xe9 {i},{lab(i)}\n" for i in range(40)).encode("latin-1"), needle="UTF-8"),
-        DataCase("csv-cp1252", "train.csv", b"text,label\n" + "".join(
-            f"\u201cquoted\u201d {i},{lab(i)}\n" for i in range(40)).encode("cp1252"), needle="UTF-8"),
+        DataCase(
+            "csv-quoted-newlines",
+            "train.csv",
+            b"text,label\n" + b"".join(b'"line\nbreak %d",%s\n' % (i, lab(i).encode()) for i in range(40)),
+            OK,
+        ),
+        DataCase(
+            "csv-latin-1",
+            "train.csv",
+            b"text,label\n" + "".join(f"caf\xe9 {i},{lab(i)}\n" for i in range(40)).encode("latin-1"),
+            needle="UTF-8",
+        ),
+        DataCase(
+            "csv-cp1252",
+            "train.csv",
+            b"text,label\n"
+            + "".join(f"\u201cquoted\u201d {i},{lab(i)}\n" for i in range(40)).encode("cp1252"),
+            needle="UTF-8",
+        ),
         DataCase("csv-utf-16", "train.csv", good.decode().encode("utf-16"), needle="UTF-8"),
         DataCase("csv-utf-16-le-no-bom", "train.csv", good.decode().encode("utf-16-le"), needle="UTF-8"),
-        DataCase("csv-invalid-utf-8-bytes", "train.csv", good[:40] + b"\xff\xfe\xfa" + good[40:], needle="UTF-8"),
+        DataCase(
+            "csv-invalid-utf-8-bytes", "train.csv", good[:40] + b"\xff\xfe\xfa" + good[40:], needle="UTF-8"
+        ),
         DataCase("csv-gzip-bytes", "train.csv", gzip.compress(good)),
-        DataCase("csv-nul-in-text", "train.csv",
-                 b"text,label\n" + b"".join(b"t\x00%d,%s\n" % (i, lab(i).encode()) for i in range(40)), EITHER),
-        DataCase("csv-label-empty", "train.csv",
-                 b"text,label\n" + b"".join(b"t%d,%s\n" % (i, b"" if i == 3 else lab(i).encode()) for i in range(40)),
-                 needle="missing label"),
-        DataCase("csv-label-NaN-string", "train.csv",
-                 b"text,label\n" + b"".join(b"t%d,%s\n" % (i, b"NaN" if i % 4 == 0 else lab(i).encode())
-                                            for i in range(40)), needle="missing label"),
-        DataCase("csv-single-label-class", "train.csv",
-                 b"text,label\n" + b"".join(b"t%d,positive\n" % i for i in range(40)), needle="only one label"),
-        DataCase("csv-text-empty", "train.csv",
-                 b"text,label\n" + b"".join(b"%s,%s\n" % (b"" if i == 9 else b"t%d" % i, lab(i).encode())
-                                            for i in range(40)), needle="empty text"),
-        DataCase("csv-text-whitespace-only", "train.csv",
-                 b"text,label\n" + b"".join(b"   ,%s\n" % lab(i).encode() for i in range(40)), EITHER),
-        DataCase("csv-text-NaN-string-is-text", "train.csv",
-                 b"text,label\n" + b"".join(b"NaN,%s\n" % lab(i).encode() for i in range(40)), OK),
-        DataCase("csv-text-very-long", "train.csv",
-                 b"text,label\n" + b"".join(b"%s %d,%s\n" % (b"good bad " * 400, i, lab(i).encode()) for i in range(40)),
-                 OK),
+        DataCase(
+            "csv-nul-in-text",
+            "train.csv",
+            b"text,label\n" + b"".join(b"t\x00%d,%s\n" % (i, lab(i).encode()) for i in range(40)),
+            EITHER,
+        ),
+        DataCase(
+            "csv-label-empty",
+            "train.csv",
+            b"text,label\n"
+            + b"".join(b"t%d,%s\n" % (i, b"" if i == 3 else lab(i).encode()) for i in range(40)),
+            needle="missing label",
+        ),
+        DataCase(
+            "csv-label-NaN-string",
+            "train.csv",
+            b"text,label\n"
+            + b"".join(b"t%d,%s\n" % (i, b"NaN" if i % 4 == 0 else lab(i).encode()) for i in range(40)),
+            needle="missing label",
+        ),
+        DataCase(
+            "csv-single-label-class",
+            "train.csv",
+            b"text,label\n" + b"".join(b"t%d,positive\n" % i for i in range(40)),
+            needle="only one label",
+        ),
+        DataCase(
+            "csv-text-empty",
+            "train.csv",
+            b"text,label\n"
+            + b"".join(b"%s,%s\n" % (b"" if i == 9 else b"t%d" % i, lab(i).encode()) for i in range(40)),
+            needle="empty text",
+        ),
+        DataCase(
+            "csv-text-whitespace-only",
+            "train.csv",
+            b"text,label\n" + b"".join(b"   ,%s\n" % lab(i).encode() for i in range(40)),
+            EITHER,
+        ),
+        DataCase(
+            "csv-text-NaN-string-is-text",
+            "train.csv",
+            b"text,label\n" + b"".join(b"NaN,%s\n" % lab(i).encode() for i in range(40)),
+            OK,
+        ),
+        DataCase(
+            "csv-text-very-long",
+            "train.csv",
+            b"text,label\n"
+            + b"".join(b"%s %d,%s\n" % (b"good bad " * 400, i, lab(i).encode()) for i in range(40)),
+            OK,
+        ),
         DataCase("csv-too-few-rows-to-carve", "train.csv", _csv(good_rows[:3]), needle="test_size"),
-        DataCase("csv-labels-numeric", "train.csv",
-                 b"text,label\n" + b"".join(b"t%d,%s\n" % (i, [b"0", b"1", b"1.0"][i % 3]) for i in range(40)), OK),
-        DataCase("csv-labels-negative-numbers", "train.csv",
-                 b"text,label\n" + b"".join(b"t%d,%d\n" % (i, i % 3 - 1) for i in range(40)), OK),
-        DataCase("csv-labels-huge-numbers", "train.csv",
-                 b"text,label\n" + b"".join(b"t%d,%d\n" % (i, (-1) ** i * 10**30) for i in range(40)), OK),
-        DataCase("csv-regression-non-numeric", "train.csv", good.replace(b"-1.", b"abc"), task="regression",
-                 options=reg, needle="not a finite number"),
-        DataCase("csv-regression-inf", "train.csv", good.replace(b"1.", b"inf", 1), task="regression", options=reg,
-                 needle="not a finite number"),
-        DataCase("csv-regression-huge-overflow", "train.csv", good.replace(b"1.", b"1e400", 1), task="regression",
-                 options=reg, needle="not a finite number"),
-        DataCase("csv-regression-huge-finite", "train.csv", b"text,score\n" + b"".join(
-            b"t%d,%de300\n" % (i, i % 3 - 1) for i in range(40)), OK, "regression", reg),
-        DataCase("csv-regression-NaN", "train.csv", good.replace(b"1.", b"NaN", 1), task="regression", options=reg,
-                 needle="not a finite number"),
-        DataCase("csv-regression-empty", "train.csv", b"text,score\n" + b"".join(
-            b"t%d,%s\n" % (i, b"" if i == 4 else b"%d" % i) for i in range(40)), task="regression", options=reg),
-        DataCase("csv-regression-decimal-comma", "train.csv", b"text,score\n" + b"".join(
-            b't%d,"%d,5"\n' % (i, i) for i in range(40)), task="regression", options=reg),
-        DataCase("csv-label-names-not-covering", "train.csv", good, options=(("label_names", ["positive", "neutral"]),),
-                 needle="not among the known labels"),
-        DataCase("csv-text-pair-column-missing", "train.csv", good, options=(("text_pair_column", "premise"),),
-                 needle="data.text_pair_column"),
-        DataCase("csv-text-pair-column-empty-values", "train.csv",
-                 b"text,pair,label\n" + b"".join(b"t%d,%s,%s\n" % (i, b"" if i == 2 else b"p", lab(i).encode())
-                                                 for i in range(40)), options=(("text_pair_column", "pair"),),
-                 needle="data.text_pair_column"),
-        DataCase("csv-validation-empty", "train.csv", good, options=(("validation", "val.csv"),),
-                 extra=(("val.csv", b"text,label\n"),), needle="data.validation"),
-        DataCase("csv-validation-other-columns", "train.csv", good, options=(("validation", "val.csv"),),
-                 extra=(("val.csv", b"sentence,y\na,positive\n"),), needle="validation"),
-        DataCase("csv-test-unknown-label", "train.csv", good, options=(("test", "test.csv"),),
-                 extra=(("test.csv", b"text,label\na,mixed\n"),), needle="not among the known labels"),
-        DataCase("csv-validation-latin-1", "train.csv", good, options=(("validation", "val.csv"),),
-                 extra=(("val.csv", "text,label\ncaf\xe9,positive\n".encode("latin-1")),), needle="data.validation"),
+        DataCase(
+            "csv-labels-numeric",
+            "train.csv",
+            b"text,label\n" + b"".join(b"t%d,%s\n" % (i, [b"0", b"1", b"1.0"][i % 3]) for i in range(40)),
+            OK,
+        ),
+        DataCase(
+            "csv-labels-negative-numbers",
+            "train.csv",
+            b"text,label\n" + b"".join(b"t%d,%d\n" % (i, i % 3 - 1) for i in range(40)),
+            OK,
+        ),
+        DataCase(
+            "csv-labels-huge-numbers",
+            "train.csv",
+            b"text,label\n" + b"".join(b"t%d,%d\n" % (i, (-1) ** i * 10**30) for i in range(40)),
+            OK,
+        ),
+        DataCase(
+            "csv-regression-non-numeric",
+            "train.csv",
+            good.replace(b"-1.", b"abc"),
+            task="regression",
+            options=reg,
+            needle="not a finite number",
+        ),
+        DataCase(
+            "csv-regression-inf",
+            "train.csv",
+            good.replace(b"1.", b"inf", 1),
+            task="regression",
+            options=reg,
+            needle="not a finite number",
+        ),
+        DataCase(
+            "csv-regression-huge-overflow",
+            "train.csv",
+            good.replace(b"1.", b"1e400", 1),
+            task="regression",
+            options=reg,
+            needle="not a finite number",
+        ),
+        DataCase(
+            "csv-regression-huge-finite",
+            "train.csv",
+            b"text,score\n" + b"".join(b"t%d,%de300\n" % (i, i % 3 - 1) for i in range(40)),
+            OK,
+            "regression",
+            reg,
+        ),
+        DataCase(
+            "csv-regression-NaN",
+            "train.csv",
+            good.replace(b"1.", b"NaN", 1),
+            task="regression",
+            options=reg,
+            needle="not a finite number",
+        ),
+        DataCase(
+            "csv-regression-empty",
+            "train.csv",
+            b"text,score\n" + b"".join(b"t%d,%s\n" % (i, b"" if i == 4 else b"%d" % i) for i in range(40)),
+            task="regression",
+            options=reg,
+        ),
+        DataCase(
+            "csv-regression-decimal-comma",
+            "train.csv",
+            b"text,score\n" + b"".join(b't%d,"%d,5"\n' % (i, i) for i in range(40)),
+            task="regression",
+            options=reg,
+        ),
+        DataCase(
+            "csv-label-names-not-covering",
+            "train.csv",
+            good,
+            options=(("label_names", ["positive", "neutral"]),),
+            needle="not among the known labels",
+        ),
+        DataCase(
+            "csv-text-pair-column-missing",
+            "train.csv",
+            good,
+            options=(("text_pair_column", "premise"),),
+            needle="data.text_pair_column",
+        ),
+        DataCase(
+            "csv-text-pair-column-empty-values",
+            "train.csv",
+            b"text,pair,label\n"
+            + b"".join(b"t%d,%s,%s\n" % (i, b"" if i == 2 else b"p", lab(i).encode()) for i in range(40)),
+            options=(("text_pair_column", "pair"),),
+            needle="data.text_pair_column",
+        ),
+        DataCase(
+            "csv-validation-empty",
+            "train.csv",
+            good,
+            options=(("validation", "val.csv"),),
+            extra=(("val.csv", b"text,label\n"),),
+            needle="data.validation",
+        ),
+        DataCase(
+            "csv-validation-other-columns",
+            "train.csv",
+            good,
+            options=(("validation", "val.csv"),),
+            extra=(("val.csv", b"sentence,y\na,positive\n"),),
+            needle="validation",
+        ),
+        DataCase(
+            "csv-test-unknown-label",
+            "train.csv",
+            good,
+            options=(("test", "test.csv"),),
+            extra=(("test.csv", b"text,label\na,mixed\n"),),
+            needle="not among the known labels",
+        ),
+        DataCase(
+            "csv-validation-latin-1",
+            "train.csv",
+            good,
+            options=(("validation", "val.csv"),),
+            extra=(("val.csv", "text,label\ncaf\xe9,positive\n".encode("latin-1")),),
+            needle="data.validation",
+        ),
         DataCase("csv-max-train-examples-1", "train.csv", good, OK, options=(("max_train_examples", 1),)),
         # JSONL / JSON
         DataCase("jsonl-good", "train.jsonl", _jsonl(_records()), OK),
         DataCase("jsonl-empty", "train.jsonl", b""),
         DataCase("jsonl-blank-lines", "train.jsonl", b"\n\n\n"),
         DataCase("jsonl-broken-last-line", "train.jsonl", _jsonl(_records())[:-20]),
-        DataCase("jsonl-broken-middle-line", "train.jsonl",
-                 _jsonl(_records()).replace(b"}\n", b"\n", 1)),
+        DataCase("jsonl-broken-middle-line", "train.jsonl", _jsonl(_records()).replace(b"}\n", b"\n", 1)),
         DataCase("jsonl-label-list", "train.jsonl", _jsonl(_records(label=[1, 2]))),
         DataCase("jsonl-label-dict", "train.jsonl", _jsonl(_records(label={"a": 1}))),
-        DataCase("jsonl-label-null", "train.jsonl", _jsonl(_records(label="@"), "null"), needle="missing label"),
-        DataCase("jsonl-label-NaN", "train.jsonl", _jsonl(_records(label="@", every=7), "NaN"),
-                 needle="missing label"),
-        DataCase("jsonl-label-bool", "train.jsonl", _jsonl([{**r, "label": bool(i % 2)}
-                                                            for i, r in enumerate(_records())]), OK),
+        DataCase(
+            "jsonl-label-null", "train.jsonl", _jsonl(_records(label="@"), "null"), needle="missing label"
+        ),
+        DataCase(
+            "jsonl-label-NaN",
+            "train.jsonl",
+            _jsonl(_records(label="@", every=7), "NaN"),
+            needle="missing label",
+        ),
+        DataCase(
+            "jsonl-label-bool",
+            "train.jsonl",
+            _jsonl([{**r, "label": bool(i % 2)} for i, r in enumerate(_records())]),
+            OK,
+        ),
         DataCase("jsonl-text-list", "train.jsonl", _jsonl(_records(text=["a", "b"]))),
         DataCase("jsonl-text-dict", "train.jsonl", _jsonl(_records(text={"a": 1}))),
-        DataCase("jsonl-text-null", "train.jsonl", _jsonl(_records(text="@")).replace(b'"text": "@"', b'"text": null'),
-                 needle="empty text"),
+        DataCase(
+            "jsonl-text-null",
+            "train.jsonl",
+            _jsonl(_records(text="@")).replace(b'"text": "@"', b'"text": null'),
+            needle="empty text",
+        ),
         DataCase("jsonl-text-number", "train.jsonl", _jsonl(_records(text=5)), OK),
         DataCase("jsonl-scalar-lines", "train.jsonl", b"1\n2\n3\n" * 20),
         DataCase("jsonl-array-lines", "train.jsonl", b"[1, 2]\n[3, 4]\n" * 20),
         DataCase("jsonl-one-json-array", "train.jsonl", json.dumps(_records()).encode()),
         DataCase("jsonl-utf-16", "train.jsonl", _jsonl(_records()).decode().encode("utf-16"), needle="UTF-8"),
-        DataCase("jsonl-latin-1", "train.jsonl", _jsonl(_records(text="caf\xe9"), None).decode("utf-8")
-                 .replace("\\u00e9", "\xe9").encode("latin-1"), needle="UTF-8"),
-        DataCase("jsonl-regression-list-target", "train.jsonl", _jsonl(_records(label=[1, 2])), task="regression",
-                 needle="holds a list"),
-        DataCase("jsonl-regression-string-numbers", "train.jsonl",
-                 _jsonl([{**r, "label": str(r["score"])} for r in _records()]), OK, "regression"),
-        DataCase("jsonl-regression-inf", "train.jsonl", _jsonl(_records(label="@", every=5), "Infinity"),
-                 task="regression", needle="not a finite number"),
+        DataCase(
+            "jsonl-latin-1",
+            "train.jsonl",
+            _jsonl(_records(text="caf\xe9"), None)
+            .decode("utf-8")
+            .replace("\\u00e9", "\xe9")
+            .encode("latin-1"),
+            needle="UTF-8",
+        ),
+        DataCase(
+            "jsonl-regression-list-target",
+            "train.jsonl",
+            _jsonl(_records(label=[1, 2])),
+            task="regression",
+            needle="holds a list",
+        ),
+        DataCase(
+            "jsonl-regression-string-numbers",
+            "train.jsonl",
+            _jsonl([{**r, "label": str(r["score"])} for r in _records()]),
+            OK,
+            "regression",
+        ),
+        DataCase(
+            "jsonl-regression-inf",
+            "train.jsonl",
+            _jsonl(_records(label="@", every=5), "Infinity"),
+            task="regression",
+            needle="not a finite number",
+        ),
         DataCase("json-object", "train.json", b'{"text": "a", "label": "b"}'),
         DataCase("json-scalar", "train.json", b"5"),
         DataCase("json-empty", "train.json", b""),
@@ -876,21 +1400,40 @@ def _data_cases() -> list[DataCase]:
         DataCase("json-good", "train.json", json.dumps(_records()).encode(), OK),
         # Parquet
         DataCase("parquet-good", "train.parquet", _parquet(pd.DataFrame(_records())), OK),
-        DataCase("parquet-truncated", "train.parquet", _parquet(pd.DataFrame(_records()))[:300], needle="PARQUET"),
+        DataCase(
+            "parquet-truncated", "train.parquet", _parquet(pd.DataFrame(_records()))[:300], needle="PARQUET"
+        ),
         DataCase("parquet-garbage", "train.parquet", b"PAR1garbagePAR1"),
         DataCase("parquet-empty-file", "train.parquet", b""),
-        DataCase("parquet-zero-rows", "train.parquet", _parquet(pd.DataFrame({"text": [], "label": []})),
-                 needle="no rows"),
+        DataCase(
+            "parquet-zero-rows",
+            "train.parquet",
+            _parquet(pd.DataFrame({"text": [], "label": []})),
+            needle="no rows",
+        ),
         DataCase("parquet-csv-bytes", "train.parquet", good),
-        DataCase("parquet-label-list", "train.parquet", _parquet(pd.DataFrame(
-            {"text": [f"t{i}" for i in range(40)], "label": [[1, 2], [3]] * 20}))),
-        DataCase("parquet-label-nan", "train.parquet",
-                 _parquet(pd.DataFrame({"text": [f"t{i}" for i in range(40)], "label": [1.0, math.nan] * 20})),
-                 needle="missing label"),
-        DataCase("parquet-text-int", "train.parquet",
-                 _parquet(pd.DataFrame({"text": list(range(40)), "label": [0, 1] * 20})), OK),
-        DataCase("parquet-text-bytes", "train.parquet",
-                 _parquet(pd.DataFrame({"text": [b"\xff\x00"] * 40, "label": [0, 1] * 20}))),
+        DataCase(
+            "parquet-label-list",
+            "train.parquet",
+            _parquet(pd.DataFrame({"text": [f"t{i}" for i in range(40)], "label": [[1, 2], [3]] * 20})),
+        ),
+        DataCase(
+            "parquet-label-nan",
+            "train.parquet",
+            _parquet(pd.DataFrame({"text": [f"t{i}" for i in range(40)], "label": [1.0, math.nan] * 20})),
+            needle="missing label",
+        ),
+        DataCase(
+            "parquet-text-int",
+            "train.parquet",
+            _parquet(pd.DataFrame({"text": list(range(40)), "label": [0, 1] * 20})),
+            OK,
+        ),
+        DataCase(
+            "parquet-text-bytes",
+            "train.parquet",
+            _parquet(pd.DataFrame({"text": [b"\xff\x00"] * 40, "label": [0, 1] * 20})),
+        ),
         # paths
         DataCase("path-directory", "train.csv", DIRECTORY, needle="folder"),
         DataCase("path-missing", "train.csv", MISSING, needle="not found"),
@@ -961,18 +1504,34 @@ def test_data_file(case: DataCase, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- data through the whole CLI
 
 CLI_DATA_IDS = {
-    "csv-good": "cli-data-good", "csv-empty": "cli-data-empty", "csv-header-only": "cli-data-header-only",
-    "path-directory": "cli-data-directory", "path-xlsx": "cli-data-xlsx", "csv-latin-1": "cli-data-latin-1",
-    "csv-ragged-extra-fields": "cli-data-ragged", "csv-label-NaN-string": "cli-data-label-NaN-string",
-    "csv-single-label-class": "cli-data-single-class", "csv-text-very-long": "cli-data-long-texts",
-    "csv-text-empty": "cli-data-empty-texts", "jsonl-label-list": "cli-data-jsonl-label-list",
-    "csv-regression-inf": "cli-data-regression-inf", "parquet-truncated": "cli-data-parquet-truncated",
-    "csv-missing-text-column": "cli-data-missing-text-column", "jsonl-broken-middle-line": "cli-data-jsonl-broken",
+    "csv-good": "cli-data-good",
+    "csv-empty": "cli-data-empty",
+    "csv-header-only": "cli-data-header-only",
+    "path-directory": "cli-data-directory",
+    "path-xlsx": "cli-data-xlsx",
+    "csv-latin-1": "cli-data-latin-1",
+    "csv-ragged-extra-fields": "cli-data-ragged",
+    "csv-label-NaN-string": "cli-data-label-NaN-string",
+    "csv-single-label-class": "cli-data-single-class",
+    "csv-text-very-long": "cli-data-long-texts",
+    "csv-text-empty": "cli-data-empty-texts",
+    "jsonl-label-list": "cli-data-jsonl-label-list",
+    "csv-regression-inf": "cli-data-regression-inf",
+    "parquet-truncated": "cli-data-parquet-truncated",
+    "csv-missing-text-column": "cli-data-missing-text-column",
+    "jsonl-broken-middle-line": "cli-data-jsonl-broken",
 }
-CLI_DATA_CASES = [dataclasses.replace(c, id=CLI_DATA_IDS[c.id], cli=True) for c in DATA_CASES if c.id in CLI_DATA_IDS]
-CLI_DATA_CASES.append(dataclasses.replace(
-    next(c for c in DATA_CASES if c.id == "csv-text-very-long"), id="cli-data-long-texts-default-max-length",
-    options=(("max_length", 128),), cli=True))
+CLI_DATA_CASES = [
+    dataclasses.replace(c, id=CLI_DATA_IDS[c.id], cli=True) for c in DATA_CASES if c.id in CLI_DATA_IDS
+]
+CLI_DATA_CASES.append(
+    dataclasses.replace(
+        next(c for c in DATA_CASES if c.id == "csv-text-very-long"),
+        id="cli-data-long-texts-default-max-length",
+        options=(("max_length", 128),),
+        cli=True,
+    )
+)
 
 
 @pytest.mark.parametrize("case", _params(CLI_DATA_CASES))
@@ -1009,8 +1568,12 @@ OVERRIDES: list[tuple[str, tuple[str, ...], str, str]] = [
     ("override-learning-rate-string", ("training.learning_rate=fast",), ERROR, "training.learning_rate"),
     ("override-learning-rate-nan", ("training.learning_rate=.nan",), ERROR, "training.learning_rate"),
     ("override-deeply-nested-value", ("data.options=" + "[" * 1000,), ERROR, "data.options"),
-    ("override-python-tag", ("training.batch_size=!!python/object/apply:os.system [ls]",), ERROR,
-     "training.batch_size"),
+    (
+        "override-python-tag",
+        ("training.batch_size=!!python/object/apply:os.system [ls]",),
+        ERROR,
+        "training.batch_size",
+    ),
     ("override-into-a-scalar", ("data.train.x=1",), ERROR, "data.train"),
     ("override-empty-value-required", ("training.batch_size=",), ERROR, "training.batch_size"),
     ("override-empty-value-optional", ("training.max_steps=",), OK, ""),
@@ -1024,13 +1587,20 @@ OVERRIDES: list[tuple[str, tuple[str, ...], str, str]] = [
     ("override-upper-case-section", ("TRAINING.batch_size=2",), ERROR, "unknown key 'TRAINING'"),
     ("override-wrong-choice", ("training.scheduler=LINEAR",), ERROR, "training.scheduler"),
     ("override-last-wins", ("training.batch_size=-1", "training.batch_size=4"), OK, ""),
-    ("override-many-errors", ("training.batch_size=0", "data.max_length=1", "seed=x"), ERROR, "data.max_length"),
+    (
+        "override-many-errors",
+        ("training.batch_size=0", "data.max_length=1", "seed=x"),
+        ERROR,
+        "data.max_length",
+    ),
     ("override-model-empty", ("model.name_or_path=",), ERROR, "model.name_or_path"),
     ("override-yaml-mapping-section", ("training={batch_size: 4, epochs: 1}",), OK, ""),
     ("override-nul-key", ("\x00=1",), ERROR, "unprintable"),
 ]
-OVERRIDE_CASES = [ConfigCase(case_id, _dump(BASE_FINETUNE), expect, needle, overrides)
-                  for case_id, overrides, expect, needle in OVERRIDES]
+OVERRIDE_CASES = [
+    ConfigCase(case_id, _dump(BASE_FINETUNE), expect, needle, overrides)
+    for case_id, overrides, expect, needle in OVERRIDES
+]
 
 
 @pytest.mark.parametrize("case", _params(OVERRIDE_CASES))
@@ -1051,4 +1621,3 @@ def test_corpus_size_and_bug_list():
     assert not set(BUGS) - set(ids), f"stale BUGS entries: {sorted(set(BUGS) - set(ids))}"
     for rule, _ in BUG_RULES:
         assert any(re.fullmatch(rule, i) for i in ids), f"BUG_RULES entry matches no case: {rule}"
-

@@ -34,8 +34,10 @@ def test_soft_target_kl_properties():
     y = torch.randn(6, 3)
     assert (soft_target_kl(x, y, 3.0) >= 0).all()
     # bf16 inputs give (nearly) the fp32 result: the math runs in float32
-    torch.testing.assert_close(soft_target_kl(x.bfloat16(), y.bfloat16(), 2.0),
-                               soft_target_kl(x.bfloat16().float(), y.bfloat16().float(), 2.0))
+    torch.testing.assert_close(
+        soft_target_kl(x.bfloat16(), y.bfloat16(), 2.0),
+        soft_target_kl(x.bfloat16().float(), y.bfloat16().float(), 2.0),
+    )
 
 
 def test_cross_entropy_matches_naive_and_ignores():

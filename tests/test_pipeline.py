@@ -51,7 +51,9 @@ def test_compress_writes_three_runs_report_and_card(compressed):
         assert m["low"] <= m["value"] <= m["high"]
         assert entry["parameters"]["total"] > 0 and entry["size"]["weights_bytes"] > 0
         lat = {x["batch_size"]: x for x in entry["latency"]}
-        assert set(lat) == {1, 32} and all(math.isfinite(x["median_s"]) and x["median_s"] > 0 for x in lat.values())
+        assert set(lat) == {1, 32} and all(
+            math.isfinite(x["median_s"]) and x["median_s"] > 0 for x in lat.values()
+        )
         assert entry["energy"]["measured"] in (True, False)
     assert data["models"]["student"]["parameters"]["total"] < data["models"]["teacher"]["parameters"]["total"]
     card = (run / "student" / "model" / "README.md").read_text()

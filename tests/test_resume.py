@@ -24,8 +24,15 @@ def _config(tmp_path: Path, sentiment_csv, tiny_bert_dir, out: str) -> Path:
         "teacher": {"name_or_path": str(tiny_bert_dir)},
         "student": {"layers": [0, 2]},
         "output_dir": str(tmp_path / out),
-        "training": {"epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "log_every": 3, "save_every": 10,
-                     "save_total_limit": 2, "gradient_accumulation_steps": 1},
+        "training": {
+            "epochs": 2,
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "log_every": 3,
+            "save_every": 10,
+            "save_total_limit": 2,
+            "gradient_accumulation_steps": 1,
+        },
     }
     path = tmp_path / f"{out}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -34,8 +41,13 @@ def _config(tmp_path: Path, sentiment_csv, tiny_bert_dir, out: str) -> Path:
 
 def _run(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lmdistill.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmdistill.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **kw,
+    )
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, sentiment_csv, tiny_bert_dir):
@@ -47,7 +59,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, sentiment_csv, 
     cfg = _config(tmp_path, sentiment_csv, tiny_bert_dir, "crash")
     proc = _run(["distill", str(cfg)])
     deadline = time.time() + 240
-    while len(checkpoint.checkpoints(tmp_path / "crash")) < 2 and proc.poll() is None and time.time() < deadline:
+    while (
+        len(checkpoint.checkpoints(tmp_path / "crash")) < 2 and proc.poll() is None and time.time() < deadline
+    ):
         time.sleep(0.005)
     if proc.poll() is not None:
         pytest.fail("the run ended before it could be killed:\n" + proc.stdout.read().decode()[-2000:])
@@ -66,8 +80,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, sentiment_csv, 
     assert ref.keys() == got.keys()
     for k in ref:
         assert (ref[k] == got[k]).all(), k  # bitwise on CPU
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ref" / "metrics.csv"),
-                                  pd.read_csv(tmp_path / "crash" / "metrics.csv"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "ref" / "metrics.csv"), pd.read_csv(tmp_path / "crash" / "metrics.csv")
+    )
     assert len(checkpoint.checkpoints(tmp_path / "crash")) <= 3  # pruned to the last 2 (+ best)
 
 

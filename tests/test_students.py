@@ -18,7 +18,9 @@ from transformers import (
 from lmdistill.errors import ModelError
 from lmdistill.models.student import fresh_student, layer_list, select_layers, student_from_teacher
 
-SMALL = dict(vocab_size=50, hidden_size=16, num_attention_heads=2, intermediate_size=32, max_position_embeddings=40)
+SMALL = dict(
+    vocab_size=50, hidden_size=16, num_attention_heads=2, intermediate_size=32, max_position_embeddings=40
+)
 
 
 def make(family: str, layers: int = 4):
@@ -26,10 +28,14 @@ def make(family: str, layers: int = 4):
     if family == "bert":
         return BertForSequenceClassification(BertConfig(num_hidden_layers=layers, **SMALL))
     if family == "roberta":
-        return RobertaForSequenceClassification(RobertaConfig(num_hidden_layers=layers, pad_token_id=1, **SMALL))
+        return RobertaForSequenceClassification(
+            RobertaConfig(num_hidden_layers=layers, pad_token_id=1, **SMALL)
+        )
     if family == "mpnet":
         return MPNetForSequenceClassification(MPNetConfig(num_hidden_layers=layers, **SMALL))
-    cfg = DistilBertConfig(vocab_size=50, dim=16, n_heads=2, hidden_dim=32, n_layers=layers, max_position_embeddings=40)
+    cfg = DistilBertConfig(
+        vocab_size=50, dim=16, n_heads=2, hidden_dim=32, n_layers=layers, max_position_embeddings=40
+    )
     return DistilBertForSequenceClassification(cfg)
 
 
@@ -72,25 +78,36 @@ def test_student_saves_and_reloads(tmp_path):
 
 
 def test_layer_outside_teacher_fails_with_valid_range():
-    with pytest.raises(ModelError, match=r"layer 4 is outside the teacher, which has 4 layers \(valid indices 0..3\)"):
+    with pytest.raises(
+        ModelError, match=r"layer 4 is outside the teacher, which has 4 layers \(valid indices 0..3\)"
+    ):
         student_from_teacher(make("bert"), [0, 4])
 
 
 def test_fresh_student_from_config():
-    s = fresh_student(make("bert"), seed=1, num_layers=2, hidden_size=8, num_attention_heads=None,
-                      intermediate_size=None)
+    s = fresh_student(
+        make("bert"), seed=1, num_layers=2, hidden_size=8, num_attention_heads=None, intermediate_size=None
+    )
     assert s.config.num_hidden_layers == 2 and s.config.hidden_size == 8 and s.config.intermediate_size == 32
     assert len(layer_list(s)[2]) == 2
     with pytest.raises(ModelError, match="not divisible"):
-        fresh_student(make("bert"), seed=1, num_layers=2, hidden_size=9, num_attention_heads=2,
-                      intermediate_size=None)
+        fresh_student(
+            make("bert"), seed=1, num_layers=2, hidden_size=9, num_attention_heads=2, intermediate_size=None
+        )
 
 
 def test_decoder_student_renumbers_layers():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    cfg = LlamaConfig(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     teacher = LlamaForCausalLM(cfg)
     student = student_from_teacher(teacher, [0, 3])
     assert [layer.self_attn.layer_idx for layer in student.model.layers] == [0, 1]

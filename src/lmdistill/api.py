@@ -83,12 +83,22 @@ def _prepare_output(cfg: Config, verb: str, out: Path | None = None) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"output_dir: cannot create '{out}' ({e.strerror}); choose a writable folder") from None
+        raise DataError(
+            f"output_dir: cannot create '{out}' ({e.strerror}); choose a writable folder"
+        ) from None
     v = versions()
-    header = f"lmdistill {verb}: resolved config (seed {cfg.seed}); " + ", ".join(f"{k} {x}" for k, x in v.items())
+    header = f"lmdistill {verb}: resolved config (seed {cfg.seed}); " + ", ".join(
+        f"{k} {x}" for k, x in v.items()
+    )
     save_config(cfg, out / "config.yaml", header=header)
-    info = {"verb": verb, "seed": cfg.seed, "versions": v, "command": sys.argv, "platform": platform.platform(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    info = {
+        "verb": verb,
+        "seed": cfg.seed,
+        "versions": v,
+        "command": sys.argv,
+        "platform": platform.platform(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     (out / "run_info.json").write_text(json.dumps(info, indent=2))
     return out
 
@@ -107,7 +117,9 @@ def save_model(model, tokenizer, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _datasets(data: TaskData, s_tok, t_tok, cfg: Config, regression: bool, student_model=None, teacher_model=None):
+def _datasets(
+    data: TaskData, s_tok, t_tok, cfg: Config, regression: bool, student_model=None, teacher_model=None
+):
     """Per-split TextDatasets and the collator (teacher inputs only when its tokenizer differs).
 
     Texts are cut to ``data.max_length`` tokens, or to what the models' position embeddings allow."""
@@ -164,8 +176,12 @@ def _make_student(cfg: Config, teacher, t_tok, data: TaskData):
     total = num_layers(teacher)
     tokenizer = load_tokenizer(s.tokenizer, "student.tokenizer") if s.tokenizer else t_tok
     if s.init == "config":
-        shape = {"num_layers": s.num_layers, "hidden_size": s.hidden_size,
-                 "num_attention_heads": s.num_attention_heads, "intermediate_size": s.intermediate_size}
+        shape = {
+            "num_layers": s.num_layers,
+            "hidden_size": s.hidden_size,
+            "num_attention_heads": s.num_attention_heads,
+            "intermediate_size": s.intermediate_size,
+        }
         return fresh_student(teacher, cfg.seed, **shape), tokenizer
     if s.keep_every is not None:
         layers = list(range(0, total, s.keep_every))
@@ -174,8 +190,20 @@ def _make_student(cfg: Config, teacher, t_tok, data: TaskData):
     return student_from_teacher(teacher, layers), tokenizer
 
 
-def _train_and_test(cfg: Config, verb: str, student, s_tok, teacher, data: TaskData, objective, sets, collate,
-                    out: Path | None = None, final: bool = True, teacher_signal=None) -> RunResult:
+def _train_and_test(
+    cfg: Config,
+    verb: str,
+    student,
+    s_tok,
+    teacher,
+    data: TaskData,
+    objective,
+    sets,
+    collate,
+    out: Path | None = None,
+    final: bool = True,
+    teacher_signal=None,
+) -> RunResult:
     """Train, save the best (or, for a non-final stage, the last) student, test it, write results.json."""
     from lmdistill.engine import train
     from lmdistill.models.load import load_saved_classifier
@@ -186,13 +214,28 @@ def _train_and_test(cfg: Config, verb: str, student, s_tok, teacher, data: TaskD
     val = data.splits.get("validation") if final else None
 
     def evaluate(model):
-        return _metrics(model, sets["validation"], eval_collate, val, cfg.task, data.num_labels,
-                        cfg.training.eval_batch_size)
+        return _metrics(
+            model,
+            sets["validation"],
+            eval_collate,
+            val,
+            cfg.task,
+            data.num_labels,
+            cfg.training.eval_batch_size,
+        )
 
     outcome = train(
-        student=student, objective=objective, train_set=sets["train"], collate=collate, cfg=cfg.training,
-        seed=cfg.seed, out_dir=out, teacher=teacher, evaluate=evaluate if val is not None else None,
-        on_best=lambda m: save_model(m, s_tok, model_dir), desc=f"{verb} ({out.name})" if not final else verb,
+        student=student,
+        objective=objective,
+        train_set=sets["train"],
+        collate=collate,
+        cfg=cfg.training,
+        seed=cfg.seed,
+        out_dir=out,
+        teacher=teacher,
+        evaluate=evaluate if val is not None else None,
+        on_best=lambda m: save_model(m, s_tok, model_dir),
+        desc=f"{verb} ({out.name})" if not final else verb,
         teacher_signal=teacher_signal,
     )
     if len(objective.projections) and is_main_process():
@@ -204,20 +247,38 @@ def _train_and_test(cfg: Config, verb: str, student, s_tok, teacher, data: TaskD
     best, _ = load_saved_classifier(str(model_dir), "model")
     for split in ("validation", "test") if final else ():
         if split in sets:
-            results[split] = _metrics(best, sets[split], eval_collate, data.splits[split], cfg.task,
-                                      data.num_labels, cfg.training.eval_batch_size)
+            results[split] = _metrics(
+                best,
+                sets[split],
+                eval_collate,
+                data.splits[split],
+                cfg.task,
+                data.num_labels,
+                cfg.training.eval_batch_size,
+            )
     result = RunResult(
-        output_dir=out, model_dir=model_dir, validation=results["validation"], test=results["test"],
-        steps=outcome.steps, train_seconds=round(outcome.train_seconds, 2), best_step=outcome.best_step,
+        output_dir=out,
+        model_dir=model_dir,
+        validation=results["validation"],
+        test=results["test"],
+        steps=outcome.steps,
+        train_seconds=round(outcome.train_seconds, 2),
+        best_step=outcome.best_step,
         parameters=sum(p.numel() for p in best.parameters()),
         teacher_parameters=sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
         history=outcome.history,
     )
     summary = {k: v for k, v in asdict(result).items() if k != "history"}
-    summary.update(output_dir=str(out), model_dir=str(model_dir), label_names=data.label_names,
-                   stopped_early=outcome.stopped_early, skipped_batches=outcome.skipped_batches,
-                   resumed_from=outcome.resumed_from, loss_terms=sorted(objective.weights) +
-                   [m.name for m in objective.matches], split_sizes={k: len(v) for k, v in data.splits.items()})
+    summary.update(
+        output_dir=str(out),
+        model_dir=str(model_dir),
+        label_names=data.label_names,
+        stopped_early=outcome.stopped_early,
+        skipped_batches=outcome.skipped_batches,
+        resumed_from=outcome.resumed_from,
+        loss_terms=sorted(objective.weights) + [m.name for m in objective.matches],
+        split_sizes={k: len(v) for k, v in data.splits.items()},
+    )
     if is_main_process():
         (out / "results.json").write_text(json.dumps(summary, indent=2))
     return result
@@ -226,7 +287,7 @@ def _train_and_test(cfg: Config, verb: str, student, s_tok, teacher, data: TaskD
 def build_objective(cfg: Config, stage: StageConfig, student, teacher, separate_tokenizers: bool, key: str):
     """The objective of one stage: output losses + resolved matches (refused across tokenizers when
     token-level)."""
-    from lmdistill.objective import ModelShape, Objective, resolve_matches
+    from lmdistill.tasks.general import build_objective as objective_of
 
     token_level = [m.feature for m in stage.matches if m.feature not in SENTENCE_FEATURES]
     if separate_tokenizers and token_level:
@@ -235,13 +296,7 @@ def build_objective(cfg: Config, stage: StageConfig, student, teacher, separate_
             "share one tokenizer, but their tokenizers differ; use sentence-level features (cls, mean), "
             "output losses (kd), or a student with the teacher's tokenizer"
         )
-    s_shape, t_shape = ModelShape.of(student), ModelShape.of(teacher)
-    matches = resolve_matches(stage.matches, s_shape, t_shape, f"{key}.matches")
-    d = cfg.distill
-    return Objective(stage.losses, stage.temperature or d.temperature, matches=matches,
-                     student_width=s_shape.width, teacher_width=t_shape.width,
-                     temperature_schedule=d.temperature_schedule, loss_schedules=d.loss_schedules,
-                     kd_scale_t2=d.kd_scale_t2)
+    return objective_of(cfg, stage, student, teacher, key)
 
 
 def _distill_parts(cfg: Config):
@@ -255,7 +310,9 @@ def _distill_parts(cfg: Config):
     sets, collate, separate = _datasets(data, s_tok, t_tok, cfg, cfg.task == "regression", student, teacher)
     stages = stages_of(cfg)
     key = "distill" if not cfg.distill.stages else "distill.stages[{}]"
-    objectives = [build_objective(cfg, st, student, teacher, separate, key.format(i)) for i, st in enumerate(stages)]
+    objectives = [
+        build_objective(cfg, st, student, teacher, separate, key.format(i)) for i, st in enumerate(stages)
+    ]
     return data, teacher, student, s_tok, sets, collate, stages, objectives
 
 
@@ -278,8 +335,17 @@ def teacher_cache(cfg: Config, teacher, train_set, collate, objectives):
     precision = resolve_mixed_precision(t.mixed_precision, t.cpu)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision) if cuda else None
     alone = int(os.environ.get("WORLD_SIZE", "1")) == 1  # distributed runs read a cache built beforehand
-    return open_or_build(path, teacher, train_set, collate, objectives, batch_size=t.eval_batch_size,
-                         device=device, autocast=autocast, build_allowed=alone)
+    return open_or_build(
+        path,
+        teacher,
+        train_set,
+        collate,
+        objectives,
+        batch_size=t.eval_batch_size,
+        device=device,
+        autocast=autocast,
+        build_allowed=alone,
+    )
 
 
 def stages_of(cfg: Config) -> list[StageConfig]:
@@ -341,8 +407,20 @@ def distill(config: str | Path | dict | Config, overrides: list[str] | tuple[str
         if not final:
             stage_cfg.training.resume = None
         out = None if final else Path(cfg.output_dir) / f"stage-{i + 1}-{stage.name}"
-        result = _train_and_test(stage_cfg, "distill", student, s_tok, teacher, data, objective, sets, collate,
-                                 out=out, final=final, teacher_signal=signal)
+        result = _train_and_test(
+            stage_cfg,
+            "distill",
+            student,
+            s_tok,
+            teacher,
+            data,
+            objective,
+            sets,
+            collate,
+            out=out,
+            final=final,
+            teacher_signal=signal,
+        )
     return result
 
 
@@ -397,8 +475,11 @@ def evaluate(
         cfg = load_config(config, overrides)
         dcfg, seed, key = cfg.data, cfg.seed, split
         split_name = split
-    for attr, value in (("text_column", text_column), ("text_pair_column", text_pair_column),
-                        ("label_column", label_column)):
+    for attr, value in (
+        ("text_column", text_column),
+        ("text_pair_column", text_pair_column),
+        ("label_column", label_column),
+    ):
         if value is not None:
             setattr(dcfg, attr, value)
     dcfg.label_names = names
@@ -406,7 +487,9 @@ def evaluate(
     if split_name not in frames:
         raise DataError(f"split '{split}' is not in the data (available: {', '.join(frames)})")
     ex = build_task_data({split_name: frames[split_name]}, dcfg, task).splits[split_name]
-    dataset = TextDataset(encode(tok, ex, max_length_for(dcfg.max_length, net)), ex.labels, regression=regression)
+    dataset = TextDataset(
+        encode(tok, ex, max_length_for(dcfg.max_length, net)), ex.labels, regression=regression
+    )
     logits = predict(net, dataset, Collator(pad_id(tok)), batch_size)
     metrics = compute_metrics(logits, np.asarray(ex.labels), task, net.config.num_labels)
     if regression:
@@ -415,17 +498,40 @@ def evaluate(
     else:
         preds = [names[i] for i in logits.argmax(-1)]
         gold = [names[i] for i in ex.labels]
-    return EvalResult(model=str(model), split=key if data is None else str(data), n=len(ex), metrics=metrics,
-                      predictions=preds, labels=gold)
+    return EvalResult(
+        model=str(model),
+        split=key if data is None else str(data),
+        n=len(ex),
+        metrics=metrics,
+        predictions=preds,
+        labels=gold,
+    )
 
 
-def evaluate_retrieval(model: str | Path, *, teacher: str | Path | None = None, data: str = "bbc-news",
-                       query_column: str = "title", document_column: str = "text", max_queries: int | None = None,
-                       batch_size: int = 64, max_length: int = 128, seed: int = 0) -> dict:
+def evaluate_retrieval(
+    model: str | Path,
+    *,
+    teacher: str | Path | None = None,
+    data: str = "bbc-news",
+    query_column: str = "title",
+    document_column: str = "text",
+    max_queries: int | None = None,
+    batch_size: int = 64,
+    max_length: int = 128,
+    seed: int = 0,
+) -> dict:
     """Search quality of a saved sentence-embedding model: recall@1, recall@10, MRR@10 and texts/s on
     ``data`` (``bbc-news``: title -> body, or a CSV/JSONL/Parquet file), and its agreement with ``teacher``."""
     from lmdistill.tasks.retrieval import evaluate_retrieval as run
 
-    return run(str(model), teacher=None if teacher is None else str(teacher), data=data, query_column=query_column,
-               document_column=document_column, max_queries=max_queries, batch_size=batch_size,
-               max_length=max_length, seed=seed)
+    return run(
+        str(model),
+        teacher=None if teacher is None else str(teacher),
+        data=data,
+        query_column=query_column,
+        document_column=document_column,
+        max_queries=max_queries,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+    )

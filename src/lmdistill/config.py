@@ -397,11 +397,15 @@ def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = F
             duplicate = key in seen
         except TypeError:
             raise yaml.constructor.ConstructorError(
-                None, None, "a key must be a plain value", key_node.start_mark) from None
+                None, None, "a key must be a plain value", key_node.start_mark
+            ) from None
         if duplicate:
             raise yaml.constructor.ConstructorError(
-                None, None, f"key {_show(key)} appears twice (also on line {seen[key] + 1}); keep one",
-                key_node.start_mark)
+                None,
+                None,
+                f"key {_show(key)} appears twice (also on line {seen[key] + 1}); keep one",
+                key_node.start_mark,
+            )
         seen[key] = key_node.start_mark.line
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
@@ -417,7 +421,9 @@ def read_yaml(path: Path) -> dict:
         data = path.read_bytes()
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"config file '{path}' cannot be read as UTF-8 text ({_one_line(e)}); save it as UTF-8"]) from None
+        raise ConfigError(
+            [f"config file '{path}' cannot be read as UTF-8 text ({_one_line(e)}); save it as UTF-8"]
+        ) from None
     if "\x00" in text:
         raise ConfigError([f"config file '{path}' contains NUL bytes (saved as UTF-16?); save it as UTF-8"])
     try:
@@ -431,11 +437,15 @@ def read_yaml(path: Path) -> dict:
         raise ConfigError([f"config file '{path}' is nested too deeply to be a config"]) from None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
         # a tag such as `!!int 1.5` or `!!timestamp nope` that cannot be built
-        raise ConfigError([f"config file '{path}' is not valid YAML: a tagged value cannot be read ({_one_line(e)})"]) from None
+        raise ConfigError(
+            [f"config file '{path}' is not valid YAML: a tagged value cannot be read ({_one_line(e)})"]
+        ) from None
     if raw is None:
         raise ConfigError([f"config file '{path}' is empty: it needs at least `data:` and a model"])
     if not isinstance(raw, dict):
-        raise ConfigError([f"config file '{path}' must be a mapping of keys to values, not {type(raw).__name__}"])
+        raise ConfigError(
+            [f"config file '{path}' must be a mapping of keys to values, not {type(raw).__name__}"]
+        )
     return raw
 
 
@@ -444,7 +454,9 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     raw = json.loads(json.dumps(raw, default=str)) if overrides else raw
     for item in overrides:
         if "=" not in item:
-            raise ConfigError([f"override {_show(item)} must look like key.sub=value (e.g. training.learning_rate=3e-5)"])
+            raise ConfigError(
+                [f"override {_show(item)} must look like key.sub=value (e.g. training.learning_rate=3e-5)"]
+            )
         key, _, text = item.partition("=")
         if any(not c.isprintable() for c in key):
             raise ConfigError([f"override {_show(item)} has a key with unprintable characters"])
@@ -496,7 +508,11 @@ def _build(cls: type, raw: Any, path: str, errors: list[str]) -> Any:
         key_path = _join(path, str(key) if str(key).isprintable() else _show(str(key)))
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-            hint = f" (did you mean '{_join(path, close[0])}'?)" if close else f" (valid keys: {', '.join(names)})"
+            hint = (
+                f" (did you mean '{_join(path, close[0])}'?)"
+                if close
+                else f" (valid keys: {', '.join(names)})"
+            )
             errors.append(f"unknown key '{key_path}'{hint}")
             continue
         n_before = len(errors)
@@ -509,8 +525,11 @@ def _build(cls: type, raw: Any, path: str, errors: list[str]) -> Any:
 
 
 def _required(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
 
 
 def _type_name(tp: Any) -> str:
@@ -566,8 +585,12 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:  # noqa:
             errors.append(f"{path} must be a mapping of keys to values, got {_show(value)}")
             return None
         n_before = len(errors)
-        out = {str(k): _convert(args[1], v, _join(path, str(k) if str(k).isprintable() else _show(str(k))), errors)
-               for k, v in value.items()}
+        out = {
+            str(k): _convert(
+                args[1], v, _join(path, str(k) if str(k).isprintable() else _show(str(k))), errors
+            )
+            for k, v in value.items()
+        }
         return out if len(errors) == n_before else None
     if tp is Any:
         return value
@@ -622,8 +645,12 @@ TASK_LOSSES.update(mlm=("kd", "mlm", "cos"), general=(), embedding=())
 DEFAULT_LOSSES["mlm"] = {"kd": 5.0, "mlm": 2.0, "cos": 1.0}  # DistilBERT's alpha_ce, alpha_mlm, alpha_cos
 DEFAULT_METRIC.update(mlm="perplexity", general="loss", embedding="loss")
 CACHE_TASKS = ("classification", "regression")  # training.teacher_cache: tasks whose teacher can be cached
-EVAL_METRICS = {"mlm": ("perplexity", "mlm_loss", "mlm_accuracy", "loss"), "general": ("loss",),
-                "bi": ("loss", "teacher_cosine", "embedding_mse"), "cross": ("loss", "margin_mse", "pairwise_accuracy")}
+EVAL_METRICS = {
+    "mlm": ("perplexity", "mlm_loss", "mlm_accuracy", "loss"),
+    "general": ("loss",),
+    "bi": ("loss", "teacher_cosine", "embedding_mse"),
+    "cross": ("loss", "margin_mse", "pairwise_accuracy"),
+}
 
 
 def check(cfg: Config, verb: Verb | None = None) -> list[str]:
@@ -636,16 +663,20 @@ def check(cfg: Config, verb: Verb | None = None) -> list[str]:
     errors += _check_lm(cfg, verb)
     errors += _check_rawtext(cfg, verb) + _check_embedding(cfg, verb)
     if cfg.training.teacher_cache is not None and cfg.task not in CACHE_TASKS:
-        errors.append(f"training.teacher_cache is not supported for task {cfg.task} (its loop feeds the teacher "
-                      f"inputs that change every epoch or its own signal); use it with tasks {', '.join(CACHE_TASKS)}, "
-                      "or set it to null")
+        errors.append(
+            f"training.teacher_cache is not supported for task {cfg.task} (its loop feeds the teacher "
+            f"inputs that change every epoch or its own signal); use it with tasks {', '.join(CACHE_TASKS)}, "
+            "or set it to null"
+        )
     if verb == "finetune" and not cfg.model.name_or_path:
         errors.append("model.name_or_path is required for finetune: the pretrained model to fine-tune")
     if verb == "distill" and not cfg.teacher.name_or_path:
         errors.append("teacher.name_or_path is required for distill: a fine-tuned teacher folder or hub id")
     if verb == "compress" and not cfg.teacher.name_or_path and not cfg.model.name_or_path:
-        errors.append("compress needs model.name_or_path (the model to fine-tune as teacher) or "
-                      "teacher.name_or_path (a teacher already fine-tuned for the task)")
+        errors.append(
+            "compress needs model.name_or_path (the model to fine-tune as teacher) or "
+            "teacher.name_or_path (a teacher already fine-tuned for the task)"
+        )
     if verb in ("distill", "compress"):
         errors += _check_student(cfg.student)
         errors += _check_distill(cfg)
@@ -657,8 +688,10 @@ def _check_metric(cfg: Config, kind: str) -> list[str]:
     m, known = cfg.training.metric_for_best, EVAL_METRICS[kind]
     if m is None or m in known:
         return []
-    return [f"training.metric_for_best '{m}' is not measured for task {cfg.task}{_suggest(m, known)} "
-            f"(use one of: {', '.join(known)})"]
+    return [
+        f"training.metric_for_best '{m}' is not measured for task {cfg.task}{_suggest(m, known)} "
+        f"(use one of: {', '.join(known)})"
+    ]
 
 
 def _check_rawtext(cfg: Config, verb: Verb | None) -> list[str]:
@@ -673,18 +706,26 @@ def _check_rawtext(cfg: Config, verb: Verb | None) -> list[str]:
         if cfg.task not in ("mlm", "general"):
             errors.append(f"data.streaming applies to tasks mlm and general, not {cfg.task}")
         if t.max_steps is None:
-            errors.append("data.streaming needs training.max_steps: a stream has no length to count epochs by")
+            errors.append(
+                "data.streaming needs training.max_steps: a stream has no length to count epochs by"
+            )
         if t.num_workers:
-            errors.append(f"data.streaming needs training.num_workers 0 (one reader of the stream), got {t.num_workers}")
+            errors.append(
+                f"data.streaming needs training.num_workers 0 (one reader of the stream), got {t.num_workers}"
+            )
     if cfg.task not in ("mlm", "general"):
         return errors
     errors += _check_metric(cfg, cfg.task)
     if cfg.task == "general" and verb == "finetune":
-        errors.append("task general distils a teacher: run `lmdistill distill`, then finetune its model/ "
-                      "with a task such as classification")
+        errors.append(
+            "task general distils a teacher: run `lmdistill distill`, then finetune its model/ "
+            "with a task such as classification"
+        )
     if cfg.task == "general" and verb == "distill" and not cfg.distill.matches and not cfg.distill.stages:
-        errors.append("distill.matches is required for task general (it learns from hidden states, attention and "
-                      "relations only): add matches, or set distill.method: tinybert | minilmv2")
+        errors.append(
+            "distill.matches is required for task general (it learns from hidden states, attention and "
+            "relations only): add matches, or set distill.method: tinybert | minilmv2"
+        )
     return errors
 
 
@@ -696,8 +737,10 @@ def _check_embedding(cfg: Config, verb: Verb | None) -> list[str]:
     if verb == "finetune":
         errors.append("task embedding distils a teacher: run `lmdistill distill` with teacher.name_or_path")
     if e.mode == "bi" and e.loss == "margin_mse":
-        errors.append("embedding.loss margin_mse needs embedding.mode cross (a cross-encoder teacher); "
-                      "mode bi uses mse or cosine")
+        errors.append(
+            "embedding.loss margin_mse needs embedding.mode cross (a cross-encoder teacher); "
+            "mode bi uses mse or cosine"
+        )
     if e.mode == "cross" and e.loss in ("mse", "cosine"):
         errors.append(f"embedding.loss {e.loss} applies to embedding.mode bi; mode cross uses margin_mse")
     if e.mode == "cross" and e.projection:
@@ -705,8 +748,10 @@ def _check_embedding(cfg: Config, verb: Verb | None) -> list[str]:
     if e.retrieval_max_queries is not None and e.retrieval_max_queries < 1:
         errors.append(f"embedding.retrieval_max_queries must be at least 1, got {e.retrieval_max_queries}")
     if cfg.distill.matches or cfg.distill.stages:
-        errors.append("distill.matches and distill.stages do not apply to task embedding (the student learns "
-                      "pooled sentence embeddings or relevance margins): remove them")
+        errors.append(
+            "distill.matches and distill.stages do not apply to task embedding (the student learns "
+            "pooled sentence embeddings or relevance margins): remove them"
+        )
     return errors
 
 
@@ -718,15 +763,19 @@ def _check_report(r: ReportConfig) -> list[str]:
     if r.warmup < 0:
         errors.append(f"report.warmup must be 0 or more, got {r.warmup}")
     if len(r.country_iso_code) != 3 or not r.country_iso_code.isalpha():
-        errors.append(f"report.country_iso_code must be a 3-letter ISO code such as USA, FRA or DEU, "
-                      f"got '{r.country_iso_code}'")
+        errors.append(
+            f"report.country_iso_code must be a 3-letter ISO code such as USA, FRA or DEU, "
+            f"got '{r.country_iso_code}'"
+        )
     return errors
 
 
 def _check_data(d: DataConfig) -> list[str]:
     errors = []
     if not d.dataset and not d.train:
-        errors.append("data.train is required: a CSV/JSONL/Parquet file (or set data.dataset to a datasets name)")
+        errors.append(
+            "data.train is required: a CSV/JSONL/Parquet file (or set data.dataset to a datasets name)"
+        )
     for key in ("validation_size", "test_size"):
         v = getattr(d, key)
         if not 0.0 <= v < 1.0:
@@ -748,8 +797,11 @@ def _check_data(d: DataConfig) -> list[str]:
 def _check_lm(cfg: Config, verb: Verb | None) -> list[str]:
     """The ``lm`` section: ranges always; what needs a teacher only for task causal_lm."""
     lm = cfg.lm
-    errors = [f"lm.{k} must be between 0 and 1, got {getattr(lm, k)}" for k in ("beta", "alpha", "on_policy")
-              if not 0.0 <= getattr(lm, k) <= 1.0]
+    errors = [
+        f"lm.{k} must be between 0 and 1, got {getattr(lm, k)}"
+        for k in ("beta", "alpha", "on_policy")
+        if not 0.0 <= getattr(lm, k) <= 1.0
+    ]
     for key in ("top_k", "chunk_size", "max_new_tokens"):
         v = getattr(lm, key)
         if v is not None and v < 1:
@@ -757,16 +809,24 @@ def _check_lm(cfg: Config, verb: Verb | None) -> list[str]:
     if lm.block_size is not None and lm.block_size < 4:
         errors.append(f"lm.block_size must be at least 4 tokens, got {lm.block_size}")
     if lm.generation_temperature < 0:
-        errors.append(f"lm.generation_temperature must be 0 (greedy) or more, got {lm.generation_temperature}")
+        errors.append(
+            f"lm.generation_temperature must be 0 (greedy) or more, got {lm.generation_temperature}"
+        )
     if (lm.prompt_column is None) != (lm.response_column is None):
-        errors.append("lm.prompt_column and lm.response_column go together: set both (prompt/response data) "
-                      "or neither (raw text in data.text_column)")
+        errors.append(
+            "lm.prompt_column and lm.response_column go together: set both (prompt/response data) "
+            "or neither (raw text in data.text_column)"
+        )
     if cfg.task == "causal_lm":
         if verb == "finetune" and (lm.seq_kd or lm.on_policy > 0):
             key = "lm.seq_kd" if lm.seq_kd else "lm.on_policy"
-            errors.append(f"{key} needs a teacher: use `lmdistill distill` (finetune trains on the data alone)")
+            errors.append(
+                f"{key} needs a teacher: use `lmdistill distill` (finetune trains on the data alone)"
+            )
         if cfg.distill.stages:
-            errors.append("distill.stages is not supported for task causal_lm: use distill.losses and matches")
+            errors.append(
+                "distill.stages is not supported for task causal_lm: use distill.losses and matches"
+            )
     return errors
 
 
@@ -796,14 +856,20 @@ def _check_training(t: TrainingConfig) -> list[str]:
     if t.weight_decay < 0:
         errors.append(f"training.weight_decay must be 0 or more, got {t.weight_decay}")
     if t.max_grad_norm is not None and t.max_grad_norm <= 0:
-        errors.append(f"training.max_grad_norm must be greater than 0 (or null for no clipping), got {t.max_grad_norm}")
+        errors.append(
+            f"training.max_grad_norm must be greater than 0 (or null for no clipping), got {t.max_grad_norm}"
+        )
     if not 0 <= t.num_workers <= 64:
         errors.append(f"training.num_workers must be between 0 and 64, got {t.num_workers}")
     if t.compile and t.max_tokens is not None:
-        errors.append("training.compile and training.max_tokens are both set: token-budget batches vary in size, "
-                      "so the student would compile again for each; keep one (compile pads to fixed lengths)")
+        errors.append(
+            "training.compile and training.max_tokens are both set: token-budget batches vary in size, "
+            "so the student would compile again for each; keep one (compile pads to fixed lengths)"
+        )
     if t.teacher_cache is not None and not t.teacher_cache.strip():
-        errors.append("training.teacher_cache must be auto, a folder, or null (no cache), got an empty string")
+        errors.append(
+            "training.teacher_cache must be auto, a folder, or null (no cache), got an empty string"
+        )
     return errors
 
 
@@ -812,8 +878,10 @@ def _check_student(s: StudentConfig) -> list[str]:
     if s.init == "from_teacher":
         given = [k for k in ("layers", "num_layers", "keep_every") if getattr(s, k) is not None]
         if not given:
-            errors.append("student.layers, student.num_layers or student.keep_every is required when "
-                          "student.init is from_teacher")
+            errors.append(
+                "student.layers, student.num_layers or student.keep_every is required when "
+                "student.init is from_teacher"
+            )
         if len(given) > 1:
             errors.append(f"student.{given[0]} and student.{given[1]} are both set: keep one")
         if s.layers is not None:
@@ -847,8 +915,10 @@ def _check_distill(cfg: Config) -> list[str]:
     d = cfg.distill
     errors = []
     if d.method is not None and d.method not in PRESETS:
-        errors.append(f"distill.method '{d.method}' is not a known recipe{_suggest(d.method, PRESETS)} "
-                      f"(known: {', '.join(PRESETS)})")
+        errors.append(
+            f"distill.method '{d.method}' is not a known recipe{_suggest(d.method, PRESETS)} "
+            f"(known: {', '.join(PRESETS)})"
+        )
     if not d.temperature > 0:
         errors.append(f"distill.temperature must be greater than 0, got {d.temperature}")
     errors += _check_schedule(d.temperature_schedule, "distill.temperature_schedule", positive=True)
@@ -856,7 +926,9 @@ def _check_distill(cfg: Config) -> list[str]:
         errors += _check_losses(d.losses, cfg.task, "distill.losses", need_one=not d.matches and not d.stages)
     for name, sched in d.loss_schedules.items():
         if d.losses is not None and name not in d.losses:
-            errors.append(f"distill.loss_schedules.{name} names no loss in distill.losses ({', '.join(d.losses)})")
+            errors.append(
+                f"distill.loss_schedules.{name} names no loss in distill.losses ({', '.join(d.losses)})"
+            )
         errors += _check_schedule(sched, f"distill.loss_schedules.{name}")
     errors += _check_matches(d.matches, "distill.matches")
     for i, st in enumerate(d.stages):
@@ -875,14 +947,18 @@ def _check_losses(losses: dict[str, float], task: str, key: str, need_one: bool)
     known = TASK_LOSSES.get(task, ())
     for name, w in losses.items():
         if name not in known:
-            hint = _suggest(name, known) or (f" (for task {task} use: {', '.join(known)})" if known else
-                                             f" (task {task} takes no distill.losses: remove it)")
+            hint = _suggest(name, known) or (
+                f" (for task {task} use: {', '.join(known)})"
+                if known
+                else f" (task {task} takes no distill.losses: remove it)"
+            )
             errors.append(f"{key}.{name} is not a loss for task {task}{hint}")
         elif not w >= 0:
             errors.append(f"{key}.{name} must be 0 or more, got {w}")
     if need_one and sum(w for w in losses.values() if w > 0) <= 0:
-        errors.append(f"{key} needs at least one loss with a weight above 0 (e.g. {{kd: 0.5, ce: 0.5}}), "
-                      "or add matches")
+        errors.append(
+            f"{key} needs at least one loss with a weight above 0 (e.g. {{kd: 0.5, ce: 0.5}}), or add matches"
+        )
     return errors
 
 
@@ -902,13 +978,17 @@ def _check_matches(matches: list[MatchConfig], key: str) -> list[str]:
         where = f"{key}[{i}]"
         allowed = FEATURE_LOSSES[m.feature]
         if m.loss is not None and m.loss not in allowed:
-            errors.append(f"{where}.loss '{m.loss}' does not apply to feature {m.feature} "
-                          f"(use one of: {', '.join(allowed)})")
+            errors.append(
+                f"{where}.loss '{m.loss}' does not apply to feature {m.feature} "
+                f"(use one of: {', '.join(allowed)})"
+            )
         if not m.weight >= 0:
             errors.append(f"{where}.weight must be 0 or more, got {m.weight}")
         if (m.teacher_layer is None) != (m.student_layer is None):
-            errors.append(f"{where}: give both teacher_layer and student_layer, or neither (then strategy pairs "
-                          "every student layer)")
+            errors.append(
+                f"{where}: give both teacher_layer and student_layer, or neither (then strategy pairs "
+                "every student layer)"
+            )
         if m.relation_heads is not None and m.relation_heads < 1:
             errors.append(f"{where}.relation_heads must be at least 1, got {m.relation_heads}")
         if m.relation_heads is not None and m.feature not in ("qq", "kk", "vv"):

@@ -104,16 +104,21 @@ class TrainOutcome:
 
 def _has_accelerator() -> bool:
     xpu = getattr(torch, "xpu", None)
-    return (torch.cuda.is_available() or torch.backends.mps.is_available()
-            or bool(xpu is not None and xpu.is_available()))
+    return (
+        torch.cuda.is_available()
+        or torch.backends.mps.is_available()
+        or bool(xpu is not None and xpu.is_available())
+    )
 
 
 def resolve_mixed_precision(choice: str, cpu: bool) -> str:
     """auto -> bf16 on a CUDA GPU that supports it, else no (bf16 autocast on CPU is slower, not faster)."""
     if choice == "fp16" and (cpu or not _has_accelerator()):
         # accelerate would silently train in fp32 (no fp16 autocast or loss scaling on a CPU)
-        raise LmdistillError("training.mixed_precision=fp16 needs a GPU (fp16 autocast and loss scaling run on "
-                             "CUDA, XPU or MPS devices); on a CPU use bf16 or no")
+        raise LmdistillError(
+            "training.mixed_precision=fp16 needs a GPU (fp16 autocast and loss scaling run on "
+            "CUDA, XPU or MPS devices); on a CPU use bf16 or no"
+        )
     if choice != "auto":
         return choice
     if not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -193,8 +198,17 @@ def train(
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     if cfg.compile:  # a few fixed lengths, so the compiled student sees a bounded number of shapes
-        collate = BucketPad(collate, min((getattr(m.config, "max_position_embeddings", None) or 10**9
-                                          for m in (student, teacher) if hasattr(m, "config")), default=None))
+        collate = BucketPad(
+            collate,
+            min(
+                (
+                    getattr(m.config, "max_position_embeddings", None) or 10**9
+                    for m in (student, teacher)
+                    if hasattr(m, "config")
+                ),
+                default=None,
+            ),
+        )
         limit = len(BUCKETS) * 2 + 2  # every bucket, each also with the epoch's smaller last batch
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
     if teacher_signal is not None and hasattr(teacher_signal, "wrap_collate"):
@@ -202,22 +216,35 @@ def train(
     lengths = train_set.lengths() if hasattr(train_set, "lengths") else [1] * len(train_set)
     if cfg.max_tokens is not None:  # token-budget batches: the budget is per process
         if not hasattr(train_set, "lengths") or not getattr(train_set, "known_lengths", True):
-            raise LmdistillError("training.max_tokens needs the examples' lengths up front: not with "
-                                 "data.streaming (set training.batch_size instead)")
+            raise LmdistillError(
+                "training.max_tokens needs the examples' lengths up front: not with "
+                "data.streaming (set training.batch_size instead)"
+            )
         sampler = TokenBudgetBatchSampler(lengths, cfg.max_tokens, seed, processes=accelerator.num_processes)
     else:
-        sampler = LengthGroupedBatchSampler(lengths, cfg.batch_size * accelerator.num_processes, seed,
-                                            sort=cfg.group_by_length)
+        sampler = LengthGroupedBatchSampler(
+            lengths, cfg.batch_size * accelerator.num_processes, seed, sort=cfg.group_by_length
+        )
     # its own generator: creating an epoch's iterator must not draw from the global RNG (dropout), or a
     # resumed run would see other dropout masks than an uninterrupted one
     # each process takes its share of every global batch itself (accelerate's split_batches would skip any
     # batch shorter than batch_size); accelerate then only moves the batches to the device
-    loader = DataLoader(train_set, batch_sampler=ProcessShard(sampler, accelerator.process_index,
-                                                              accelerator.num_processes),
-                        collate_fn=collate, num_workers=cfg.num_workers,
-                        pin_memory=accelerator.device.type == "cuda", generator=torch.Generator().manual_seed(seed))
-    loader = prepare_data_loader(loader, device=accelerator.device, num_processes=1, process_index=0,
-                                 put_on_device=True, non_blocking=accelerator.device.type == "cuda")
+    loader = DataLoader(
+        train_set,
+        batch_sampler=ProcessShard(sampler, accelerator.process_index, accelerator.num_processes),
+        collate_fn=collate,
+        num_workers=cfg.num_workers,
+        pin_memory=accelerator.device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+    )
+    loader = prepare_data_loader(
+        loader,
+        device=accelerator.device,
+        num_processes=1,
+        process_index=0,
+        put_on_device=True,
+        non_blocking=accelerator.device.type == "cuda",
+    )
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.gradient_accumulation_steps))
     total_steps = cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -254,8 +281,13 @@ def train(
         state = LoopState(**checkpoint.load(accelerator, resumed_from))
     main = accelerator.is_main_process
     writer = _tensorboard(out_dir) if main else None
-    progress = tqdm(total=total_steps, initial=state.step, desc=desc, disable=not accelerator.is_local_main_process,
-                    dynamic_ncols=True)
+    progress = tqdm(
+        total=total_steps,
+        initial=state.step,
+        desc=desc,
+        disable=not accelerator.is_local_main_process,
+        dynamic_ncols=True,
+    )
     if resumed_from is not None:
         progress.write(f"resumed from {resumed_from} at step {state.step}")
     running = {k: torch.tensor(v, device=accelerator.device) for k, v in state.running.items()}
@@ -276,8 +308,13 @@ def train(
         state.last_eval_step = state.step
         metrics = evaluate(accelerator.unwrap_model(model).student)
         model.train()
-        log({"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
-             **{f"eval/{k}": v for k, v in metrics.items()}})
+        log(
+            {
+                "step": state.step,
+                "epoch": round(state.step / steps_per_epoch, 4),
+                **{f"eval/{k}": v for k, v in metrics.items()},
+            }
+        )
         value = metrics.get(cfg.metric_for_best)
         if value is not None and is_better(cfg.metric_for_best, value, state.best_metric):
             state.best_metric, state.best_step = value, state.step
@@ -287,7 +324,10 @@ def train(
         else:
             state.evals_without_gain += 1
         progress.write(f"step {state.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        return cfg.early_stopping_patience is not None and state.evals_without_gain >= cfg.early_stopping_patience
+        return (
+            cfg.early_stopping_patience is not None
+            and state.evals_without_gain >= cfg.early_stopping_patience
+        )
 
     def check_finite(values: dict[str, float]) -> None:
         bad = [k for k, v in values.items() if not math.isfinite(v)]
@@ -306,7 +346,11 @@ def train(
         while state.step < total_steps and not stop and state.epoch < num_epochs:
             loader.set_epoch(state.epoch)
             sampler.set_epoch(state.epoch)
-            batches = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+            batches = (
+                accelerator.skip_first_batches(loader, state.batches_in_epoch)
+                if state.batches_in_epoch
+                else loader
+            )
             for batch in batches:
                 state.batches_in_epoch += 1
                 objective.progress = state.step / total_steps
@@ -314,7 +358,9 @@ def train(
                     source = teacher_signal if objective.needs_teacher else None
                     if prepare is not None:  # e.g. on-policy distillation: the student writes the batch
                         prepared = prepare(batch, accelerator.unwrap_model(model).student)
-                        if prepared is not batch:  # a new batch: no cache holds it, the live teacher scores it
+                        if (
+                            prepared is not batch
+                        ):  # a new batch: no cache holds it, the live teacher scores it
                             batch, source = prepared, None
                     source = signal_of if source is None else source
                     signal = source(batch) if source is not None else None
@@ -340,12 +386,19 @@ def train(
                 progress.update(1)
                 if state.step % cfg.log_every == 0 or state.step == total_steps:
                     # the mean over processes (a collective every log_every steps, never per step)
-                    values = {k: accelerator.reduce(v / state.n_running, "mean").item() for k, v in running.items()}
+                    values = {
+                        k: accelerator.reduce(v / state.n_running, "mean").item() for k, v in running.items()
+                    }
                     running, state.n_running = {}, 0
                     check_finite(values)
-                    log({"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
-                         "lr": scheduler.get_last_lr()[0],
-                         **{("loss" if k == "loss" else f"loss/{k}"): v for k, v in values.items()}})
+                    log(
+                        {
+                            "step": state.step,
+                            "epoch": round(state.step / steps_per_epoch, 4),
+                            "lr": scheduler.get_last_lr()[0],
+                            **{("loss" if k == "loss" else f"loss/{k}"): v for k, v in values.items()},
+                        }
+                    )
                     progress.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
                 if evaluate is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
                     stop = run_eval()
@@ -371,16 +424,22 @@ def train(
         writer.close()
     accelerator.wait_for_everyone()
     return TrainOutcome(
-        steps=state.step, epochs=round(state.step / steps_per_epoch, 4),
-        train_seconds=time.perf_counter() - started, best_metric=state.best_metric, best_step=state.best_step,
-        stopped_early=stop, skipped_batches=state.skipped_batches,
-        resumed_from=str(resumed_from) if resumed_from else None, history=state.history,
+        steps=state.step,
+        epochs=round(state.step / steps_per_epoch, 4),
+        train_seconds=time.perf_counter() - started,
+        best_metric=state.best_metric,
+        best_step=state.best_step,
+        stopped_early=stop,
+        skipped_batches=state.skipped_batches,
+        resumed_from=str(resumed_from) if resumed_from else None,
+        history=state.history,
     )
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, collate: Callable, batch_size: int,
-            device: torch.device | None = None) -> np.ndarray:
+def predict(
+    model: nn.Module, dataset: Dataset, collate: Callable, batch_size: int, device: torch.device | None = None
+) -> np.ndarray:
     """Logits for every example of ``dataset`` in order: ``(N, C)`` float32 numpy."""
     device = device or next(model.parameters()).device
     was_training = model.training

@@ -123,13 +123,18 @@ def pair_layers(strategy: str, n_student: int, n_teacher: int) -> list[tuple[int
 def _layer(index: int, total: int, key: str, side: str) -> int:
     resolved = index + total if index < 0 else index
     if not 0 <= resolved < total:
-        raise ConfigError([f"{key}.{side}_layer: layer {index} is outside the {side}, which has {total} layers "
-                           f"(valid indices 0..{total - 1}, or -1..-{total} from the end)"])
+        raise ConfigError(
+            [
+                f"{key}.{side}_layer: layer {index} is outside the {side}, which has {total} layers "
+                f"(valid indices 0..{total - 1}, or -1..-{total} from the end)"
+            ]
+        )
     return resolved
 
 
-def resolve_matches(cfgs: list[MatchConfig], student: ModelShape, teacher: ModelShape,
-                    key: str = "distill.matches") -> list[Match]:
+def resolve_matches(
+    cfgs: list[MatchConfig], student: ModelShape, teacher: ModelShape, key: str = "distill.matches"
+) -> list[Match]:
     """Expand strategies, resolve negative layers, check widths, heads and relation heads."""
     out: list[Match] = []
     errors: list[str] = []
@@ -139,8 +144,12 @@ def resolve_matches(cfgs: list[MatchConfig], student: ModelShape, teacher: Model
         if c.feature == "embeddings":
             pairs = [(None, None)]
         elif c.teacher_layer is not None:
-            pairs = [(_layer(c.student_layer, student.layers, where, "student"),
-                      _layer(c.teacher_layer, teacher.layers, where, "teacher"))]
+            pairs = [
+                (
+                    _layer(c.student_layer, student.layers, where, "student"),
+                    _layer(c.teacher_layer, teacher.layers, where, "teacher"),
+                )
+            ]
         else:
             pairs = pair_layers(c.strategy, student.layers, teacher.layers)
         errors += _check_shapes(c, student, teacher, where)
@@ -150,8 +159,20 @@ def resolve_matches(cfgs: list[MatchConfig], student: ModelShape, teacher: Model
         heads = c.relation_heads or (teacher.heads if c.feature in ("qq", "kk", "vv") else None)
         for s, t in pairs:
             layers = "" if s is None else f"_s{s}_t{t}"
-            out.append(Match(f"{c.feature}_{loss}{layers}", c.feature, loss, c.weight, t, s, heads, c.head_rule,
-                             c.schedule, projected))
+            out.append(
+                Match(
+                    f"{c.feature}_{loss}{layers}",
+                    c.feature,
+                    loss,
+                    c.weight,
+                    t,
+                    s,
+                    heads,
+                    c.head_rule,
+                    c.schedule,
+                    projected,
+                )
+            )
     if errors:
         raise ConfigError(errors)
     return out
@@ -160,21 +181,27 @@ def resolve_matches(cfgs: list[MatchConfig], student: ModelShape, teacher: Model
 def _check_shapes(c: MatchConfig, student: ModelShape, teacher: ModelShape, where: str) -> list[str]:
     if c.feature in ("embeddings", "hidden", "cls", "mean"):
         if student.width != teacher.width and c.projection is False:
-            return [f"{where}: student width {student.width} != teacher width {teacher.width}; "
-                    "set projection: true (or remove projection: false)"]
+            return [
+                f"{where}: student width {student.width} != teacher width {teacher.width}; "
+                "set projection: true (or remove projection: false)"
+            ]
         return []
     if c.feature in ("attention", "attention_scores"):
         if student.heads != teacher.heads and c.head_rule is None:
-            return [f"{where}: the student has {student.heads} attention heads and the teacher {teacher.heads}; "
-                    "set head_rule: average (teacher heads a multiple of the student's) or select"]
+            return [
+                f"{where}: the student has {student.heads} attention heads and the teacher {teacher.heads}; "
+                "set head_rule: average (teacher heads a multiple of the student's) or select"
+            ]
         return []
     r = c.relation_heads or teacher.heads
     widths = {"student": _rel_width(c.feature, student), "teacher": _rel_width(c.feature, teacher)}
     bad = [f"{side} width {w}" for side, w in widths.items() if w % r]
     if bad:
         good = math.gcd(*widths.values())
-        return [f"{where}: {r} relation heads do not divide the {' and '.join(bad)}; set relation_heads to a "
-                f"divisor of both (e.g. {max(d for d in range(1, min(good, 64) + 1) if good % d == 0)})"]
+        return [
+            f"{where}: {r} relation heads do not divide the {' and '.join(bad)}; set relation_heads to a "
+            f"divisor of both (e.g. {max(d for d in range(1, min(good, 64) + 1) if good % d == 0)})"
+        ]
     return []
 
 

@@ -48,11 +48,17 @@ def _teacher_is_trained(run: Path, cfg: Config) -> bool:
         return False
     from dataclasses import asdict
 
-    return saved.get("data") == asdict(cfg.data) and saved.get("model") == asdict(cfg.model) and \
-        saved.get("task") == cfg.task and saved.get("seed") == cfg.seed
+    return (
+        saved.get("data") == asdict(cfg.data)
+        and saved.get("model") == asdict(cfg.model)
+        and saved.get("task") == cfg.task
+        and saved.get("seed") == cfg.seed
+    )
 
 
-def compress(config: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = ()) -> CompressResult:
+def compress(
+    config: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = ()
+) -> CompressResult:
     """Teacher (fine-tuned if needed) -> distilled student + no-KD baseline -> evaluation -> report."""
     from lmdistill import api
     from lmdistill.report.measure import track_energy
@@ -98,11 +104,15 @@ def compress(config: str | Path | dict | Config, overrides: list[str] | tuple[st
         (runs[role] / "energy.json").write_text(json.dumps(result, indent=2, default=str))
     _say("4/4 report: evaluating and measuring the three models")
     report_data, md, html = report(
-        [runs[r] for r in ROLES if r in runs], teacher=teacher_model if "teacher" not in runs else None,
-        out_dir=out, config=s_cfg,
+        [runs[r] for r in ROLES if r in runs],
+        teacher=teacher_model if "teacher" not in runs else None,
+        out_dir=out,
+        config=s_cfg,
     )
-    tests = {role: {k: v["value"] for k, v in entry.get("metrics", {}).items()}
-             for role, entry in report_data["models"].items()}
+    tests = {
+        role: {k: v["value"] for k, v in entry.get("metrics", {}).items()}
+        for role, entry in report_data["models"].items()
+    }
     print(f"\nreport: {html}\n        {md}")
     return CompressResult(out, md, html, runs, tests)
 
@@ -126,7 +136,9 @@ def _model_dir(path: str | Path) -> Path:
         return p / "model"
     if (p / "config.json").is_file():
         return p
-    raise LmdistillError(f"report: '{p}' is neither a run folder (with model/) nor a model folder (config.json)")
+    raise LmdistillError(
+        f"report: '{p}' is neither a run folder (with model/) nor a model folder (config.json)"
+    )
 
 
 def _test_split(cfg: Config):
@@ -148,8 +160,11 @@ def _evaluate(model_dir: Path, examples, task: str, cfg: Config) -> tuple[dict, 
 
     net, tok = load_saved_classifier(str(model_dir), "model")
     regression = task == "regression"
-    ds = TextDataset(encode(tok, examples, max_length_for(cfg.data.max_length, net)), examples.labels,
-                     regression=regression)
+    ds = TextDataset(
+        encode(tok, examples, max_length_for(cfg.data.max_length, net)),
+        examples.labels,
+        regression=regression,
+    )
     logits = predict(net, ds, Collator(pad_id(tok)), cfg.training.eval_batch_size)
     pred = logits.reshape(-1) if regression else logits.argmax(-1)
     gold = np.asarray(examples.labels)
@@ -170,22 +185,43 @@ def _measure(model_dir: Path, texts: list[str], cfg: Config) -> dict:
 
     net, tok = load_saved_classifier(str(model_dir), "model")
     r = cfg.report
-    entry = {"name": str(model_dir), "parameters": measure.count_parameters(net),
-             "size": measure.size_on_disk(model_dir), "latency": [], "memory": []}
+    entry = {
+        "name": str(model_dir),
+        "parameters": measure.count_parameters(net),
+        "size": measure.size_on_disk(model_dir),
+        "latency": [],
+        "memory": [],
+    }
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         for batch in (1, 32):
-            entry["latency"].append(measure.measure_latency(
-                net, tok, texts, batch_size=batch, device=device, repeats=r.latency_repeats, warmup=r.warmup,
-                max_length=cfg.data.max_length))
-        entry["memory"].append(measure.inference_peak_memory(net, tok, texts, batch_size=32, device=device,
-                                                             max_length=cfg.data.max_length))
+            entry["latency"].append(
+                measure.measure_latency(
+                    net,
+                    tok,
+                    texts,
+                    batch_size=batch,
+                    device=device,
+                    repeats=r.latency_repeats,
+                    warmup=r.warmup,
+                    max_length=cfg.data.max_length,
+                )
+            )
+        entry["memory"].append(
+            measure.inference_peak_memory(
+                net, tok, texts, batch_size=32, device=device, max_length=cfg.data.max_length
+            )
+        )
     if r.energy:
-        batches = measure.prepare_batches(tok, texts, batch_size=32, max_length=cfg.data.max_length,
-                                          device=devices[-1])
-        entry["energy"] = measure.measure_energy(lambda: measure.run_inference(net, batches), label="inference",
-                                                 country_iso_code=r.country_iso_code,
-                                                 predictions=32 * len(batches))
+        batches = measure.prepare_batches(
+            tok, texts, batch_size=32, max_length=cfg.data.max_length, device=devices[-1]
+        )
+        entry["energy"] = measure.measure_energy(
+            lambda: measure.run_inference(net, batches),
+            label="inference",
+            country_iso_code=r.country_iso_code,
+            predictions=32 * len(batches),
+        )
     return entry
 
 
@@ -234,15 +270,23 @@ def report(
     if config is None:
         source = roles.get("student") or next(iter(roles.values()), None)
         if source is None or not (source / "config.yaml").is_file():
-            raise LmdistillError("report: no config.yaml found in the runs; give --config to name the test data")
+            raise LmdistillError(
+                "report: no config.yaml found in the runs; give --config to name the test data"
+            )
         config = source / "config.yaml"
     cfg = load_config(config) if not isinstance(config, Config) else config
     examples, _ = _test_split(cfg)
     texts = examples.texts[: cfg.report.speed_texts]
-    data = {"title": f"Distillation report: {Path(out_dir or cfg.output_dir).name}", "task": cfg.task,
-            "evaluation": f"test split, {len(examples)} examples", "environment": environment_info(),
-            "notes": [f"Latency and energy are measured on {len(texts)} test texts, max_length "
-                      f"{cfg.data.max_length}."], "models": {}}
+    data = {
+        "title": f"Distillation report: {Path(out_dir or cfg.output_dir).name}",
+        "task": cfg.task,
+        "evaluation": f"test split, {len(examples)} examples",
+        "environment": environment_info(),
+        "notes": [
+            f"Latency and energy are measured on {len(texts)} test texts, max_length {cfg.data.max_length}."
+        ],
+        "models": {},
+    }
     for role in ROLES:
         if role not in models:
             continue
@@ -279,29 +323,48 @@ def write_model_card(model_dir: Path, data: dict, cfg: Config) -> Path:
     method = cfg.distill.method or ", ".join(f"{k} x{w}" for k, w in (cfg.distill.losses or {}).items())
     data_src = cfg.data.dataset or cfg.data.train
     lines = [
-        "---", "library_name: transformers", "tags: [distillation, lmdistill]", "---", "",
-        f"# {model_dir.parent.name}: a distilled student", "",
+        "---",
+        "library_name: transformers",
+        "tags: [distillation, lmdistill]",
+        "---",
+        "",
+        f"# {model_dir.parent.name}: a distilled student",
+        "",
         f"Distilled with [lmdistill](https://pypi.org/project/lmdistill/) from the teacher "
-        f"`{cfg.teacher.name_or_path}` by {method} (temperature {cfg.distill.temperature}).", "",
+        f"`{cfg.teacher.name_or_path}` by {method} (temperature {cfg.distill.temperature}).",
+        "",
         f"- **Task:** {cfg.task} on `{data_src}` (text column `{cfg.data.text_column}`, label `{cfg.data.label_column}`)",
         f"- **Student:** {cfg.student.init} "
         f"({'layers ' + str(cfg.student.layers) if cfg.student.layers else ''}"
         f"{f'{cfg.student.num_layers} layers' if cfg.student.num_layers else ''}"
         f"{f'every {cfg.student.keep_every}th layer' if cfg.student.keep_every else ''})",
-        f"- **Evaluation:** {data['evaluation']}", "",
-        f"| model | {metric} | parameters | size on disk | latency, batch 1, CPU |", "|---|---|---|---|---|",
+        f"- **Evaluation:** {data['evaluation']}",
+        "",
+        f"| model | {metric} | parameters | size on disk | latency, batch 1, CPU |",
+        "|---|---|---|---|---|",
     ]
     for role, entry in (("teacher", teacher), ("student", student), ("baseline (no KD)", baseline)):
         if entry is None:
             continue
-        lat = next((x for x in entry.get("latency", []) if x.get("batch_size") == 1 and x.get("device") == "cpu"),
-                   None)
+        lat = next(
+            (x for x in entry.get("latency", []) if x.get("batch_size") == 1 and x.get("device") == "cpu"),
+            None,
+        )
         latency = f"{lat['median_s'] * 1000:.1f} ms" if lat else "n/a"
-        lines.append(f"| {role} | {_fmt(entry, metric)} | {entry['parameters']['total'] / 1e6:.1f}M | "
-                     f"{entry['size']['weights_bytes'] / 1e6:.1f} MB | {latency} |")
-    lines += ["", "Measured by `lmdistill report` (see report.html next to the run). Load it with:", "",
-              "```python", "from transformers import pipeline",
-              f'clf = pipeline("text-classification", model="{model_dir}")', "```", ""]
+        lines.append(
+            f"| {role} | {_fmt(entry, metric)} | {entry['parameters']['total'] / 1e6:.1f}M | "
+            f"{entry['size']['weights_bytes'] / 1e6:.1f} MB | {latency} |"
+        )
+    lines += [
+        "",
+        "Measured by `lmdistill report` (see report.html next to the run). Load it with:",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        f'clf = pipeline("text-classification", model="{model_dir}")',
+        "```",
+        "",
+    ]
     path = model_dir / "README.md"
     path.write_text("\n".join(lines))
     return path

@@ -20,7 +20,9 @@ from lmdistill.errors import LmdistillError
 class LengthGroupedBatchSampler(Sampler[list[int]]):
     """A batch sampler: yields lists of example indices of similar length (pass as ``batch_sampler``)."""
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, group: int = 50, sort: bool = True):
+    def __init__(
+        self, lengths: list[int], batch_size: int, seed: int = 0, group: int = 50, sort: bool = True
+    ):
         self.lengths = torch.as_tensor(lengths)
         self.sort = sort
         self.batch_size = batch_size
@@ -64,7 +66,9 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
     steps per epoch is fixed and every example is seen exactly once per epoch.
     """
 
-    def __init__(self, lengths: list[int], max_tokens: int, seed: int = 0, multiple: int = 8, processes: int = 1):
+    def __init__(
+        self, lengths: list[int], max_tokens: int, seed: int = 0, multiple: int = 8, processes: int = 1
+    ):
         lengths = torch.as_tensor(lengths)
         padded = (lengths + multiple - 1) // multiple * multiple
         if len(lengths) and int(padded.max()) > max_tokens:
@@ -76,7 +80,9 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         self.epoch = 0
         g = torch.Generator().manual_seed(seed)
         tie = torch.randperm(len(lengths), generator=g)
-        order = tie[torch.argsort(padded[tie], stable=True)].tolist()  # ascending: a batch's longest is its last
+        order = tie[
+            torch.argsort(padded[tie], stable=True)
+        ].tolist()  # ascending: a batch's longest is its last
         self._batches: list[list[int]] = []
         start = 0
         while start < len(order):

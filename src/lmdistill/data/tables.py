@@ -57,20 +57,30 @@ def read_table(path: str | Path, key: str = "data.train") -> pd.DataFrame:
         raise DataError(f"{key}: '{p}' is a folder; give a .csv, .tsv, .jsonl or .parquet file")
     kind = _READERS.get(p.suffix.lower())
     if kind is None:
-        raise DataError(f"{key}: cannot tell the format of '{p}'; use a .csv, .tsv, .jsonl, .json or .parquet file")
+        raise DataError(
+            f"{key}: cannot tell the format of '{p}'; use a .csv, .tsv, .jsonl, .json or .parquet file"
+        )
     if kind in ("csv", "tsv", "jsonl", "json"):
         with p.open("rb") as f:
             head = f.read(4096)
         if b"\x00" in head:
-            raise DataError(f"{key}: '{p}' is not UTF-8 text (it has NUL bytes: UTF-16?); re-save it as UTF-8")
+            raise DataError(
+                f"{key}: '{p}' is not UTF-8 text (it has NUL bytes: UTF-16?); re-save it as UTF-8"
+            )
     try:
         if kind in ("csv", "tsv"):
             # index_col=False: a row with one field too many must not turn its first field into an index;
             # pandas then warns that it drops fields: that is an error here, never a silent loss
             with warnings.catch_warnings():
                 warnings.simplefilter("error", pd.errors.ParserWarning)
-                df = pd.read_csv(p, sep="\t" if kind == "tsv" else ",", encoding="utf-8", keep_default_na=False,
-                                 na_values=[""], index_col=False)
+                df = pd.read_csv(
+                    p,
+                    sep="\t" if kind == "tsv" else ",",
+                    encoding="utf-8",
+                    keep_default_na=False,
+                    na_values=[""],
+                    index_col=False,
+                )
         elif kind == "jsonl":
             df = pd.read_json(p, lines=True, encoding="utf-8")
         elif kind == "json":
@@ -78,7 +88,9 @@ def read_table(path: str | Path, key: str = "data.train") -> pd.DataFrame:
         else:
             df = pd.read_parquet(p)
     except UnicodeDecodeError as e:
-        raise DataError(f"{key}: '{p}' is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+        raise DataError(
+            f"{key}: '{p}' is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8"
+        ) from None
     except pd.errors.ParserWarning:
         raise DataError(
             f"{key}: rows of '{p}' have more fields than its header; quote texts that contain the delimiter"
@@ -160,7 +172,9 @@ def _carve(frames: dict[str, pd.DataFrame], cfg: DataConfig, seed: int) -> dict[
 def _column(df: pd.DataFrame, name: str, key: str, split: str) -> pd.Series:
     if name not in df.columns:
         cols = ", ".join(map(str, df.columns[:20]))
-        raise DataError(f"data.{key}: column '{name}' not found in the {split} data (columns: {cols}); set data.{key}")
+        raise DataError(
+            f"data.{key}: column '{name}' not found in the {split} data (columns: {cols}); set data.{key}"
+        )
     return df[name]
 
 
@@ -188,7 +202,9 @@ def build_task_data(frames: dict[str, pd.DataFrame], cfg: DataConfig, task: str)
             raise DataError(f"data.{split}: the {split} split is empty; it needs at least one example")
     label_names: list[str] = []
     if task == "classification":
-        label_names = [str(n) for n in cfg.label_names] if cfg.label_names else _label_names(frames["train"], cfg)
+        label_names = (
+            [str(n) for n in cfg.label_names] if cfg.label_names else _label_names(frames["train"], cfg)
+        )
     splits = {}
     for split, df in frames.items():
         limit = cfg.max_train_examples if split == "train" else cfg.max_eval_examples
@@ -197,7 +213,9 @@ def build_task_data(frames: dict[str, pd.DataFrame], cfg: DataConfig, task: str)
         texts = _texts(_column(df, cfg.text_column, "text_column", split), "text_column", split)
         pairs = None
         if cfg.text_pair_column:
-            pairs = _texts(_column(df, cfg.text_pair_column, "text_pair_column", split), "text_pair_column", split)
+            pairs = _texts(
+                _column(df, cfg.text_pair_column, "text_pair_column", split), "text_pair_column", split
+            )
         raw = _column(df, cfg.label_column, "label_column", split)
         labels = _class_ids(raw, label_names, split) if task == "classification" else _floats(raw, split)
         splits[split] = Examples(texts, pairs, labels, source=split)
@@ -208,7 +226,9 @@ MISSING_LABELS = {"nan", "NaN", "NAN"}
 
 
 def _is_missing_label(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v in MISSING_LABELS)
+    return (
+        v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v in MISSING_LABELS)
+    )
 
 
 def _check_label_types(raw: pd.Series, split: str) -> None:
@@ -232,7 +252,9 @@ def _label_names(train: pd.DataFrame, cfg: DataConfig) -> list[str]:
     _check_label_types(raw, "train")
     missing = [i for i, v in enumerate(raw.tolist()) if _is_missing_label(v)]
     if missing:
-        raise DataError(f"data.label_column: missing label in the train data at row {missing[0]}; fill or drop it")
+        raise DataError(
+            f"data.label_column: missing label in the train data at row {missing[0]}; fill or drop it"
+        )
     keys = {_label_key(v) for v in raw.tolist()}
     numeric = all(k.lstrip("-").isdigit() for k in keys)
     values = sorted(keys, key=int) if numeric else sorted(keys)
@@ -250,7 +272,9 @@ def _class_ids(raw: pd.Series, names: list[str], split: str) -> list[int]:
     ids = []
     for row, v in enumerate(raw.tolist()):
         if _is_missing_label(v):
-            raise DataError(f"data.label_column: missing label in the {split} data at row {row}; fill or drop it")
+            raise DataError(
+                f"data.label_column: missing label in the {split} data at row {row}; fill or drop it"
+            )
         k = _label_key(v)
         if k not in index:
             raise DataError(

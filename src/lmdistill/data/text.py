@@ -42,8 +42,10 @@ def max_length_for(wanted: int, *models) -> int:
     """``wanted`` (data.max_length), cut to the smallest position limit of ``models``; says when it cuts."""
     limits = [n for n in (position_limit(m) for m in models if m is not None) if n]
     if limits and min(limits) < wanted:
-        print(f"note: data.max_length={wanted} is more than the model's {min(limits)} positions; "
-              f"texts are cut to {min(limits)} tokens")
+        print(
+            f"note: data.max_length={wanted} is more than the model's {min(limits)} positions; "
+            f"texts are cut to {min(limits)} tokens"
+        )
         return min(limits)
     return wanted
 
@@ -91,7 +93,9 @@ def pad_block(items: list[dict[str, list[int]]], pad_id: int, multiple: int = 8)
     out = {}
     for key in items[0]:
         fill = pad_id if key == "input_ids" else 0
-        out[key] = torch.tensor([it[key] + [fill] * (length - len(it[key])) for it in items], dtype=torch.long)
+        out[key] = torch.tensor(
+            [it[key] + [fill] * (length - len(it[key])) for it in items], dtype=torch.long
+        )
     out["attention_mask"] = torch.tensor(
         [[1] * len(it["input_ids"]) + [0] * (length - len(it["input_ids"])) for it in items], dtype=torch.long
     )
@@ -160,6 +164,11 @@ class BucketPad:
                 if x.dim() == 2 and x.shape[1] == t:
                     block[key] = torch.nn.functional.pad(x, (0, extra), value=0)  # masked: any id will do
             labels = batch.get("labels")
-            if side == "student" and isinstance(labels, torch.Tensor) and labels.dim() == 2 and labels.shape[1] == t:
+            if (
+                side == "student"
+                and isinstance(labels, torch.Tensor)
+                and labels.dim() == 2
+                and labels.shape[1] == t
+            ):
                 batch["labels"] = torch.nn.functional.pad(labels, (0, extra), value=-100)
         return batch

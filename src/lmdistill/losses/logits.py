@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def soft_target_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Soft-target loss of Hinton et al. (2015, sec. 2): ``T^2 * KL(p_T || p_S)`` at temperature T.
 
     ``p = softmax(teacher / T)``, ``q = softmax(student / T)``; forward KL, i.e.

@@ -67,7 +67,10 @@ PRESETS: dict[str, dict] = {
                 {
                     "name": "attention-transfer",
                     "losses": {},
-                    "matches": [{"feature": "attention", "loss": "kl", **_LAST}, {"feature": "vv", "loss": "kl", **_LAST}],
+                    "matches": [
+                        {"feature": "attention", "loss": "kl", **_LAST},
+                        {"feature": "vv", "loss": "kl", **_LAST},
+                    ],
                 },
                 {"name": "finetune", "losses": {"ce": 1.0}},
             ],

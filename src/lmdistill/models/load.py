@@ -21,9 +21,13 @@ def load_config_of(name_or_path: str, key: str, revision: str | None = None, tru
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError, KeyError) as e:
-        where = "local folder" if Path(name_or_path).exists() else "local folder or reachable Hugging Face Hub id"
+        where = (
+            "local folder" if Path(name_or_path).exists() else "local folder or reachable Hugging Face Hub id"
+        )
         raise ModelError(
             f"{key}: '{name_or_path}' is not a loadable {where} ({_short(e)}); "
             "give a folder with config.json, or a hub id with a network"
@@ -42,7 +46,9 @@ def load_tokenizer(name_or_path: str, key: str, revision: str | None = None, tru
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(
             f"{key}: no tokenizer could be loaded from '{name_or_path}' ({_short(e)}); "
@@ -75,12 +81,17 @@ def load_classifier(
         config.label2id = {n: i for i, n in enumerate(label_names)}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+            path,
+            config=config,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
             ignore_mismatched_sizes=True,  # a head of another task is replaced by a new one of the right size
         )
     except (OSError, ValueError, RuntimeError) as e:
         raise ModelError(f"{key}.name_or_path: cannot load weights from '{path}' ({_short(e)})") from None
-    tokenizer = load_tokenizer(spec.tokenizer or path, f"{key}.tokenizer", spec.revision, spec.trust_remote_code)
+    tokenizer = load_tokenizer(
+        spec.tokenizer or path, f"{key}.tokenizer", spec.revision, spec.trust_remote_code
+    )
     return model, tokenizer
 
 

@@ -97,8 +97,9 @@ def student_from_teacher(teacher: nn.Module, layers: list[int]) -> nn.Module:
     return student
 
 
-def student_config(teacher_config, *, num_layers: int, hidden_size=None, num_attention_heads=None,
-                   intermediate_size=None):
+def student_config(
+    teacher_config, *, num_layers: int, hidden_size=None, num_attention_heads=None, intermediate_size=None
+):
     """A smaller config of the teacher's family: depth and (optionally) width changed."""
     cfg = copy.deepcopy(teacher_config)
     cfg.num_hidden_layers = num_layers

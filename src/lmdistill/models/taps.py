@@ -109,7 +109,9 @@ class FeatureTap:
             k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
         return q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
 
-    def attention_probs(self, features: dict[str, torch.Tensor], layer: int, mask: torch.Tensor) -> torch.Tensor:
+    def attention_probs(
+        self, features: dict[str, torch.Tensor], layer: int, mask: torch.Tensor
+    ) -> torch.Tensor:
         """Attention probabilities of ``layer`` with padding (and causal) masking: ``(B, heads, T, T)``."""
         scores = self.attention_scores(features, layer)
         allowed = mask.bool()[:, None, None, :]

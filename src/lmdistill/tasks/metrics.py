@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 
-GREATER_IS_BETTER = {"accuracy": True, "macro_f1": True, "pearson": True, "spearman": True, "mse": False,
-                     "rmse": False, "loss": False}
+GREATER_IS_BETTER = {
+    "accuracy": True,
+    "macro_f1": True,
+    "pearson": True,
+    "spearman": True,
+    "mse": False,
+    "rmse": False,
+    "loss": False,
+}
 GREATER_IS_BETTER["perplexity"] = False
 # tasks mlm, general, embedding (tasks/mlm.py, tasks/embedding.py, tasks/retrieval.py)
-GREATER_IS_BETTER.update({"mlm_loss": False, "mlm_accuracy": True, "teacher_cosine": True, "embedding_mse": False,
-                          "margin_mse": False, "pairwise_accuracy": True, "recall@1": True, "recall@10": True,
-                          "mrr@10": True})
+GREATER_IS_BETTER.update(
+    {
+        "mlm_loss": False,
+        "mlm_accuracy": True,
+        "teacher_cosine": True,
+        "embedding_mse": False,
+        "margin_mse": False,
+        "pairwise_accuracy": True,
+        "recall@1": True,
+        "recall@10": True,
+        "mrr@10": True,
+    }
+)
 
 
 def classification_metrics(pred: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
