@@ -388,6 +388,20 @@ def test_cli_finetune_then_distill_causal_lm(tmp_path, llama_dir, text_csv, caps
     assert saved["lm"]["divergence"] == "jsd" and saved["distill"]["losses"] == {"kd": 0.5, "lm": 0.5}
     assert saved["training"]["metric_for_best"] == "perplexity"
 
+    # `lmdistill evaluate` on a causal LM: the perplexity of the run's test split, or of a whole file
+    assert (
+        main(
+            ["evaluate", str(out / "model"), "--config", write(student), "--output", str(tmp_path / "e.json")]
+        )
+        == 0
+    )
+    again = json.loads((tmp_path / "e.json").read_text())["metrics"]
+    assert again["perplexity"] == pytest.approx(res["test"]["perplexity"], rel=1e-4)
+    assert main(["evaluate", str(out / "model"), "--data", data["train"]]) == 0
+    assert "perplexity" in capsys.readouterr().out
+    assert main(["evaluate", str(out / "model"), "--data", data["train"], "--predictions", "p.csv"]) == 2
+    assert "causal LM is evaluated by its perplexity" in capsys.readouterr().err
+
 
 def test_gpt2_prompt_response_fresh_student_topk_and_on_policy(tmp_path, text_csv):
     from lmdistill import api

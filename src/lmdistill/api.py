@@ -455,18 +455,21 @@ def evaluate(
     batch_size: int = 64,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> EvalResult:
-    """Evaluate a saved model on ``split`` of the config's data, or on a whole file given as ``data``."""
+    """Evaluate a saved model on ``split`` of the config's data, or on a whole file given as ``data``:
+    classifiers and regressors get their task metrics and predictions, causal LMs their perplexity."""
     from lmdistill.data.text import Collator, TextDataset, encode, max_length_for, pad_id
     from lmdistill.engine import predict
     from lmdistill.models.load import load_saved_classifier
     from lmdistill.tasks.metrics import compute_metrics
 
+    if _is_causal_lm(model):
+        return _evaluate_causal_lm(model, config, data, split, text_column, batch_size, overrides)
     net, tok = load_saved_classifier(str(model), "model")
+    if config is None and data is None:
+        raise DataError("evaluate needs data: give --data FILE or --config CONFIG")
     regression = net.config.num_labels == 1
     task = "regression" if regression else "classification"
     names = None if regression else [str(net.config.id2label[i]) for i in range(net.config.num_labels)]
-    if config is None and data is None:
-        raise DataError("evaluate needs data: give --data FILE or --config CONFIG")
     if data is not None:
         dcfg = DataConfig(train=str(data), validation_size=0.0, test_size=0.0)
         split_name, key = "train", "data"
@@ -505,6 +508,48 @@ def evaluate(
         metrics=metrics,
         predictions=preds,
         labels=gold,
+    )
+
+
+def _is_causal_lm(model: str | Path) -> bool:
+    """A saved model whose config names a causal-LM architecture (``...ForCausalLM``, ``...LMHeadModel``)."""
+    path = Path(model).expanduser() / "config.json"
+    try:
+        archs = json.loads(path.read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return False  # the classifier loader says what is wrong with the folder
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+
+def _evaluate_causal_lm(model, config, data, split, text_column, batch_size, overrides) -> EvalResult:
+    """Perplexity (mean next-token NLL over the targets, and its exp) of a saved causal LM."""
+    from lmdistill.tasks.causal_lm import LMCollator, build_datasets, load_causal_lm, pad_id_of, perplexity
+
+    if config is None and data is None:
+        raise DataError("evaluate needs data: give --data FILE or --config CONFIG")
+    if data is not None:
+        section = {"train": str(data), "validation_size": 0.0, "test_size": 0.0}
+        if text_column is not None:
+            section["text_column"] = text_column
+        cfg = load_config({"task": "causal_lm", "data": section, "model": {"name_or_path": str(model)}})
+        split_name = "train"
+    else:
+        cfg = load_config(config, overrides)
+        if cfg.task != "causal_lm":
+            raise DataError(
+                f"model '{model}' is a causal LM but the config's task is {cfg.task}: give a "
+                "config with task: causal_lm, or --data FILE"
+            )
+        split_name = split
+        if text_column is not None:
+            cfg.data.text_column = text_column
+    net, tok = load_causal_lm(str(model), "model")
+    sets = build_datasets(cfg, tok)
+    if split_name not in sets:
+        raise DataError(f"split '{split}' is not in the data (available: {', '.join(sets)})")
+    metrics = perplexity(net, sets[split_name], LMCollator(pad_id_of(tok)), batch_size, cfg.lm.chunk_size)
+    return EvalResult(
+        model=str(model), split=split if data is None else str(data), n=len(sets[split_name]), metrics=metrics
     )
 
 

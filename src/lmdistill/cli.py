@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+from lmdistill.errors import LmdistillError  # light: no torch
+
 OVERRIDES_HELP = "overrides as key.sub=value, e.g. training.learning_rate=3e-5 student.num_layers=3"
 
 
@@ -170,8 +172,6 @@ def _run(args: argparse.Namespace) -> int:
         elif args.name in SHIPPED_MODELS:
             print(shipped_model_path(args.name))
         else:
-            from lmdistill.errors import LmdistillError
-
             known = ", ".join([*SHIPPED_MODELS, *BUILTIN_DATASETS])
             raise LmdistillError(f"fetch: unknown name '{args.name}'; known: {known}")
         return 0
@@ -214,6 +214,11 @@ def _run(args: argparse.Namespace) -> int:
             _print_run(result)
         return 0
     if args.verb == "evaluate":
+        if args.predictions and api._is_causal_lm(args.model):
+            raise LmdistillError(
+                "--predictions: a causal LM is evaluated by its perplexity; it has no "
+                "predictions to write (leave --predictions out)"
+            )
         res = api.evaluate(
             args.model,
             config=args.config,
@@ -253,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from lmdistill.errors import ConfigError, LmdistillError
+    from lmdistill.errors import ConfigError
     from lmdistill.resources import FetchError
 
     try:
