@@ -131,3 +131,19 @@ def test_cross_tokenizer_distillation(tmp_path, sentiment_csv, tiny_mpnet_dir, t
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(tmp_path / "student" / "model").model_type == "bert"
+
+
+def test_a_model_without_classification_head_is_refused_not_scored_with_a_random_head(
+    tmp_path, tiny_bert_dir, sentiment_csv, capsys
+):
+    from transformers import AutoModel
+
+    base = tmp_path / "encoder"
+    AutoModel.from_pretrained(tiny_bert_dir).save_pretrained(base)  # architectures: BertModel
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+        if (tiny_bert_dir / name).exists():
+            (base / name).write_bytes((tiny_bert_dir / name).read_bytes())
+    capsys.readouterr()
+    assert main(["evaluate", str(base), "--data", str(sentiment_csv)]) == 2
+    err = capsys.readouterr().err
+    assert "has no classification head (architectures: BertModel)" in err and "Traceback" not in err

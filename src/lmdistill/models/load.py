@@ -101,6 +101,14 @@ def load_saved_classifier(path: str, key: str = "model"):
 
     config = load_config_of(path, key)
     check_encoder(config, key)
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+        # loading would succeed with a freshly initialised (random) head: refuse instead of scoring noise
+        raise ModelError(
+            f"{key}: '{path}' has no classification head (architectures: {', '.join(archs)}); fine-tune it "
+            "first (lmdistill finetune) or give a fine-tuned classifier; a sentence-embedding model is "
+            "evaluated with lmdistill.evaluate_retrieval"
+        )
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path)
     except (OSError, ValueError, RuntimeError) as e:
