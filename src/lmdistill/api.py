@@ -256,11 +256,29 @@ def _train_and_test(
                 data.num_labels,
                 cfg.training.eval_batch_size,
             )
+    return finish_run(
+        out,
+        model_dir,
+        outcome,
+        objective,
+        best,
+        teacher,
+        results,
+        label_names=data.label_names,
+        split_sizes={k: len(v) for k, v in data.splits.items()},
+    )
+
+
+def finish_run(
+    out: Path, model_dir: Path, outcome, objective, best, teacher, results: dict, /, **extra
+) -> RunResult:
+    """The :class:`RunResult` of a finished run, and its ``results.json`` (written by the main process):
+    scores, steps and sizes, how the run ended, its loss terms, and ``extra`` (task-specific fields)."""
     result = RunResult(
         output_dir=out,
         model_dir=model_dir,
-        validation=results["validation"],
-        test=results["test"],
+        validation=results.get("validation", {}),
+        test=results.get("test", {}),
         steps=outcome.steps,
         train_seconds=round(outcome.train_seconds, 2),
         best_step=outcome.best_step,
@@ -272,12 +290,11 @@ def _train_and_test(
     summary.update(
         output_dir=str(out),
         model_dir=str(model_dir),
-        label_names=data.label_names,
         stopped_early=outcome.stopped_early,
         skipped_batches=outcome.skipped_batches,
         resumed_from=outcome.resumed_from,
         loss_terms=sorted(objective.weights) + [m.name for m in objective.matches],
-        split_sizes={k: len(v) for k, v in data.splits.items()},
+        **extra,
     )
     if is_main_process():
         (out / "results.json").write_text(json.dumps(summary, indent=2))

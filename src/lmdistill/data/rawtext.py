@@ -344,7 +344,7 @@ class StreamingBlocks(Dataset):
         self.drawn += 1
         return {"index": i, "student": {"input_ids": self._next()}}
 
-    known_lengths = False  # lengths() is a placeholder: the blocks are not known before they are drawn
+    known_lengths = False  # lengths() only counts: the blocks are not known before they are drawn
 
     def lengths(self) -> list[int]:
         return [1] * self.length

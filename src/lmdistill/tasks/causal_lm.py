@@ -649,7 +649,7 @@ def _train_and_test(
 ):
     from transformers import AutoModelForCausalLM
 
-    from lmdistill.api import RunResult, _prepare_output, save_model
+    from lmdistill.api import _prepare_output, finish_run, save_model
     from lmdistill.engine import train
 
     out = _prepare_output(cfg, verb)
@@ -690,33 +690,19 @@ def _train_and_test(
     teacher_test = (
         perplexity(teacher, sets["test"], collate, bs, chunk) if used_teacher and "test" in sets else None
     )
-    result = RunResult(
-        output_dir=out,
-        model_dir=model_dir,
-        validation=results.get("validation", {}),
-        test=results.get("test", {}),
-        steps=outcome.steps,
-        train_seconds=round(outcome.train_seconds, 2),
-        best_step=outcome.best_step,
-        parameters=sum(p.numel() for p in best.parameters()),
-        teacher_parameters=sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
-        history=outcome.history,
-    )
-    summary = {k: v for k, v in asdict(result).items() if k != "history"}
-    summary.update(
-        output_dir=str(out),
-        model_dir=str(model_dir),
+    return finish_run(
+        out,
+        model_dir,
+        outcome,
+        objective,
+        best,
+        teacher,
+        results,
         task="causal_lm",
         teacher_test=teacher_test,
-        stopped_early=outcome.stopped_early,
-        skipped_batches=outcome.skipped_batches,
-        resumed_from=outcome.resumed_from,
-        loss_terms=sorted(objective.weights) + [m.name for m in objective.matches],
         split_sizes={k: len(v) for k, v in sets.items()},
         split_targets={k: v.num_targets() for k, v in sets.items()},
     )
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    return result
 
 
 def finetune(cfg: Config):

@@ -27,7 +27,7 @@ import copy
 import itertools
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -295,7 +295,7 @@ def run_stages(
     student. Writes ``model/``, ``metrics.csv``, ``results.json`` (and ``projections.safetensors`` when
     projections were learned) in ``output_dir``; earlier stages in ``output_dir/stage-N-NAME``.
     """
-    from lmdistill.api import RunResult, _prepare_output, is_main_process, save_model
+    from lmdistill.api import _prepare_output, finish_run, is_main_process, save_model
     from lmdistill.engine import train
 
     result = None
@@ -350,33 +350,19 @@ def run_stages(
                 }
             finally:
                 objective.detach()
-        result = RunResult(
-            output_dir=out,
-            model_dir=model_dir,
-            validation=results["validation"],
-            test=results["test"],
-            steps=outcome.steps,
-            train_seconds=round(outcome.train_seconds, 2),
-            best_step=outcome.best_step,
-            parameters=sum(p.numel() for p in best.parameters()),
-            teacher_parameters=sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
-            history=outcome.history,
-        )
-        summary = {k: v for k, v in asdict(result).items() if k != "history"}
-        summary.update(
-            output_dir=str(out),
-            model_dir=str(model_dir),
+        result = finish_run(
+            out,
+            model_dir,
+            outcome,
+            objective,
+            best,
+            teacher,
+            results,
             task=cfg.task,
-            stopped_early=outcome.stopped_early,
-            skipped_batches=outcome.skipped_batches,
-            resumed_from=outcome.resumed_from,
-            loss_terms=sorted(objective.weights) + [m.name for m in objective.matches],
             blocks=data.counts,
             block_size=cfg.data.block_size or cfg.data.max_length,
             **(extra or {}),
         )
-        if is_main_process():
-            (out / "results.json").write_text(json.dumps(summary, indent=2))
     return result
 
 
