@@ -562,3 +562,54 @@ def test_smollm2_half_layer_student_runs_on_a_real_review():
     assert (
         1 < t_ppl < 100 and s_ppl > 2 * t_ppl
     )  # the teacher knows English; half its layers, untrained, less
+
+
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_teacher_cache_gives_the_live_teachers_losses(tmp_path, llama_dir, text_csv, monkeypatch, top_k):
+    """training.teacher_cache for a causal LM: dense logits or the top-k signal, stored once in 16-bit; the
+    distillation then runs with no teacher forward pass and logs the live teacher's losses."""
+    import numpy as np
+
+    from lmdistill import api
+    from lmdistill.signals import cache as tc
+    from lmdistill.signals.live import LiveTeacher
+
+    calls = {"n": 0}
+    original = LiveTeacher.__call__
+
+    def counted(self, batch):
+        calls["n"] += 1
+        return original(self, batch)
+
+    monkeypatch.setattr(LiveTeacher, "__call__", counted)
+
+    def cfg(name, **training):
+        return _cfg(
+            tmp_path,
+            name,
+            data={"train": str(text_csv / "text.csv")},
+            teacher={"name_or_path": str(llama_dir)},
+            student={"layers": [0, 3]},
+            lm={"block_size": 16, "top_k": top_k},
+            training={"max_steps": 6, "log_every": 1, **training},
+        )
+
+    live = api.distill(cfg("live"))
+    assert calls["n"] == 6
+    cached_cfg = cfg("cached", teacher_cache=str(tmp_path / "cache"))
+    api.cache(cached_cfg)
+    meta = json.loads((tmp_path / "cache" / tc.INDEX).read_text())
+    assert set(meta["fields"]) == (
+        {"logits"} if top_k is None else {"topk.indices", "topk.logprobs", "topk.tail"}
+    )
+    calls["n"] = 0
+    cached = api.distill(cached_cfg)
+    assert calls["n"] == 0  # the teacher never ran while training
+
+    def losses(res):
+        rows = [r for r in res.history if "loss" in r]
+        return {k: np.array([r[k] for r in rows]) for k in ("loss", "loss/kd", "loss/lm")}
+
+    a, b = losses(live), losses(cached)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=5e-3, atol=1e-5, err_msg=k)

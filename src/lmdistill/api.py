@@ -456,6 +456,11 @@ def cache(config: str | Path | dict | Config, overrides: list[str] | tuple[str, 
     if cfg.task not in CACHE_TASKS:
         raise LmdistillError(f"lmdistill cache supports tasks {', '.join(CACHE_TASKS)}, not task {cfg.task}")
     cfg.training.teacher_cache = cfg.training.teacher_cache or "auto"
+    if cfg.task == "causal_lm":
+        from lmdistill.tasks.causal_lm import LMCollator, distill_parts, pad_id_of
+
+        teacher, _, s_tok, objective, sets = distill_parts(cfg)
+        return teacher_cache(cfg, teacher, sets["train"], LMCollator(pad_id_of(s_tok)), [objective])
     _, teacher, _, _, sets, collate, _, objectives = _distill_parts(cfg)
     return teacher_cache(cfg, teacher, sets["train"], collate, objectives)
 

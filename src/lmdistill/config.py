@@ -644,7 +644,11 @@ DEFAULT_METRIC["causal_lm"] = "perplexity"
 TASK_LOSSES.update(mlm=("kd", "mlm", "cos"), general=(), embedding=())
 DEFAULT_LOSSES["mlm"] = {"kd": 5.0, "mlm": 2.0, "cos": 1.0}  # DistilBERT's alpha_ce, alpha_mlm, alpha_cos
 DEFAULT_METRIC.update(mlm="perplexity", general="loss", embedding="loss")
-CACHE_TASKS = ("classification", "regression")  # training.teacher_cache: tasks whose teacher can be cached
+CACHE_TASKS = (
+    "classification",
+    "regression",
+    "causal_lm",
+)  # training.teacher_cache: tasks whose teacher can be cached
 EVAL_METRICS = {
     "mlm": ("perplexity", "mlm_loss", "mlm_accuracy", "loss"),
     "general": ("loss",),

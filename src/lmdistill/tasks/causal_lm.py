@@ -511,14 +511,19 @@ class CausalLMObjective(Objective):
         return terms
 
     def kd(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | TopKSignal, mask: torch.Tensor
     ) -> torch.Tensor:
-        """Masked mean of the divergence over ``mask`` positions: ``(B, T, V), (B, T, V'), (B, T) -> ()``."""
-        size = self.vocab_size or min(student_logits.shape[-1], teacher_logits.shape[-1])
-        s = student_logits if student_logits.shape[-1] == size else student_logits[..., :size]
-        t = teacher_logits if teacher_logits.shape[-1] == size else teacher_logits[..., :size]
+        """Masked mean of the divergence over ``mask`` positions: ``(B, T, V), (B, T, V'), (B, T) -> ()``;
+        the teacher may also come as a :class:`TopKSignal` (``(B, T, k)``, from a teacher cache)."""
         temp = self.temperature_now()
-        teacher = chunked_topk(t, mask, self.top_k, temp, self.chunk_size) if self.top_k else t
+        if isinstance(teacher_logits, TopKSignal):  # from a teacher cache: reduced already, same vocabulary
+            size = self.vocab_size or student_logits.shape[-1]
+            teacher = teacher_logits
+        else:
+            size = self.vocab_size or min(student_logits.shape[-1], teacher_logits.shape[-1])
+            t = teacher_logits if teacher_logits.shape[-1] == size else teacher_logits[..., :size]
+            teacher = chunked_topk(t, mask, self.top_k, temp, self.chunk_size) if self.top_k else t
+        s = student_logits if student_logits.shape[-1] == size else student_logits[..., :size]
         value = chunked_divergence(
             self.divergence, s, teacher, mask, chunk_size=self.chunk_size, temperature=temp, **self.params
         )
@@ -649,12 +654,15 @@ def _train_and_test(
 ):
     from transformers import AutoModelForCausalLM
 
-    from lmdistill.api import _prepare_output, finish_run, save_model
+    from lmdistill.api import _prepare_output, finish_run, save_model, teacher_cache
     from lmdistill.engine import train
 
     out = _prepare_output(cfg, verb)
     model_dir = out / "model"
     collate = LMCollator(pad_id_of(tokenizer))
+    # training.teacher_cache: the teacher's logits (or their top-k) over the training blocks, stored once;
+    # on-policy batches (lm.on_policy) are rewritten by the objective and still go to the live teacher
+    signal = teacher_cache(cfg, teacher, sets["train"], collate, [objective]) if teacher is not None else None
     bs, chunk = cfg.training.eval_batch_size, cfg.lm.chunk_size
 
     def evaluate(model):
@@ -672,6 +680,7 @@ def _train_and_test(
         evaluate=evaluate if "validation" in sets else None,
         on_best=lambda m: save_model(m, tokenizer, model_dir),
         desc=verb,
+        teacher_signal=signal,
     )
     if len(objective.projections):
         from safetensors.torch import save_file
@@ -715,6 +724,13 @@ def finetune(cfg: Config):
 
 def distill(cfg: Config):
     """Distill ``teacher`` into the configured ``student`` on ``distill.losses`` (``kd``, ``lm``)."""
+    teacher, student, s_tok, objective, sets = distill_parts(cfg)
+    return _train_and_test(cfg, "distill", student, s_tok, teacher, objective, sets)
+
+
+def distill_parts(cfg: Config):
+    """``(teacher, student, student tokenizer, objective, datasets)`` of a causal-LM distill run (the
+    training set replaced by the teacher's continuations with ``lm.seq_kd``)."""
     teacher, t_tok = load_causal_lm(cfg.teacher, "teacher")
     student, s_tok = make_student(cfg, teacher, t_tok)
     s_name = cfg.student.tokenizer or cfg.student.name_or_path or cfg.teacher.name_or_path
@@ -735,4 +751,4 @@ def distill(cfg: Config):
             identity,
             cfg.training.eval_batch_size,
         )
-    return _train_and_test(cfg, "distill", student, s_tok, teacher, objective, sets)
+    return teacher, student, s_tok, objective, sets
