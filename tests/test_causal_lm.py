@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 from types import SimpleNamespace
 
@@ -613,3 +614,45 @@ def test_teacher_cache_gives_the_live_teachers_losses(tmp_path, llama_dir, text_
     a, b = losses(live), losses(cached)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=5e-3, atol=1e-5, err_msg=k)
+
+
+def test_compress_a_causal_lm_teacher_student_baseline_report(tmp_path, llama_dir, text_csv):
+    """compress for task causal_lm: the teacher fine-tuned on the text, a distilled 2-layer student, the
+    same student on the next-token loss alone, and the report with perplexities and their intervals."""
+    from lmdistill.pipeline import compress
+
+    cfg = _cfg(
+        tmp_path,
+        "compress",
+        data={"train": str(text_csv / "text.csv")},
+        model={"name_or_path": str(llama_dir)},
+        student={"layers": [0, 3]},
+        lm={"block_size": 16},
+        training={"max_steps": 4, "log_every": 2},
+        report={
+            "latency_repeats": 2,
+            "warmup": 1,
+            "speed_texts": 8,
+            "energy": False,
+            "bootstrap_resamples": 200,
+        },
+    )
+    res = compress(cfg)
+    report = json.loads((res.output_dir / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "student", "baseline"}
+    for role, entry in report["models"].items():
+        ppl, loss = entry["metrics"]["perplexity"], entry["metrics"]["loss"]
+        assert 1 < ppl["low"] <= ppl["value"] <= ppl["high"], role
+        assert ppl["value"] == pytest.approx(math.exp(loss["value"]), rel=1e-6)
+        assert entry["latency"] and all(x["median_s"] > 0 for x in entry["latency"])
+    base = json.loads((tmp_path / "compress" / "baseline" / "results.json").read_text())
+    assert base["loss_terms"] == ["lm"] and base["test"]["perplexity"] == pytest.approx(
+        report["models"]["baseline"]["metrics"]["perplexity"]["value"], rel=1e-4
+    )  # the report's test perplexity is the run's own
+    md = res.report_md.read_text()
+    assert "perplexity" in md and "sequences" in md
+    s, b = (report["models"][r]["metrics"]["perplexity"]["value"] for r in ("student", "baseline"))
+    word = "better" if s < b else "worse"  # lower perplexity is better: the sign is never left to the reader
+    assert f"Gain over the no-KD baseline in perplexity: {abs(s - b):.4g} {word} (lower is better)" in md
+    card = (tmp_path / "compress" / "student" / "model" / "README.md").read_text()
+    assert 'pipeline("text-generation"' in card and "perplexity" in card

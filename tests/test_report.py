@@ -458,7 +458,7 @@ def test_render_report_regression_metric_lower_is_better_and_a_gpu(tmp_path):
     data["primary_metric"] = "mse"
     md, page, _ = rendered(tmp_path, data)
     assert "The student has 1.25× the teacher's mse (lower is better)" in md
-    assert "Gain over the no-KD baseline in mse: +0.1 (improvement; lower is better)." in md
+    assert "Gain over the no-KD baseline in mse: 0.1 better (lower is better)." in md
     assert "CUDA: Test GPU" in md and "85.0 [83.0, 87.0]" in md and "0.5000 (no interval)" in md
     assert not NON_FINITE.search(md + text_of(page))
 

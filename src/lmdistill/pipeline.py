@@ -20,7 +20,7 @@ from lmdistill.config import Config, load_config
 from lmdistill.errors import LmdistillError
 
 ROLES = ("teacher", "student", "baseline")
-BASELINE_LOSS = {"classification": {"ce": 1.0}, "regression": {"mse": 1.0}}
+BASELINE_LOSS = {"classification": {"ce": 1.0}, "regression": {"mse": 1.0}, "causal_lm": {"lm": 1.0}}
 
 
 @dataclass
@@ -65,7 +65,10 @@ def compress(
 
     cfg = load_config(config, overrides, verb="compress")
     if cfg.task not in BASELINE_LOSS:
-        raise LmdistillError(f"task: compress supports classification and regression, not {cfg.task}")
+        raise LmdistillError(
+            f"task: compress supports {', '.join(BASELINE_LOSS)}, not {cfg.task} (run finetune / distill and "
+            "evaluate it on its own)"
+        )
     out = Path(cfg.output_dir)
     runs = {role: out / role for role in ROLES}
     energy: dict[str, dict] = {}
@@ -92,11 +95,13 @@ def compress(
     with track_energy("student", country_iso_code=country) as energy["student"]:
         api.distill(s_cfg)
 
-    _say("3/4 baseline: the same student trained on hard labels only (no distillation), same budget")
+    what = "the next-token loss" if cfg.task == "causal_lm" else "hard labels"
+    _say(f"3/4 baseline: the same student trained on {what} only (no distillation), same budget")
     b_cfg = copy.deepcopy(s_cfg)
     b_cfg.output_dir = str(runs["baseline"])
     b_cfg.distill.losses = dict(BASELINE_LOSS[cfg.task])
     b_cfg.distill.matches, b_cfg.distill.stages, b_cfg.distill.method = [], [], None
+    b_cfg.lm.seq_kd, b_cfg.lm.on_policy, b_cfg.training.teacher_cache = False, 0.0, None  # no teacher at all
     with track_energy("baseline", country_iso_code=country) as energy["baseline"]:
         api.distill(b_cfg)
 
@@ -127,7 +132,7 @@ def _role_of(run: Path) -> str:
     if info.get("verb") == "finetune":
         return "teacher"
     terms = set(results.get("loss_terms", []))
-    return "baseline" if terms and terms <= {"ce", "mse"} else "student"
+    return "baseline" if terms and terms <= {"ce", "mse", "lm"} else "student"
 
 
 def _model_dir(path: str | Path) -> Path:
@@ -176,15 +181,64 @@ def _evaluate(model_dir: Path, examples, task: str, cfg: Config) -> tuple[dict, 
     return metrics, pred
 
 
+def _load(model_dir: Path, cfg: Config):
+    """(model, tokenizer) of a saved model of the config's task."""
+    if cfg.task == "causal_lm":
+        from lmdistill.tasks.causal_lm import load_causal_lm
+
+        return load_causal_lm(str(model_dir), "model")
+    from lmdistill.models.load import load_saved_classifier
+
+    return load_saved_classifier(str(model_dir), "model")
+
+
+def _max_length(cfg: Config) -> int:
+    """Tokens per text in the speed runs: the task's input length (a causal LM's block size)."""
+    if cfg.task == "causal_lm" and not cfg.lm.prompt_column:
+        return cfg.lm.block_size or cfg.data.block_size or cfg.data.max_length
+    return cfg.data.max_length
+
+
+def _lm_test(cfg: Config):
+    """A causal LM's test documents as texts (for the speed runs); the split itself is tokenised per model."""
+    from lmdistill.tasks.causal_lm import load_documents
+
+    docs = load_documents(cfg)
+    if "test" not in docs:
+        raise LmdistillError("report: the data has no test split; set data.test or data.test_size above 0")
+    df = docs["test"]
+    if cfg.lm.prompt_column:
+        return [f"{p} {r}" for p, r in zip(df[cfg.lm.prompt_column], df[cfg.lm.response_column])]
+    return [str(t) for t in df[cfg.data.text_column]]
+
+
+def _evaluate_lm(model_dir: Path, cfg: Config) -> tuple[dict, str]:
+    """Perplexity and mean next-token loss on the test split, 95% intervals resampling whole sequences."""
+    from lmdistill.report.stats import bootstrap_ci, perplexity_ci
+    from lmdistill.tasks.causal_lm import LMCollator, build_datasets, pad_id_of, sequence_nll
+
+    net, tok = _load(model_dir, cfg)
+    test = build_datasets(cfg, tok, splits=("test",))["test"]
+    sums, counts = sequence_nll(net, test, LMCollator(pad_id_of(tok)), cfg.training.eval_batch_size)
+    kw = {"n_resamples": cfg.report.bootstrap_resamples, "seed": cfg.seed}
+    ppl = perplexity_ci(sums, counts, **kw)
+    loss = bootstrap_ci((sums, counts.astype(float)), lambda s, n: s.sum(-1) / n.sum(-1), **kw)
+    metrics = {
+        "perplexity": {"value": ppl.point, "low": ppl.low, "high": ppl.high},
+        "loss": {"value": loss.point, "low": loss.low, "high": loss.high},
+    }
+    return metrics, f"test split, {len(test)} sequences, {int(counts.sum()):,} predicted tokens"
+
+
 def _measure(model_dir: Path, texts: list[str], cfg: Config) -> dict:
     """Size, latency at batch 1 and 32 (CPU, and GPU when present), peak memory, inference energy."""
     import torch
 
-    from lmdistill.models.load import load_saved_classifier
     from lmdistill.report import measure
 
-    net, tok = load_saved_classifier(str(model_dir), "model")
+    net, tok = _load(model_dir, cfg)
     r = cfg.report
+    max_length = _max_length(cfg)
     entry = {
         "name": str(model_dir),
         "parameters": measure.count_parameters(net),
@@ -204,17 +258,17 @@ def _measure(model_dir: Path, texts: list[str], cfg: Config) -> dict:
                     device=device,
                     repeats=r.latency_repeats,
                     warmup=r.warmup,
-                    max_length=cfg.data.max_length,
+                    max_length=max_length,
                 )
             )
         entry["memory"].append(
             measure.inference_peak_memory(
-                net, tok, texts, batch_size=32, device=device, max_length=cfg.data.max_length
+                net, tok, texts, batch_size=32, device=device, max_length=max_length
             )
         )
     if r.energy:
         batches = measure.prepare_batches(
-            tok, texts, batch_size=32, max_length=cfg.data.max_length, device=devices[-1]
+            tok, texts, batch_size=32, max_length=max_length, device=devices[-1]
         )
         entry["energy"] = measure.measure_energy(
             lambda: measure.run_inference(net, batches),
@@ -275,23 +329,37 @@ def report(
             )
         config = source / "config.yaml"
     cfg = load_config(config) if not isinstance(config, Config) else config
-    examples, _ = _test_split(cfg)
-    texts = examples.texts[: cfg.report.speed_texts]
+    lm = cfg.task == "causal_lm"
+    if lm:
+        texts = _lm_test(cfg)[: cfg.report.speed_texts]
+        evaluation = None  # per model below: the split is tokenised by each model's tokenizer
+    else:
+        examples, _ = _test_split(cfg)
+        texts = examples.texts[: cfg.report.speed_texts]
+        evaluation = f"test split, {len(examples)} examples"
+    notes = [f"Latency and energy are measured on {len(texts)} test texts, max_length {_max_length(cfg)}."]
+    if lm:
+        notes.append(
+            "Causal LM: a prediction is one forward pass over a text (its next-token distributions at every "
+            "position, as in scoring or the prefill of generation); quality is the perplexity on the test "
+            "split, lower is better."
+        )
     data = {
         "title": f"Distillation report: {Path(out_dir or cfg.output_dir).name}",
         "task": cfg.task,
-        "evaluation": f"test split, {len(examples)} examples",
+        "evaluation": evaluation,
         "environment": environment_info(),
-        "notes": [
-            f"Latency and energy are measured on {len(texts)} test texts, max_length {cfg.data.max_length}."
-        ],
+        "notes": notes,
         "models": {},
     }
     for role in ROLES:
         if role not in models:
             continue
         print(f"   {role}: evaluating and measuring {models[role]}", flush=True)
-        metrics, _ = _evaluate(models[role], examples, cfg.task, cfg)
+        if lm:
+            metrics, data["evaluation"] = _evaluate_lm(models[role], cfg)
+        else:
+            metrics, _ = _evaluate(models[role], examples, cfg.task, cfg)
         entry = _measure(models[role], texts, cfg)
         entry.update(metrics=metrics, training=_training(roles.get(role)))
         data["models"][role] = entry
@@ -319,7 +387,7 @@ def write_model_card(model_dir: Path, data: dict, cfg: Config) -> Path:
     and the report's key figures."""
     models = data["models"]
     student, teacher, baseline = models.get("student"), models.get("teacher"), models.get("baseline")
-    metric = "accuracy" if cfg.task == "classification" else "pearson"
+    metric = {"classification": "accuracy", "causal_lm": "perplexity"}.get(cfg.task, "pearson")
     method = cfg.distill.method or ", ".join(f"{k} x{w}" for k, w in (cfg.distill.losses or {}).items())
     data_src = cfg.data.dataset or cfg.data.train
     lines = [
@@ -333,7 +401,8 @@ def write_model_card(model_dir: Path, data: dict, cfg: Config) -> Path:
         f"Distilled with [lmdistill](https://pypi.org/project/lmdistill/) from the teacher "
         f"`{cfg.teacher.name_or_path}` by {method} (temperature {cfg.distill.temperature}).",
         "",
-        f"- **Task:** {cfg.task} on `{data_src}` (text column `{cfg.data.text_column}`, label `{cfg.data.label_column}`)",
+        f"- **Task:** {cfg.task} on `{data_src}` (text column `{cfg.data.text_column}`"
+        + (")" if cfg.task == "causal_lm" else f", label `{cfg.data.label_column}`)"),
         f"- **Student:** {cfg.student.init} "
         f"({'layers ' + str(cfg.student.layers) if cfg.student.layers else ''}"
         f"{f'{cfg.student.num_layers} layers' if cfg.student.num_layers else ''}"
@@ -361,7 +430,9 @@ def write_model_card(model_dir: Path, data: dict, cfg: Config) -> Path:
         "",
         "```python",
         "from transformers import pipeline",
-        f'clf = pipeline("text-classification", model="{model_dir}")',
+        f'generate = pipeline("text-generation", model="{model_dir}")'
+        if cfg.task == "causal_lm"
+        else f'clf = pipeline("text-classification", model="{model_dir}")',
         "```",
         "",
     ]

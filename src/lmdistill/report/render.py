@@ -428,7 +428,10 @@ def gain(ctx: Context, metric: str) -> str:
     better = scores[0][0] - scores[1][0] if ctx.greater.get(metric, True) else scores[1][0] - scores[0][0]
     if ctx.is_percent(metric):
         return f"{100 * better:+.1f} points"
-    return f"{better:+.4g} (improvement; {'higher' if ctx.greater.get(metric, True) else 'lower'} is better)"
+    direction = "higher" if ctx.greater.get(metric, True) else "lower"
+    if better == 0:
+        return f"no change ({direction} is better)"
+    return f"{abs(better):.4g} {'better' if better > 0 else 'worse'} ({direction} is better)"
 
 
 def overlaps(ctx: Context, metric: str) -> bool | None:

@@ -153,3 +153,16 @@ def metric_ci(name: str, y_true: Sequence | np.ndarray, y_pred: Sequence | np.nd
     if name not in PAIRED_METRICS:
         raise ValueError(f"no bootstrap for metric {name!r}; known: {', '.join(PAIRED_METRICS)}")
     return bootstrap_ci((y_true, y_pred), PAIRED_METRICS[name], **kwargs)
+
+
+def perplexity_ci(nll_sums: Sequence | np.ndarray, token_counts: Sequence | np.ndarray, **kwargs) -> CI:
+    """:func:`bootstrap_ci` of a perplexity, ``exp(sum of NLL / number of tokens)``, resampling whole
+    sequences (the tokens of one text are not independent): per-sequence NLL sums and token counts."""
+    counts = np.asarray(token_counts, dtype=float)
+    if counts.ndim != 1 or not (counts > 0).all():
+        raise ValueError("perplexity_ci needs a positive token count for every sequence")
+    return bootstrap_ci(
+        (np.asarray(nll_sums, dtype=float), counts),
+        lambda nll, n: np.exp(nll.sum(axis=-1) / n.sum(axis=-1)),
+        **kwargs,
+    )

@@ -32,6 +32,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -303,11 +304,13 @@ def _column(df, name: str, key: str, split: str) -> list[str]:
     return [str(v) for v in values.tolist()]
 
 
-def build_datasets(cfg: Config, tokenizer) -> dict[str, LMDataset]:
-    """Per split: text blocks (raw text) or prompt/response examples, as configured."""
+def build_datasets(cfg: Config, tokenizer, splits: tuple[str, ...] | None = None) -> dict[str, LMDataset]:
+    """Per split (all, or only ``splits``): text blocks (raw text) or prompt/response examples."""
     d, lm = cfg.data, cfg.lm
     sets = {}
     for split, df in load_documents(cfg).items():
+        if splits is not None and split not in splits:
+            continue
         limit = d.max_train_examples if split == "train" else d.max_eval_examples
         df = df.iloc[:limit] if limit is not None else df
         if lm.prompt_column:
@@ -592,6 +595,7 @@ def sequence_kd(
 
 
 @torch.no_grad()
+@torch.no_grad()
 def perplexity(
     model: nn.Module, dataset: LMDataset, collate: LMCollator, batch_size: int, chunk_size: int = 512
 ) -> dict[str, float]:
@@ -609,6 +613,28 @@ def perplexity(
     model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": float(count)}
+
+
+def sequence_nll(
+    model: nn.Module, dataset: LMDataset, collate: LMCollator, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per item of ``dataset``: the summed next-token NLL (nats) over its targets, and their number; the
+    inputs of :func:`~lmdistill.report.stats.perplexity_ci`. Exactly :func:`perplexity` when aggregated."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    sums, counts = [], []
+    with torch.no_grad():
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+            logits = model(**{k: v.to(device) for k, v in batch["student"].items()}).logits
+            targets = next_targets(batch["labels"].to(device))
+            for row, tgt in zip(logits, targets):  # one sequence at a time: (T, V) in float32 at most
+                keep = tgt != IGNORE
+                nll = F.cross_entropy(row[keep].float(), tgt[keep], reduction="sum")
+                sums.append(float(nll))
+                counts.append(int(keep.sum()))
+    model.train(was_training)
+    return np.asarray(sums), np.asarray(counts)
 
 
 # --------------------------------------------------------------------------------------------- runs
