@@ -80,3 +80,16 @@ def test_report_verb_from_run_folders(compressed, tmp_path):
 def test_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "is not a finished lmdistill run" in capsys.readouterr().err
+
+
+def test_model_folders_given_with_a_home_tilde(tmp_path, monkeypatch):
+    """`~/...` (as in configs: teacher.name_or_path: ~/.cache/...) names the same folder in the report."""
+    from lmdistill.errors import LmdistillError
+    from lmdistill.pipeline import _model_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "config.json").write_text("{}")
+    assert _model_dir("~/teacher") == tmp_path / "teacher"
+    with pytest.raises(LmdistillError, match="neither a run folder"):
+        _model_dir("~/missing")

@@ -136,7 +136,7 @@ def _role_of(run: Path) -> str:
 
 
 def _model_dir(path: str | Path) -> Path:
-    p = Path(path)
+    p = Path(path).expanduser()
     if (p / "model" / "config.json").is_file():
         return p / "model"
     if (p / "config.json").is_file():
@@ -310,7 +310,7 @@ def report(
 
     roles: dict[str, Path | None] = {}
     for run in runs:
-        run = Path(run)
+        run = Path(run).expanduser()
         subs = [run / r for r in ROLES if (run / r / "results.json").is_file()]
         for r in subs or [run]:
             if not (r / "results.json").is_file():
