@@ -256,3 +256,41 @@ def test_bf16_autocast_run_on_the_cpu(tmp_path, sentiment_csv, tiny_bert_dir, mo
     full = run("no")
     assert all(torch.isfinite(torch.tensor(half)))
     torch.testing.assert_close(torch.tensor(half), torch.tensor(full), rtol=0.05, atol=0.02)
+
+
+def test_same_config_same_weights_in_two_processes(tmp_path, sentiment_csv, tiny_bert_dir):
+    """A new classification head (and any fresh student or projection) is drawn before training: the seed is
+    set first, so two separate processes (torch's own seed differs in each) end with identical weights."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    base = tmp_path / "encoder"  # no classification head: finetune draws a new one
+    AutoModel.from_pretrained(tiny_bert_dir).save_pretrained(base)
+    for f in tiny_bert_dir.iterdir():
+        if "token" in f.name or f.name.startswith("vocab") or f.name == "special_tokens_map.json":
+            (base / f.name).write_bytes(f.read_bytes())
+    cfg = {
+        "seed": 11,
+        "data": {"train": str(sentiment_csv), "max_length": 32},
+        "model": {"name_or_path": str(base)},
+        "training": {"max_steps": 2, "batch_size": 16, "cpu": True},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for name in ("a", "b"):
+        done = subprocess.run(
+            [sys.executable, "-m", "lmdistill.cli", "finetune", "c.yaml", f"output_dir={name}"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    a, b = (load_file(tmp_path / n / "model" / "model.safetensors") for n in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -376,12 +376,22 @@ def stages_of(cfg: Config) -> list[StageConfig]:
 # --------------------------------------------------------------------------- public API
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (every device) before any model is built: a new classification head,
+    a fresh student, projections and relation heads are drawn from these generators, and torch's own seed
+    differs in every process until it is set."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+
+
 def finetune(config: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
     """Fine-tune ``model`` on the task (e.g. to make a teacher); returns metrics and where it was saved."""
     from lmdistill.models.load import load_classifier
     from lmdistill.objective import Objective
 
     cfg = load_config(config, overrides, verb="finetune")
+    seed_everything(cfg.seed)
     if cfg.task == "causal_lm":
         from lmdistill.tasks import causal_lm
 
@@ -404,6 +414,7 @@ def distill(config: str | Path | dict | Config, overrides: list[str] | tuple[str
     earlier stages write into ``OUTPUT_DIR/stage-N-NAME``, the last into ``OUTPUT_DIR``.
     """
     cfg = load_config(config, overrides, verb="distill")
+    seed_everything(cfg.seed)
     if cfg.task == "causal_lm":
         from lmdistill.tasks import causal_lm
 
@@ -453,6 +464,7 @@ def cache(config: str | Path | dict | Config, overrides: list[str] | tuple[str, 
     from lmdistill.errors import LmdistillError
 
     cfg = load_config(config, overrides, verb="distill")
+    seed_everything(cfg.seed)
     if cfg.task not in CACHE_TASKS:
         raise LmdistillError(f"lmdistill cache supports tasks {', '.join(CACHE_TASKS)}, not task {cfg.task}")
     cfg.training.teacher_cache = cfg.training.teacher_cache or "auto"
