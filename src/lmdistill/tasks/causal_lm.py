@@ -353,7 +353,7 @@ def chunked_topk(
     teacher_logits: torch.Tensor, mask: torch.Tensor, k: int, temperature: float, chunk_size: int = 512
 ) -> TopKSignal:
     """:func:`topk_signal` of the positions where ``mask`` is true, ``chunk_size`` rows at a time (other
-    positions hold placeholders that no divergence reads). ``(B, T, V) -> (B, T, k)``."""
+    positions hold filler values that no divergence reads). ``(B, T, V) -> (B, T, k)``."""
     lead, vocab = teacher_logits.shape[:-1], teacher_logits.shape[-1]
     flat = teacher_logits.reshape(-1, vocab)
     rows = mask.reshape(-1).nonzero().squeeze(-1)
