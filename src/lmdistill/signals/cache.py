@@ -577,7 +577,10 @@ class _Field:
     array: np.ndarray | None = field(default=None, repr=False)
 
 
-_PAD = {"topk.indices": 0, "topk.tail": float("-inf")}  # topk.logprobs: -log k (a proper distribution as filler)
+_PAD = {
+    "topk.indices": 0,
+    "topk.tail": float("-inf"),
+}  # topk.logprobs: -log k (a proper distribution as filler)
 
 
 class CachedTeacher:
