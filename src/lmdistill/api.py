@@ -365,6 +365,21 @@ def teacher_cache(cfg: Config, teacher, train_set, collate, objectives):
     )
 
 
+def stage_runs(cfg: Config, stages: list[StageConfig]):
+    """Per stage: ``(its config, final?, its output folder)``: a stage's epochs and learning rate replace the
+    training ones, only the last stage resumes, and earlier stages write to ``OUTPUT_DIR/stage-N-NAME``
+    (the last: None, i.e. ``output_dir`` itself)."""
+    for i, stage in enumerate(stages):
+        final = i == len(stages) - 1
+        stage_cfg = copy.deepcopy(cfg)
+        for k in ("epochs", "learning_rate"):
+            if getattr(stage, k) is not None:
+                setattr(stage_cfg.training, k, getattr(stage, k))
+        if not final:
+            stage_cfg.training.resume = None
+        yield stage_cfg, final, None if final else Path(cfg.output_dir) / f"stage-{i + 1}-{stage.name}"
+
+
 def stages_of(cfg: Config) -> list[StageConfig]:
     """The stages to run: ``distill.stages``, or one stage made of ``distill.losses`` and ``matches``."""
     d = cfg.distill
@@ -426,15 +441,7 @@ def distill(config: str | Path | dict | Config, overrides: list[str] | tuple[str
     data, teacher, student, s_tok, sets, collate, stages, objectives = _distill_parts(cfg)
     signal = teacher_cache(cfg, teacher, sets["train"], collate, objectives)
     result = None
-    for i, (stage, objective) in enumerate(zip(stages, objectives)):
-        final = i == len(stages) - 1
-        stage_cfg = copy.deepcopy(cfg)
-        for k in ("epochs", "learning_rate"):
-            if getattr(stage, k) is not None:
-                setattr(stage_cfg.training, k, getattr(stage, k))
-        if not final:
-            stage_cfg.training.resume = None
-        out = None if final else Path(cfg.output_dir) / f"stage-{i + 1}-{stage.name}"
+    for (stage_cfg, final, out), objective in zip(stage_runs(cfg, stages), objectives):
         result = _train_and_test(
             stage_cfg,
             "distill",

@@ -23,7 +23,6 @@ The same raw-text machinery (blocks, stages, saving, evaluation of an objective 
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 from collections.abc import Callable
@@ -295,21 +294,12 @@ def run_stages(
     student. Writes ``model/``, ``metrics.csv``, ``results.json`` (and ``projections.safetensors`` when
     projections were learned) in ``output_dir``; earlier stages in ``output_dir/stage-N-NAME``.
     """
-    from lmdistill.api import _prepare_output, finish_run, is_main_process, save_model
+    from lmdistill.api import _prepare_output, finish_run, is_main_process, save_model, stage_runs
     from lmdistill.engine import train
 
     result = None
-    for i, (stage, objective) in enumerate(zip(stages, objectives)):
-        final = i == len(stages) - 1
-        stage_cfg = copy.deepcopy(cfg)
-        for k in ("epochs", "learning_rate"):
-            if getattr(stage, k) is not None:
-                setattr(stage_cfg.training, k, getattr(stage, k))
-        if not final:
-            stage_cfg.training.resume = None
-        out = _prepare_output(
-            stage_cfg, verb, None if final else Path(cfg.output_dir) / f"stage-{i + 1}-{stage.name}"
-        )
+    for (stage_cfg, final, stage_dir), objective in zip(stage_runs(cfg, stages), objectives):
+        out = _prepare_output(stage_cfg, verb, stage_dir)
         model_dir = out / "model"
         val = data.validation if final else []
 
