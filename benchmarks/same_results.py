@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-
 from tests.conftest import bert_tokenizer, make_sentences, tiny_bert  # noqa: E402
 
 
@@ -82,7 +81,10 @@ def run_all(tmp: Path) -> dict:
         "kd": {"distill": {"losses": {"kd": 0.5, "ce": 0.5}, "matches": [{"feature": "hidden"}]}},
         "tinybert": {"distill": {"method": "tinybert"}},
         "cached": {"training": {"teacher_cache": "auto"}},
-        "reverse-kl-free": {"distill": {"losses": {"kd": 1.0}}, "student": {"init": "config", "num_layers": 2}},
+        "reverse-kl-free": {
+            "distill": {"losses": {"kd": 1.0}},
+            "student": {"init": "config", "num_layers": 2},
+        },
     }
     for name, extra in runs.items():
         student = extra.pop("student", {"layers": [0, 3]})
@@ -151,8 +153,9 @@ def run_all(tmp: Path) -> dict:
         out[name] = _figures(tmp / name)
 
     # embedding: bi (sentence-transformers teacher) and cross (cross-encoder margins)
-    from lmdistill.tasks.embedding import SentenceEncoder
     from transformers import BertModel
+
+    from lmdistill.tasks.embedding import SentenceEncoder
 
     torch.manual_seed(0)
     st = tmp / "st"
@@ -217,7 +220,13 @@ def run_all(tmp: Path) -> dict:
     lm_teacher = {"name_or_path": str(tmp / "lm-teacher" / "model")}
     lmdistill.distill(
         _base(
-            tmp, "lm-jsd", "causal_lm", lm_data, teacher=lm_teacher, student={"layers": [0, 3]}, lm={**lm, "divergence": "jsd"}
+            tmp,
+            "lm-jsd",
+            "causal_lm",
+            lm_data,
+            teacher=lm_teacher,
+            student={"layers": [0, 3]},
+            lm={**lm, "divergence": "jsd"},
         )
     )
     lmdistill.distill(

@@ -176,12 +176,10 @@ def test_cache_reused_unchanged_and_rebuilt_when_teacher_data_or_features_change
 
 
 def test_topk_cache_equals_topk_live(tmp_path):
-    from types import SimpleNamespace
-
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from lmdistill.signals.sparse import TopKSignal, topk_signal
-    from lmdistill.tasks.causal_lm import LMCollator, LMDataset
+    from lmdistill.tasks.causal_lm import CausalLMObjective, LMCollator, LMDataset
 
     torch.manual_seed(0)
     teacher = LlamaForCausalLM(
@@ -201,9 +199,7 @@ def test_topk_cache_equals_topk_live(tmp_path):
         for k in torch.randint(2, 30, (24,), generator=g)
     ]
     data, collate = LMDataset(items), LMCollator(0)
-    objective = SimpleNamespace(
-        weights={"kd": 1.0}, matches=[], top_k=5, temperature=2.0, vocab_size=None, temperature_schedule=None
-    )
+    objective = CausalLMObjective({"kd": 1.0}, 2.0, top_k=5)  # what it reads: top-5 logits at T = 2
     cached = tc.open_or_build(tmp_path / "topk", teacher, data, collate, [objective], batch_size=8, log=print)
     batch = collate([data[i] for i in (3, 0, 17, 9)])
     got = cached(batch).logits

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 import yaml
 
 from lmdistill.cli import main
-from lmdistill.config import load_config
 from lmdistill.errors import ConfigError, ModelError
 from lmdistill.losses.divergences import DIVERGENCES
 from lmdistill.signals.live import TeacherSignal
 from lmdistill.tasks import causal_lm as clm
+from lmdistill.tasks import load_config
 
 from .conftest import FILLER, NEGATIVE, POSITIVE, make_sentences
 
@@ -308,15 +308,16 @@ def _cfg(tmp_path, name: str, **sections) -> dict:
 
 def test_sequence_level_kd_generates_once_and_reuses_the_cache(tmp_path, llama_dir, text_csv, monkeypatch):
     from lmdistill import api
+    from lmdistill.tasks import lm_generation
 
     calls = []
-    real = clm.generate
+    real = lm_generation.generate
 
     def counting(model, prompts, gen):
         calls.append(len(prompts))
         return real(model, prompts, gen)
 
-    monkeypatch.setattr(clm, "generate", counting)
+    monkeypatch.setattr(lm_generation, "generate", counting)
     cfg = _cfg(
         tmp_path,
         "seqkd",

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from lmdistill.cli import main
-from lmdistill.config import Config, load_config, save_config
+from lmdistill.config import Config, save_config
 from lmdistill.errors import ConfigError
+from lmdistill.tasks import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -194,7 +194,7 @@ def test_out_of_memory_becomes_advice(tmp_path, sentiment_csv, tiny_bert_dir, mo
     def explode(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setitem(objective.TERMS, "ce", explode)
+    monkeypatch.setitem(objective.OUTPUT_TERMS, "ce", objective.Term(explode))
     with pytest.raises(
         OutOfMemory,
         match=r"out of GPU memory at step 0 with training.batch_size=16: lower "

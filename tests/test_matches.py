@@ -10,11 +10,12 @@ import yaml
 from safetensors.torch import load_file
 
 from lmdistill import api
-from lmdistill.config import MatchConfig, ScheduleConfig, load_config
+from lmdistill.config import MatchConfig, ScheduleConfig
 from lmdistill.errors import ConfigError, ModelError
 from lmdistill.methods.presets import PRESETS
 from lmdistill.models.taps import FeatureTap
 from lmdistill.objective import ModelShape, Objective, pair_layers, resolve_matches, scheduled
+from lmdistill.tasks import load_config
 
 from .conftest import tiny_bert
 

@@ -11,11 +11,12 @@ import torch
 import yaml
 
 from lmdistill.cli import main
-from lmdistill.config import MatchConfig, load_config
+from lmdistill.config import MatchConfig
 from lmdistill.errors import ConfigError
 from lmdistill.methods.presets import TASK_PRESETS
 from lmdistill.objective import ModelShape, Objective, resolve_matches
 from lmdistill.signals.live import LiveTeacher
+from lmdistill.tasks import load_config
 
 from .conftest import bert_tokenizer, make_sentences
 

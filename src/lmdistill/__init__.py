@@ -16,7 +16,7 @@ _API = {
     "RunResult": "lmdistill.api",
     "EvalResult": "lmdistill.api",
     "Config": "lmdistill.config",
-    "load_config": "lmdistill.config",
+    "load_config": "lmdistill.tasks",
     "ConfigError": "lmdistill.errors",
     "LmdistillError": "lmdistill.errors",
 }

@@ -156,7 +156,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.verb == "validate":
         from pathlib import Path
 
-        from lmdistill.config import infer_verb, load_config, read_yaml
+        from lmdistill.config.load import infer_verb, read_yaml
+        from lmdistill.tasks import load_config
 
         raw = read_yaml(Path(args.config))
         load_config(raw, args.overrides, verb=args.for_verb or infer_verb(raw))

@@ -28,8 +28,7 @@ from lmdistill.data.sampler import LengthGroupedBatchSampler, ProcessShard, Toke
 from lmdistill.data.text import BUCKETS, BucketPad
 from lmdistill.errors import LmdistillError
 from lmdistill.objective import Objective
-from lmdistill.signals.live import LiveTeacher, TeacherSignal
-from lmdistill.tasks.metrics import is_better
+from lmdistill.signals.live import LiveTeacher, SignalSource, TeacherSignal
 
 
 class NonFiniteLoss(LmdistillError):
@@ -166,15 +165,18 @@ def train(
     seed: int,
     out_dir: Path,
     teacher: nn.Module | None = None,
-    teacher_signal: Callable[[dict], TeacherSignal] | None = None,
+    teacher_signal: SignalSource | None = None,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    greater_is_better: bool = True,
     on_best: Callable[[nn.Module], None] | None = None,
     desc: str = "train",
 ) -> TrainOutcome:
-    """Train ``student`` on ``objective``; returns what happened. ``on_best`` receives the unwrapped
-    student whenever validation improves (or at the end when there is no validation). ``teacher_signal``
-    (e.g. a :class:`~lmdistill.signals.cache.CachedTeacher`) replaces the live teacher for every batch that
-    ``objective.prepare_batch`` leaves as it is; new batches (on-policy samples) still go to ``teacher``."""
+    """Train ``student`` on ``objective``; returns what happened. ``evaluate`` returns validation metrics;
+    ``cfg.metric_for_best`` among them picks the best student (higher is better unless ``greater_is_better``
+    is False). ``on_best`` receives the unwrapped student whenever validation improves (or at the end when
+    there is no validation). ``teacher_signal`` (e.g. a :class:`~lmdistill.signals.cache.CachedTeacher`)
+    replaces the live teacher for every batch that ``objective.prepare_batch`` leaves as it is; new batches
+    (on-policy samples, when ``objective.rewrites_batches``) still go to ``teacher``."""
     from accelerate import Accelerator
     from accelerate.data_loader import prepare_data_loader
     from accelerate.state import AcceleratorState, GradientState
@@ -211,7 +213,7 @@ def train(
         )
         limit = len(BUCKETS) * 2 + 2  # every bucket, each also with the epoch's smaller last batch
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
-    if teacher_signal is not None and hasattr(teacher_signal, "wrap_collate"):
+    if teacher_signal is not None:
         collate = teacher_signal.wrap_collate(collate)  # cache look-ups run in the loader, not in the step
     lengths = train_set.lengths() if hasattr(train_set, "lengths") else [1] * len(train_set)
     if cfg.max_tokens is not None:  # token-budget batches: the budget is per process
@@ -260,9 +262,13 @@ def train(
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     signal_of = None
-    prepare = getattr(objective, "prepare_batch", None)
-    # with a cache and no batch-rewriting hook the teacher never runs: it stays where it is (no device memory)
-    live = teacher is not None and objective.needs_teacher and (teacher_signal is None or prepare is not None)
+    # with a cache and batches that are never rewritten the teacher never runs: it stays where it is (no
+    # device memory)
+    live = (
+        teacher is not None
+        and objective.needs_teacher
+        and (teacher_signal is None or objective.rewrites_batches)
+    )
     if live:
         # frozen, never wrapped for training (no DDP gradient hooks on it): a replica on every process, or
         # under FSDP / DeepSpeed ZeRO-3 sharded like the student when training.teacher_placement is shard
@@ -316,7 +322,8 @@ def train(
             }
         )
         value = metrics.get(cfg.metric_for_best)
-        if value is not None and is_better(cfg.metric_for_best, value, state.best_metric):
+        best = state.best_metric
+        if value is not None and (best is None or (value > best if greater_is_better else value < best)):
             state.best_metric, state.best_step = value, state.step
             state.evals_without_gain = 0
             if on_best is not None and main:
@@ -356,8 +363,10 @@ def train(
                 objective.progress = state.step / total_steps
                 with accelerator.accumulate(model):
                     source = teacher_signal if objective.needs_teacher else None
-                    if prepare is not None:  # e.g. on-policy distillation: the student writes the batch
-                        prepared = prepare(batch, accelerator.unwrap_model(model).student)
+                    if (
+                        objective.rewrites_batches
+                    ):  # e.g. on-policy distillation: the student writes the batch
+                        prepared = objective.prepare_batch(batch, accelerator.unwrap_model(model).student)
                         if (
                             prepared is not batch
                         ):  # a new batch: no cache holds it, the live teacher scores it

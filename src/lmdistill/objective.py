@@ -2,9 +2,16 @@
 
 Two kinds of terms:
 
-- output terms (``TERMS``, a plain name -> function dict): ``kd``, ``ce``, ``kd_mse``, ``mse``;
-- intermediate matches (:class:`Match`): a teacher feature of one layer against a student feature of one
-  layer (hidden states, embeddings, [CLS], attention, relations), through an optional learned projection.
+- output terms (:class:`Term`, by name in ``Objective.terms``): the class's own (``kd``, ``ce``, ``kd_mse``,
+  ``mse`` here; each task's objective adds or replaces them, e.g. ``lm`` for causal LMs);
+- intermediate matches (:class:`~lmdistill.knowledge.Match`): a teacher feature of one layer against a student
+  feature of one layer, computed by the feature's entry in :data:`lmdistill.knowledge.FEATURES`.
+
+Output-level knowledge distillation is ONE path for every task, :meth:`Objective.kd`: the divergence named by
+``distill.divergence`` (:mod:`lmdistill.losses.divergences`: forward KL, reverse KL, JSD, skew KLs, TVD) between
+the teacher's and the student's distributions at temperature T, averaged over the valid positions, times T^2
+when ``distill.kd_scale_t2`` (Hinton et al. 2015: keeps the soft term's gradient scale independent of T when a
+hard-label term is mixed in). T^2 is applied there and nowhere else.
 
 The objective is an ``nn.Module`` so that projections train and save with the student. Weights and the
 temperature may follow schedules; the engine sets :attr:`Objective.progress` (0 -> 1) before each step.
@@ -19,13 +26,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lmdistill.config import FEATURE_LOSSES, SENTENCE_FEATURES, MatchConfig, ScheduleConfig
-from lmdistill.errors import ConfigError
-from lmdistill.losses import features as F
-from lmdistill.losses.logits import cross_entropy, soft_target_kl, squared_error
+from lmdistill.config.schema import ScheduleConfig
+from lmdistill.knowledge import (  # noqa: F401 - re-exported: the objective's public vocabulary
+    FEATURES,
+    Match,
+    ModelShape,
+    Side,
+    pair_layers,
+    resolve_matches,
+    tap_layers,
+    teacher_hidden,
+)
+from lmdistill.losses.divergences import DIVERGENCES, chunked_divergence
+from lmdistill.losses.logits import cross_entropy, squared_error
 from lmdistill.losses.reduce import masked_mean
+from lmdistill.losses.topk import TopKSignal
 from lmdistill.models.projection import Projection
 from lmdistill.signals.live import TeacherSignal
+from lmdistill.signals.needs import FeatureSet
 
 
 def scheduled(start: float, schedule: ScheduleConfig | None, progress: float) -> float:
@@ -37,13 +55,26 @@ def scheduled(start: float, schedule: ScheduleConfig | None, progress: float) ->
     return schedule.end + (start - schedule.end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-# ---------------------------------------------------------------------------------------- output terms
+@dataclass(frozen=True)
+class Term:
+    """An output-level loss term: ``fn(objective, student_outputs, teacher_signal, batch) -> scalar``.
+
+    teacher_logits: it reads the teacher's output logits (so a live teacher or a cache must provide them);
+    teacher: it reads anything of the teacher; hidden: it reads hidden states of both models.
+    """
+
+    fn: Callable[..., torch.Tensor]
+    teacher_logits: bool = False
+    teacher: bool = False
+    hidden: bool = False
+
+
+# ---------------------------------------------------------------------------------------------- output terms
+# for heads that give one vector of logits per example, (B, C): classifiers and regressors
 
 
 def _kd(obj: Objective, out, signal: TeacherSignal, batch: dict) -> torch.Tensor:
-    t = obj.temperature_now()
-    kl = soft_target_kl(out.logits, signal.logits, t)
-    return masked_mean(kl if obj.kd_scale_t2 else kl / t**2)
+    return obj.kd(out.logits, signal.logits)
 
 
 def _ce(obj: Objective, out, signal, batch: dict) -> torch.Tensor:
@@ -58,173 +89,36 @@ def _mse(obj: Objective, out, signal, batch: dict) -> torch.Tensor:
     return masked_mean(squared_error(out.logits.squeeze(-1), batch["labels"]))
 
 
-TERMS: dict[str, Callable[..., torch.Tensor]] = {"kd": _kd, "ce": _ce, "kd_mse": _kd_mse, "mse": _mse}
-NEEDS_TEACHER = {"kd", "kd_mse"}
+OUTPUT_TERMS: dict[str, Term] = {
+    "kd": Term(_kd, teacher_logits=True, teacher=True),
+    "ce": Term(_ce),
+    "kd_mse": Term(_kd_mse, teacher_logits=True, teacher=True),
+    "mse": Term(_mse),
+}
+"""kd: soft targets (the configured divergence, Hinton et al. 2015); ce: hard labels; kd_mse: MSE to the
+teacher's logits (Ba & Caruana 2014); mse: MSE to regression targets."""
 
 
-# ---------------------------------------------------------------------------------------- matches
-
-
-@dataclass
-class ModelShape:
-    """What matching needs to know about a model."""
-
-    layers: int
-    width: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-
-    @classmethod
-    def of(cls, model: nn.Module) -> ModelShape:
-        from lmdistill.models.student import num_layers
-        from lmdistill.models.taps import attention_shape
-
-        heads, kv_heads, head_dim = attention_shape(model.config)
-        width = getattr(model.config, "hidden_size", None) or model.config.dim
-        return cls(num_layers(model), width, heads, kv_heads, head_dim)
-
-
-@dataclass
-class Match:
-    """A resolved match: layers are non-negative indices into the models' blocks."""
-
-    name: str
-    feature: str
-    loss: str
-    weight: float
-    teacher_layer: int | None
-    student_layer: int | None
-    relation_heads: int | None = None
-    head_rule: str | None = None
-    schedule: ScheduleConfig | None = None
-    projected: bool = False
-
-    @property
-    def token_level(self) -> bool:
-        return self.feature not in SENTENCE_FEATURES
-
-
-def pair_layers(strategy: str, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
-    """(student layer, teacher layer) pairs, 0-based.
-
-    uniform/auto: student layer i <- teacher layer (i+1)*N/n - 1 (TinyBERT's g(m) = m*N/n), last to last;
-    skip: the same without the student's last layer (PKD-Skip; the top is left to the output loss);
-    last: student layers 0..n-2 <- teacher layers N-n..N-2 (PKD-Last); first: i <- i.
-    """
-    if strategy == "first":
-        return [(i, i) for i in range(min(n_student, n_teacher))]
-    if strategy == "last":
-        return [(i, n_teacher - n_student + i) for i in range(n_student - 1)]
-    pairs = [(i, round((i + 1) * n_teacher / n_student) - 1) for i in range(n_student)]
-    return pairs[:-1] if strategy == "skip" else pairs
-
-
-def _layer(index: int, total: int, key: str, side: str) -> int:
-    resolved = index + total if index < 0 else index
-    if not 0 <= resolved < total:
-        raise ConfigError(
-            [
-                f"{key}.{side}_layer: layer {index} is outside the {side}, which has {total} layers "
-                f"(valid indices 0..{total - 1}, or -1..-{total} from the end)"
-            ]
-        )
-    return resolved
-
-
-def resolve_matches(
-    cfgs: list[MatchConfig], student: ModelShape, teacher: ModelShape, key: str = "distill.matches"
-) -> list[Match]:
-    """Expand strategies, resolve negative layers, check widths, heads and relation heads."""
-    out: list[Match] = []
-    errors: list[str] = []
-    for i, c in enumerate(cfgs):
-        where = f"{key}[{i}]"
-        loss = c.loss or FEATURE_LOSSES[c.feature][0]
-        if c.feature == "embeddings":
-            pairs = [(None, None)]
-        elif c.teacher_layer is not None:
-            pairs = [
-                (
-                    _layer(c.student_layer, student.layers, where, "student"),
-                    _layer(c.teacher_layer, teacher.layers, where, "teacher"),
-                )
-            ]
-        else:
-            pairs = pair_layers(c.strategy, student.layers, teacher.layers)
-        errors += _check_shapes(c, student, teacher, where)
-        projected = c.feature in ("embeddings", "hidden", "cls", "mean") and (
-            c.projection if c.projection is not None else student.width != teacher.width
-        )
-        heads = c.relation_heads or (teacher.heads if c.feature in ("qq", "kk", "vv") else None)
-        for s, t in pairs:
-            layers = "" if s is None else f"_s{s}_t{t}"
-            out.append(
-                Match(
-                    f"{c.feature}_{loss}{layers}",
-                    c.feature,
-                    loss,
-                    c.weight,
-                    t,
-                    s,
-                    heads,
-                    c.head_rule,
-                    c.schedule,
-                    projected,
-                )
-            )
-    if errors:
-        raise ConfigError(errors)
-    return out
-
-
-def _check_shapes(c: MatchConfig, student: ModelShape, teacher: ModelShape, where: str) -> list[str]:
-    if c.feature in ("embeddings", "hidden", "cls", "mean"):
-        if student.width != teacher.width and c.projection is False:
-            return [
-                f"{where}: student width {student.width} != teacher width {teacher.width}; "
-                "set projection: true (or remove projection: false)"
-            ]
-        return []
-    if c.feature in ("attention", "attention_scores"):
-        if student.heads != teacher.heads and c.head_rule is None:
-            return [
-                f"{where}: the student has {student.heads} attention heads and the teacher {teacher.heads}; "
-                "set head_rule: average (teacher heads a multiple of the student's) or select"
-            ]
-        return []
-    r = c.relation_heads or teacher.heads
-    widths = {"student": _rel_width(c.feature, student), "teacher": _rel_width(c.feature, teacher)}
-    bad = [f"{side} width {w}" for side, w in widths.items() if w % r]
-    if bad:
-        good = math.gcd(*widths.values())
-        return [
-            f"{where}: {r} relation heads do not divide the {' and '.join(bad)}; set relation_heads to a "
-            f"divisor of both (e.g. {max(d for d in range(1, min(good, 64) + 1) if good % d == 0)})"
-        ]
-    return []
-
-
-def _rel_width(feature: str, shape: ModelShape) -> int:
-    return (shape.heads if feature == "qq" else shape.kv_heads) * shape.head_dim
-
-
-def tap_layers(matches: list[Match], side: str) -> dict[int, set[str]]:
-    """Which of q, k, v each layer must record for these matches (``side``: student or teacher)."""
-    need = {"attention": "qk", "attention_scores": "qk", "qq": "q", "kk": "k", "vv": "v"}
-    layers: dict[int, set[str]] = {}
-    for m in matches:
-        if m.feature in need:
-            layer = m.student_layer if side == "student" else m.teacher_layer
-            layers.setdefault(layer, set()).update(need[m.feature])
-    return layers
-
-
-# ---------------------------------------------------------------------------------------- the objective
+# ---------------------------------------------------------------------------------------------- the objective
 
 
 class Objective(nn.Module):
-    """Weighted sum of named terms. ``forward`` returns the unweighted terms; :meth:`total` weighs them."""
+    """Weighted sum of named terms. ``forward`` returns the unweighted terms; :meth:`total` weighs them.
+
+    Args:
+        weights: term or match name -> weight (terms with weight 0 are dropped).
+        temperature: softens teacher and student alike in ``kd``.
+        matches: resolved intermediate matches.
+        student_width, teacher_width: for the learned projections of projected matches.
+        temperature_schedule, loss_schedules: how the temperature and the weights move over training.
+        kd_scale_t2: multiply ``kd`` by T^2.
+        divergence, beta, alpha: the divergence of ``kd`` and its parameter (jsd: beta; skew_*: alpha).
+        chunk_size: positions per chunk for token-level ``kd`` over large vocabularies (None: not chunked).
+        vocab_size: logits kept on both sides (a shared, unpadded vocabulary); None: all.
+        top_k: the teacher is reduced to its k most likely tokens plus the tail (None: dense).
+    """
+
+    terms: dict[str, Term] = OUTPUT_TERMS
 
     def __init__(
         self,
@@ -237,6 +131,12 @@ class Objective(nn.Module):
         temperature_schedule: ScheduleConfig | None = None,
         loss_schedules: dict[str, ScheduleConfig] | None = None,
         kd_scale_t2: bool = True,
+        divergence: str = "forward_kl",
+        beta: float = 0.5,
+        alpha: float = 0.1,
+        chunk_size: int | None = None,
+        vocab_size: int | None = None,
+        top_k: int | None = None,
     ):
         super().__init__()
         self.weights = {k: float(w) for k, w in weights.items() if w > 0}
@@ -245,6 +145,20 @@ class Objective(nn.Module):
         self.temperature_schedule = temperature_schedule
         self.schedules = dict(loss_schedules or {})
         self.kd_scale_t2 = kd_scale_t2
+        if divergence not in DIVERGENCES:
+            raise ValueError(
+                f"distill.divergence '{divergence}' is unknown; choose one of {', '.join(DIVERGENCES)}"
+            )
+        self.divergence = divergence
+        self.params = {
+            "jsd": {"beta": beta},
+            "skew_forward_kl": {"alpha": alpha},
+            "skew_reverse_kl": {"alpha": alpha},
+        }
+        self.params = self.params.get(divergence, {})
+        self.chunk_size = chunk_size
+        self.vocab_size = vocab_size
+        self.top_k = top_k
         self.progress = 0.0
         self.projections = nn.ModuleDict(
             {m.name: Projection(student_width, teacher_width) for m in self.matches if m.projected}
@@ -255,15 +169,38 @@ class Objective(nn.Module):
     # what the models must produce
     @property
     def needs_teacher(self) -> bool:
-        return bool(self.matches) or any(k in NEEDS_TEACHER for k in self.weights)
+        return bool(self.matches) or any(self.terms[k].teacher for k in self.weights)
 
     @property
     def needs_hidden(self) -> bool:
-        return any(m.feature in ("embeddings", "hidden", "cls", "mean") for m in self.matches)
+        return any(m.spec.reads_hidden for m in self.matches) or any(
+            self.terms[k].hidden for k in self.weights
+        )
 
     @property
     def token_level(self) -> list[str]:
         return [m.name for m in self.matches if m.token_level]
+
+    @property
+    def rewrites_batches(self) -> bool:
+        """True when :meth:`prepare_batch` may replace a batch (e.g. by the student's own samples), which then
+        needs the live teacher even when a cache serves the other batches: by default, when a subclass
+        overrides :meth:`prepare_batch`."""
+        return type(self).prepare_batch is not Objective.prepare_batch
+
+    def prepare_batch(self, batch: dict, student: nn.Module) -> dict:
+        """The batch to train on (the engine calls this before the teacher runs); here: the batch itself."""
+        return batch
+
+    def teacher_reads(self) -> FeatureSet:
+        """What these terms and matches read from the teacher (for a teacher cache)."""
+        logits = any(self.terms[k].teacher_logits for k in self.weights)
+        hidden = tuple(
+            sorted((layer, mode) for layer, modes in teacher_hidden(self.matches).items() for mode in modes)
+        )
+        taps = tap_layers(self.matches, "teacher")
+        features = tuple(sorted(f"{kind}{layer}" for layer, kinds in taps.items() for kind in kinds))
+        return FeatureSet(logits, self.top_k, float(self.temperature), self.vocab_size, hidden, features)
 
     def attach(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Hook the q/k/v projections that the matches read (only the tapped layers)."""
@@ -289,8 +226,47 @@ class Objective(nn.Module):
             return scheduled(match.weight, match.schedule, self.progress)
         return scheduled(self.weights[name], self.schedules.get(name), self.progress)
 
+    # the terms
+    def kd(
+        self,
+        student_logits: torch.Tensor,
+        teacher: torch.Tensor | TopKSignal,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Output-level KD, the one path of every task: ``masked_mean`` over the valid positions of the
+        configured divergence between the teacher's and the student's distributions at the current
+        temperature, times ``T**2`` when ``kd_scale_t2``.
+
+        ``student_logits``: ``(B, C)`` (one distribution per example) or ``(B, T, V)`` (per token);
+        ``teacher``: logits of the same shape, or a :class:`TopKSignal` ``(B, T, k)``; ``mask``: ``(B,)`` or
+        ``(B, T)`` bool of the positions that count (None: all). Token-level terms with ``chunk_size`` are
+        computed chunk by chunk (no float32 copy of the whole ``(B, T, V)``).
+        """
+        t = self.temperature_now()
+        if self.chunk_size is not None:
+            value = chunked_divergence(
+                self.divergence,
+                student_logits,
+                teacher,
+                mask,
+                chunk_size=self.chunk_size,
+                temperature=t,
+                **self.params,
+            )
+        else:
+            if mask is not None:  # select the rows first: no divergence is computed on padding
+                mask = mask.bool()
+                student_logits = student_logits[mask]
+                teacher = (
+                    teacher.take_rows(mask.reshape(-1).nonzero().squeeze(-1))
+                    if isinstance(teacher, TopKSignal)
+                    else teacher[mask]
+                )
+            value = masked_mean(DIVERGENCES[self.divergence](student_logits, teacher, t, **self.params))
+        return value * t**2 if self.kd_scale_t2 else value
+
     def forward(self, out, signal: TeacherSignal | None, batch: dict, feats: dict | None = None) -> dict:
-        terms = {name: TERMS[name](self, out, signal, batch) for name in self.weights}
+        terms = {name: self.terms[name].fn(self, out, signal, batch) for name in self.weights}
         for m in self.matches:
             terms[m.name] = self._match(m, out, feats or {}, signal, batch)
         return terms
@@ -298,41 +274,9 @@ class Objective(nn.Module):
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.weight_now(k) * v for k, v in terms.items())
 
-    # one match
     def _match(self, m: Match, out, feats: dict, signal: TeacherSignal, batch: dict) -> torch.Tensor:
         s_mask = batch["student"]["attention_mask"]
         t_mask = batch["teacher"]["attention_mask"] if "teacher" in batch else s_mask
-        if m.feature in ("embeddings", "hidden", "cls", "mean"):
-            idx = 0 if m.feature == "embeddings" else None
-            s = out.hidden_states[idx if idx is not None else m.student_layer + 1]
-            t = signal.hidden_states[idx if idx is not None else m.teacher_layer + 1]
-            if m.feature == "cls":
-                s, t = s[:, 0], t[:, 0]
-            elif m.feature == "mean":
-                s, t = _mean_pool(s, s_mask), _mean_pool(t, t_mask)
-            if m.projected:
-                s = self.projections[m.name](s)
-            if m.loss == "cls_mse":
-                return masked_mean(F.cls_normalized_mse(s, t))
-            loss = F.hidden_mse(s, t) if m.loss == "mse" else F.hidden_cosine(s, t)
-            return masked_mean(loss, s_mask if m.feature in ("embeddings", "hidden") else None)
-        rows = F.row_mask(s_mask)
-        if m.feature in ("qq", "kk", "vv"):
-            kind = m.feature[0]
-            s_x, t_x = feats[f"{kind}{m.student_layer}"], signal.features[f"{kind}{m.teacher_layer}"]
-            return masked_mean(F.relation_kl(s_x, t_x, m.relation_heads, s_mask), rows)
-        if m.feature == "attention_scores" or m.loss == "mse":
-            s_a = self.student_tap.attention_scores(feats, m.student_layer)
-            t_a = self.teacher_tap.attention_scores(signal.features, m.teacher_layer)
-            t_a = F.match_heads(s_a, t_a, m.head_rule or "select")
-            return masked_mean(F.attention_mse(s_a, t_a, s_mask), rows)
-        s_a = self.student_tap.attention_probs(feats, m.student_layer, s_mask)
-        t_a = self.teacher_tap.attention_probs(signal.features, m.teacher_layer, s_mask)
-        t_a = F.match_heads(s_a, t_a, m.head_rule or "select")
-        return masked_mean(F.attention_kl(s_a, t_a, s_mask), rows)
-
-
-def _mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real tokens: ``(B, T, H), (B, T) -> (B, H)``."""
-    m = mask.to(h.dtype).unsqueeze(-1)
-    return (h * m).sum(1) / m.sum(1).clamp_min(1)
+        student = Side(getattr(out, "hidden_states", None), feats, self.student_tap, s_mask)
+        teacher = Side(signal.hidden_states, signal.features, self.teacher_tap, t_mask)
+        return m.spec.compute(m, student, teacher, self.projections[m.name] if m.projected else None)

@@ -13,14 +13,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from lmdistill.config import Config, load_config
+from lmdistill.config.schema import Config
 from lmdistill.errors import LmdistillError
+from lmdistill.tasks import TASKS, get_task, load_config
 
 ROLES = ("teacher", "student", "baseline")
-BASELINE_LOSS = {"classification": {"ce": 1.0}, "regression": {"mse": 1.0}, "causal_lm": {"lm": 1.0}}
 
 
 @dataclass
@@ -60,13 +59,15 @@ def compress(
     config: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = ()
 ) -> CompressResult:
     """Teacher (fine-tuned if needed) -> distilled student + no-KD baseline -> evaluation -> report."""
-    from lmdistill import api
     from lmdistill.report.measure import track_energy
+    from lmdistill.run import run
 
     cfg = load_config(config, overrides, verb="compress")
-    if cfg.task not in BASELINE_LOSS:
+    task = get_task(cfg.task)
+    if task.baseline_losses is None:
+        supported = [n for n in TASKS if get_task(n).baseline_losses is not None]
         raise LmdistillError(
-            f"task: compress supports {', '.join(BASELINE_LOSS)}, not {cfg.task} (run finetune / distill and "
+            f"task: compress supports {', '.join(supported)}, not {cfg.task} (run finetune / distill and "
             "evaluate it on its own)"
         )
     out = Path(cfg.output_dir)
@@ -86,24 +87,24 @@ def compress(
         t_cfg = copy.deepcopy(cfg)
         t_cfg.output_dir = str(runs["teacher"])
         with track_energy("teacher", country_iso_code=country) as energy["teacher"]:
-            api.finetune(t_cfg)
+            run(load_config(t_cfg, verb="finetune"), "finetune", role="teacher")
         teacher_model = str(runs["teacher"] / "model")
 
     _say("2/4 student: distilling")
     s_cfg = copy.deepcopy(cfg)
     s_cfg.output_dir, s_cfg.teacher.name_or_path = str(runs["student"]), teacher_model
     with track_energy("student", country_iso_code=country) as energy["student"]:
-        api.distill(s_cfg)
+        run(load_config(s_cfg, verb="distill"), "distill", role="student")
 
-    what = "the next-token loss" if cfg.task == "causal_lm" else "hard labels"
+    what = " + ".join(task.baseline_losses)
     _say(f"3/4 baseline: the same student trained on {what} only (no distillation), same budget")
     b_cfg = copy.deepcopy(s_cfg)
     b_cfg.output_dir = str(runs["baseline"])
-    b_cfg.distill.losses = dict(BASELINE_LOSS[cfg.task])
+    b_cfg.distill.losses = dict(task.baseline_losses)
     b_cfg.distill.matches, b_cfg.distill.stages, b_cfg.distill.method = [], [], None
     b_cfg.lm.seq_kd, b_cfg.lm.on_policy, b_cfg.training.teacher_cache = False, 0.0, None  # no teacher at all
     with track_energy("baseline", country_iso_code=country) as energy["baseline"]:
-        api.distill(b_cfg)
+        run(load_config(b_cfg, verb="distill"), "distill", role="baseline")
 
     for role, result in energy.items():
         (runs[role] / "energy.json").write_text(json.dumps(result, indent=2, default=str))
@@ -128,10 +129,13 @@ def compress(
 def _role_of(run: Path) -> str:
     """teacher (a finetune run), student (a distill run that learns from the teacher) or baseline."""
     results = json.loads((run / "results.json").read_text())
+    role = results.get("role")
+    if role in ROLES:
+        return role
     info = json.loads((run / "run_info.json").read_text()) if (run / "run_info.json").is_file() else {}
-    if info.get("verb") == "finetune":
+    if role == "finetune" or info.get("verb") == "finetune":
         return "teacher"
-    terms = set(results.get("loss_terms", []))
+    terms = set(results.get("loss_terms", []))  # a run written before roles were recorded
     return "baseline" if terms and terms <= {"ce", "mse", "lm"} else "student"
 
 
@@ -146,99 +150,14 @@ def _model_dir(path: str | Path) -> Path:
     )
 
 
-def _test_split(cfg: Config):
-    """The test examples every model is evaluated on (the config's data and seed)."""
-    from lmdistill.data.tables import load_task_data
-
-    data = load_task_data(cfg.data, cfg.task, cfg.seed)
-    if "test" not in data.splits:
-        raise LmdistillError("report: the data has no test split; set data.test or data.test_size above 0")
-    return data.splits["test"], data
-
-
-def _evaluate(model_dir: Path, examples, task: str, cfg: Config) -> tuple[dict, np.ndarray]:
-    """Metrics with 95% bootstrap intervals on the test split, and the predictions."""
-    from lmdistill.data.text import Collator, TextDataset, encode, max_length_for, pad_id
-    from lmdistill.engine import predict
-    from lmdistill.models.load import load_saved_classifier
-    from lmdistill.report.stats import metric_ci
-
-    net, tok = load_saved_classifier(str(model_dir), "model")
-    regression = task == "regression"
-    ds = TextDataset(
-        encode(tok, examples, max_length_for(cfg.data.max_length, net)),
-        examples.labels,
-        regression=regression,
-    )
-    logits = predict(net, ds, Collator(pad_id(tok)), cfg.training.eval_batch_size)
-    pred = logits.reshape(-1) if regression else logits.argmax(-1)
-    gold = np.asarray(examples.labels)
-    names = ("pearson", "spearman", "mse") if regression else ("accuracy", "macro_f1")
-    metrics = {}
-    for i, name in enumerate(names):
-        ci = metric_ci(name, gold, pred, n_resamples=cfg.report.bootstrap_resamples, seed=cfg.seed + i)
-        metrics[name] = {"value": ci.point, "low": ci.low, "high": ci.high}
-    return metrics, pred
-
-
-def _load(model_dir: Path, cfg: Config):
-    """(model, tokenizer) of a saved model of the config's task."""
-    if cfg.task == "causal_lm":
-        from lmdistill.tasks.causal_lm import load_causal_lm
-
-        return load_causal_lm(str(model_dir), "model")
-    from lmdistill.models.load import load_saved_classifier
-
-    return load_saved_classifier(str(model_dir), "model")
-
-
-def _max_length(cfg: Config) -> int:
-    """Tokens per text in the speed runs: the task's input length (a causal LM's block size)."""
-    if cfg.task == "causal_lm" and not cfg.lm.prompt_column:
-        return cfg.lm.block_size or cfg.data.block_size or cfg.data.max_length
-    return cfg.data.max_length
-
-
-def _lm_test(cfg: Config):
-    """A causal LM's test documents as texts (for the speed runs); the split itself is tokenised per model."""
-    from lmdistill.tasks.causal_lm import load_documents
-
-    docs = load_documents(cfg)
-    if "test" not in docs:
-        raise LmdistillError("report: the data has no test split; set data.test or data.test_size above 0")
-    df = docs["test"]
-    if cfg.lm.prompt_column:
-        return [f"{p} {r}" for p, r in zip(df[cfg.lm.prompt_column], df[cfg.lm.response_column])]
-    return [str(t) for t in df[cfg.data.text_column]]
-
-
-def _evaluate_lm(model_dir: Path, cfg: Config) -> tuple[dict, str]:
-    """Perplexity and mean next-token loss on the test split, 95% intervals resampling whole sequences."""
-    from lmdistill.report.stats import bootstrap_ci, perplexity_ci
-    from lmdistill.tasks.causal_lm import LMCollator, build_datasets, pad_id_of, sequence_nll
-
-    net, tok = _load(model_dir, cfg)
-    test = build_datasets(cfg, tok, splits=("test",))["test"]
-    sums, counts = sequence_nll(net, test, LMCollator(pad_id_of(tok)), cfg.training.eval_batch_size)
-    kw = {"n_resamples": cfg.report.bootstrap_resamples, "seed": cfg.seed}
-    ppl = perplexity_ci(sums, counts, **kw)
-    loss = bootstrap_ci((sums, counts.astype(float)), lambda s, n: s.sum(-1) / n.sum(-1), **kw)
-    metrics = {
-        "perplexity": {"value": ppl.point, "low": ppl.low, "high": ppl.high},
-        "loss": {"value": loss.point, "low": loss.low, "high": loss.high},
-    }
-    return metrics, f"test split, {len(test)} sequences, {int(counts.sum()):,} predicted tokens"
-
-
-def _measure(model_dir: Path, texts: list[str], cfg: Config) -> dict:
+def _measure(model_dir: Path, texts: list[str], max_length: int, cfg: Config) -> dict:
     """Size, latency at batch 1 and 32 (CPU, and GPU when present), peak memory, inference energy."""
     import torch
 
     from lmdistill.report import measure
 
-    net, tok = _load(model_dir, cfg)
+    net, tok = get_task(cfg.task).load_saved(model_dir)
     r = cfg.report
-    max_length = _max_length(cfg)
     entry = {
         "name": str(model_dir),
         "parameters": measure.count_parameters(net),
@@ -329,25 +248,15 @@ def report(
             )
         config = source / "config.yaml"
     cfg = load_config(config) if not isinstance(config, Config) else config
-    lm = cfg.task == "causal_lm"
-    if lm:
-        texts = _lm_test(cfg)[: cfg.report.speed_texts]
-        evaluation = None  # per model below: the split is tokenised by each model's tokenizer
-    else:
-        examples, _ = _test_split(cfg)
-        texts = examples.texts[: cfg.report.speed_texts]
-        evaluation = f"test split, {len(examples)} examples"
-    notes = [f"Latency and energy are measured on {len(texts)} test texts, max_length {_max_length(cfg)}."]
-    if lm:
-        notes.append(
-            "Causal LM: a prediction is one forward pass over a text (its next-token distributions at every "
-            "position, as in scoring or the prefill of generation); quality is the perplexity on the test "
-            "split, lower is better."
-        )
+    task = get_task(cfg.task)
+    inputs = task.report_inputs(cfg)
+    texts = inputs.texts
+    notes = [f"Latency and energy are measured on {len(texts)} test texts, max_length {inputs.max_length}."]
+    notes += inputs.notes
     data = {
         "title": f"Distillation report: {Path(out_dir or cfg.output_dir).name}",
         "task": cfg.task,
-        "evaluation": evaluation,
+        "evaluation": inputs.evaluation,
         "environment": environment_info(),
         "notes": notes,
         "models": {},
@@ -356,11 +265,9 @@ def report(
         if role not in models:
             continue
         print(f"   {role}: evaluating and measuring {models[role]}", flush=True)
-        if lm:
-            metrics, data["evaluation"] = _evaluate_lm(models[role], cfg)
-        else:
-            metrics, _ = _evaluate(models[role], examples, cfg.task, cfg)
-        entry = _measure(models[role], texts, cfg)
+        metrics, evaluation = task.report_quality(models[role], cfg, inputs)
+        data["evaluation"] = evaluation or data["evaluation"]
+        entry = _measure(models[role], texts, inputs.max_length, cfg)
         entry.update(metrics=metrics, training=_training(roles.get(role)))
         data["models"][role] = entry
     out = Path(out_dir or cfg.output_dir)
@@ -387,7 +294,8 @@ def write_model_card(model_dir: Path, data: dict, cfg: Config) -> Path:
     and the report's key figures."""
     models = data["models"]
     student, teacher, baseline = models.get("student"), models.get("teacher"), models.get("baseline")
-    metric = {"classification": "accuracy", "causal_lm": "perplexity"}.get(cfg.task, "pearson")
+    task = get_task(cfg.task)
+    metric = task.primary_metric
     method = cfg.distill.method or ", ".join(f"{k} x{w}" for k, w in (cfg.distill.losses or {}).items())
     data_src = cfg.data.dataset or cfg.data.train
     lines = [
@@ -402,7 +310,7 @@ def write_model_card(model_dir: Path, data: dict, cfg: Config) -> Path:
         f"`{cfg.teacher.name_or_path}` by {method} (temperature {cfg.distill.temperature}).",
         "",
         f"- **Task:** {cfg.task} on `{data_src}` (text column `{cfg.data.text_column}`"
-        + (")" if cfg.task == "causal_lm" else f", label `{cfg.data.label_column}`)"),
+        + (f", label `{cfg.data.label_column}`)" if task.labelled else ")"),
         f"- **Student:** {cfg.student.init} "
         f"({'layers ' + str(cfg.student.layers) if cfg.student.layers else ''}"
         f"{f'{cfg.student.num_layers} layers' if cfg.student.num_layers else ''}"
@@ -430,9 +338,7 @@ def write_model_card(model_dir: Path, data: dict, cfg: Config) -> Path:
         "",
         "```python",
         "from transformers import pipeline",
-        f'generate = pipeline("text-generation", model="{model_dir}")'
-        if cfg.task == "causal_lm"
-        else f'clf = pipeline("text-classification", model="{model_dir}")',
+        f'model = pipeline("{task.pipeline}", model="{model_dir}")',
         "```",
         "",
     ]

@@ -195,13 +195,15 @@ def _texts(series: pd.Series, key: str, split: str) -> list[str]:
     return [str(t) for t in series.tolist()]
 
 
-def build_task_data(frames: dict[str, pd.DataFrame], cfg: DataConfig, task: str) -> TaskData:
-    """Columns -> :class:`Examples`; labels mapped to ids with names (classification) or floats."""
+def build_task_data(frames: dict[str, pd.DataFrame], cfg: DataConfig, kind: str) -> TaskData:
+    """Columns -> :class:`Examples`; labels mapped to ids with names (``kind`` classification: class labels) or
+    floats (``kind`` regression: numbers)."""
     for split, df in frames.items():
         if len(df) == 0:
             raise DataError(f"data.{split}: the {split} split is empty; it needs at least one example")
     label_names: list[str] = []
-    if task == "classification":
+    classes = kind == "classification"
+    if classes:
         label_names = (
             [str(n) for n in cfg.label_names] if cfg.label_names else _label_names(frames["train"], cfg)
         )
@@ -217,7 +219,7 @@ def build_task_data(frames: dict[str, pd.DataFrame], cfg: DataConfig, task: str)
                 _column(df, cfg.text_pair_column, "text_pair_column", split), "text_pair_column", split
             )
         raw = _column(df, cfg.label_column, "label_column", split)
-        labels = _class_ids(raw, label_names, split) if task == "classification" else _floats(raw, split)
+        labels = _class_ids(raw, label_names, split) if classes else _floats(raw, split)
         splits[split] = Examples(texts, pairs, labels, source=split)
     return TaskData(splits, label_names)
 
@@ -298,6 +300,6 @@ def _floats(raw: pd.Series, split: str) -> list[float]:
     return [float(v) for v in values.tolist()]
 
 
-def load_task_data(cfg: DataConfig, task: str, seed: int) -> TaskData:
-    """Read, split and label a task's data as configured."""
-    return build_task_data(load_frames(cfg, seed), cfg, task)
+def load_task_data(cfg: DataConfig, kind: str, seed: int) -> TaskData:
+    """Read, split and label labelled text data as configured (``kind``: classification or regression labels)."""
+    return build_task_data(load_frames(cfg, seed), cfg, kind)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from lmdistill.losses.reduce import masked_mean
-from lmdistill.signals.sparse import TopKSignal, check_temperature
+from lmdistill.losses.topk import TopKSignal, check_temperature
 
 Teacher = torch.Tensor | TopKSignal
 Divergence = Callable[..., torch.Tensor]

@@ -99,7 +99,7 @@ PRESETS: dict[str, dict] = {
 
 # The same papers' recipes in their task-agnostic form: with ``task: mlm`` or ``task: general``,
 # ``distill.method`` names the paper and the task picks the phase (pre-training distillation on raw text).
-# These tasks know only these recipes; every other task uses PRESETS.
+# These tasks know only these recipes (their `presets` attribute); the others use PRESETS.
 TASK_PRESETS: dict[str, dict[str, dict]] = {
     "mlm": {
         # Sanh et al. 2019 (DistilBERT), pre-training: L = 5.0 L_ce (soft targets on the MLM logits, T=2)
@@ -136,8 +136,3 @@ TASK_PRESETS: dict[str, dict[str, dict]] = {
         },
     },
 }
-
-
-def presets_for(task: str | None) -> dict[str, dict]:
-    """The recipes ``distill.method`` may name for ``task``."""
-    return TASK_PRESETS.get(task, PRESETS) if isinstance(task, str) else PRESETS

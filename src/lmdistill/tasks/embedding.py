@@ -32,417 +32,57 @@ sentence-transformers folders (``modules.json``, ``1_Pooling/config.json``, ``se
 
 from __future__ import annotations
 
-import json
-import shutil
+import copy
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from lmdistill.config import Config
-from lmdistill.errors import DataError, ModelError
+from lmdistill.config.schema import Config, StageConfig, Verb
+from lmdistill.errors import ModelError
+from lmdistill.losses.embedding import embedding_cosine, embedding_mse, margin_mse, similarity  # noqa: F401
 from lmdistill.losses.reduce import masked_mean
+from lmdistill.methods.presets import PRESETS
 from lmdistill.models.projection import Projection
-from lmdistill.objective import Objective
-
-POOLINGS = ("mean", "cls")
-_ST = "sentence_transformers.models."
-_IDENTITY = "torch.nn.modules.linear.Identity"
-_ACTIVATIONS = {_IDENTITY: nn.Identity, "torch.nn.modules.activation.Tanh": nn.Tanh}
-_POOLING_KEYS = (
-    ("pooling_mode_cls_token", "cls"),
-    ("pooling_mode_mean_tokens", "mean"),
-    ("pooling_mode_max_tokens", "max"),
-    ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
-    ("pooling_mode_weightedmean_tokens", "weightedmean"),
-    ("pooling_mode_lasttoken", "lasttoken"),
+from lmdistill.models.sentence import (  # noqa: F401 - re-exported
+    POOLINGS,
+    DenseLayer,
+    SentenceEncoder,
+    SentenceOutput,
+    pool,
+    pooling_mode,
+    read_sentence_format,
 )
-
-
-# ------------------------------------------------------------------------------------------------ losses
-
-
-def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Per-text mean squared error of sentence embeddings: ``(B, D) x2 -> (B,)``, ``mean_k (s_k - t_k)^2``.
-
-    Reimers & Gurevych 2020, sec. 2 (``||M(s) - M_hat(s)||^2``, averaged over the width as
-    sentence-transformers' ``MSELoss`` does). Reduce with ``masked_mean``.
-    """
-    if student.shape != teacher.shape:
-        raise ModelError(
-            f"embedding_mse: student {tuple(student.shape)} != teacher {tuple(teacher.shape)}; "
-            "project the student to the teacher's width (embedding.projection)"
-        )
-    return (student.float() - teacher.float()).pow(2).mean(-1)
-
-
-def embedding_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Per-text cosine distance ``1 - cos(s, t)``: ``(B, D) x2 -> (B,)``, in ``[0, 2]``; a zero vector gives 1."""
-    if student.shape != teacher.shape:
-        raise ModelError(
-            f"embedding_cosine: student {tuple(student.shape)} != teacher {tuple(teacher.shape)}"
-        )
-    return 1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-8)
-
-
-def similarity(a: torch.Tensor, b: torch.Tensor, kind: str = "dot") -> torch.Tensor:
-    """Row-wise score of two embedding batches: ``(B, D) x2 -> (B,)``, dot product or cosine."""
-    if kind == "cosine":
-        return F.cosine_similarity(a.float(), b.float(), dim=-1, eps=1e-8)
-    return (a.float() * b.float()).sum(-1)
-
-
-def margin_mse(
-    query: torch.Tensor,
-    positive: torch.Tensor,
-    negative: torch.Tensor,
-    teacher_margin: torch.Tensor,
-    kind: str = "dot",
-) -> torch.Tensor:
-    """Margin-MSE per triple (Hofstaetter et al. 2020, eq. 1): ``(B, D) x3, (B,) -> (B,)``.
-
-    ``(s(q, p+) - s(q, p-) - (M_t(q, p+) - M_t(q, p-)))^2`` with the student score ``s`` a dot product (the
-    paper's BERT_DOT) or cosine; ``teacher_margin`` is the cross-encoder's score difference.
-    """
-    student_margin = similarity(query, positive, kind) - similarity(query, negative, kind)
-    return (student_margin - teacher_margin.float()).pow(2)
-
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Sentence embedding from token states: ``(B, T, H), (B, T) -> (B, H)``.
-
-    mean: the mean over real tokens (count clamped at 1e-9, as sentence-transformers); cls: the first token.
-    """
-    if mode == "cls":
-        return hidden[:, 0]
-    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
-
-
-# ------------------------------------------------------------------------------------------------ the encoder
-
-
-class DenseLayer(nn.Module):
-    """sentence-transformers' ``Dense`` module: ``activation(linear(x))`` on the sentence embedding."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = _IDENTITY):
-        super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ModelError(
-                f"Dense activation '{activation}' is not supported (known: {', '.join(_ACTIVATIONS)})"
-            )
-        self.linear = nn.Linear(in_features, out_features, bias=bias)
-        self.activation_name = activation
-        self.activation = _ACTIVATIONS[activation]()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.linear(x.to(self.linear.weight.dtype)))
-
-    @classmethod
-    def load(cls, folder: Path) -> DenseLayer:
-        cfg = json.loads((folder / "config.json").read_text())
-        layer = cls(
-            cfg["in_features"],
-            cfg["out_features"],
-            cfg.get("bias", True),
-            cfg.get("activation_function", _IDENTITY),
-        )
-        if (folder / "model.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            state = load_file(str(folder / "model.safetensors"))
-        elif (folder / "pytorch_model.bin").is_file():
-            state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        else:
-            raise ModelError(
-                f"'{folder}' holds no model.safetensors or pytorch_model.bin for its Dense layer"
-            )
-        layer.load_state_dict(state)
-        return layer
-
-
-def _dense_spec(layer: nn.Module) -> tuple[nn.Linear, str]:
-    """The linear map and activation name of a Dense layer or a (linear, identity) Projection."""
-    return layer.linear, getattr(layer, "activation_name", _IDENTITY)
-
-
-@dataclass
-class SentenceOutput:
-    """The student's output in training: pooled (and projected) embeddings, before normalisation."""
-
-    embedding: torch.Tensor
-
-
-def read_sentence_format(folder: Path, key: str = "model") -> dict | None:
-    """The sentence-transformers modules of a folder (None when it has no ``modules.json``).
-
-    Returns ``{"transformer": subfolder, "pooling": mean|cls|None, "dense": [subfolders], "normalize": bool,
-    "max_seq_length": int | None}``. Pooling modes other than mean and CLS, and other module types, are
-    refused with a :class:`ModelError` naming them.
-    """
-    folder = Path(folder)
-    if not (folder / "modules.json").is_file():
-        return None
-    try:
-        modules = json.loads((folder / "modules.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"{key}: '{folder / 'modules.json'}' is not readable JSON ({e})") from None
-    fmt = {"transformer": "", "pooling": None, "dense": [], "normalize": False, "max_seq_length": None}
-    for m in sorted(modules, key=lambda m: int(m.get("idx", 0))):
-        kind, path = str(m.get("type", "")).rsplit(".", 1)[-1], m.get("path", "")
-        if kind == "Transformer":
-            fmt["transformer"] = path
-        elif kind == "Pooling":
-            fmt["pooling"] = pooling_mode(folder / path / "config.json", key)
-        elif kind == "Dense":
-            fmt["dense"].append(path)
-        elif kind == "Normalize":
-            fmt["normalize"] = True
-        else:
-            raise ModelError(
-                f"{key}: sentence-transformers module '{m.get('type')}' in '{folder}' is not supported "
-                "(lmdistill reads Transformer, Pooling, Dense and Normalize)"
-            )
-    for where in (folder / fmt["transformer"], folder):
-        sbc = where / "sentence_bert_config.json"
-        if sbc.is_file():
-            fmt["max_seq_length"] = json.loads(sbc.read_text()).get("max_seq_length")
-            break
-    return fmt
-
-
-def pooling_mode(config_path: Path, key: str = "model") -> str:
-    """mean or cls from a sentence-transformers ``1_Pooling/config.json``."""
-    try:
-        cfg = json.loads(Path(config_path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"{key}: cannot read the pooling config '{config_path}' ({e})") from None
-    modes = [name for k, name in _POOLING_KEYS if cfg.get(k)]
-    if len(modes) != 1 or modes[0] not in POOLINGS:
-        raise ModelError(
-            f"{key}: pooling '{'+'.join(modes) or 'none'}' in '{config_path}' is not supported "
-            f"(lmdistill pools with {' or '.join(POOLINGS)})"
-        )
-    return modes[0]
-
-
-class SentenceEncoder(nn.Module):
-    """A transformers encoder + pooling (+ Dense layers) (+ L2 normalisation): a sentence-transformers model
-    without the library. ``forward`` returns :class:`SentenceOutput` (pre-normalisation, for losses);
-    :meth:`encode` returns final embeddings."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        pooling: str = "mean",
-        normalize: bool = False,
-        dense: list[nn.Module] | tuple = (),
-        max_seq_length: int | None = None,
-    ):
-        super().__init__()
-        if pooling not in POOLINGS:
-            raise ModelError(f"embedding.pooling must be one of {', '.join(POOLINGS)}, got '{pooling}'")
-        self.model = model
-        self.pooling = pooling
-        self.normalize = normalize
-        self.dense = nn.ModuleList(list(dense))
-        self.max_seq_length = max_seq_length
-        self.own_pooling: str | None = None  # the pooling its folder names (set by load)
-
-    @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def width(self) -> int:
-        """The width of the sentence embedding."""
-        return (
-            _dense_spec(self.dense[-1])[0].out_features if len(self.dense) else self.model.config.hidden_size
-        )
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids=None,
-        output_hidden_states=None,
-    ) -> SentenceOutput:
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
-        e = pool(self.model(**inputs).last_hidden_state, attention_mask, self.pooling)  # (B, H)
-        for layer in self.dense:
-            e = layer(e)
-        return SentenceOutput(e)
-
-    @torch.no_grad()
-    def encode(
-        self,
-        texts: list[str],
-        tokenizer,
-        *,
-        batch_size: int = 64,
-        max_length: int = 128,
-        normalize: bool | None = None,
-    ) -> torch.Tensor:
-        """Embeddings ``(N, D)`` float32 on the CPU, in the order of ``texts`` (batched longest first).
-
-        ``normalize`` (default: the encoder's own setting) L2-normalises them.
-        """
-        normalize = self.normalize if normalize is None else normalize
-        device = next(self.parameters()).device
-        was = self.training
-        self.eval()
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        out = torch.empty(len(texts), self.width)
-        for s in range(0, len(texts), batch_size):
-            idx = order[s : s + batch_size]
-            enc = tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
-            keep = {
-                k: v.to(device)
-                for k, v in enc.items()
-                if k in ("input_ids", "attention_mask", "token_type_ids")
-            }
-            e = self(**keep).embedding.float()
-            out[torch.as_tensor(idx)] = (F.normalize(e, dim=-1) if normalize else e).cpu()
-        self.train(was)
-        return out
-
-    @classmethod
-    def load(
-        cls, folder: str | Path, key: str = "model", pooling: str | None = None, normalize: bool | None = None
-    ):
-        """``(encoder, tokenizer)`` from a sentence-transformers folder or a plain transformers folder.
-
-        The folder's own pooling / Normalize apply unless ``pooling`` / ``normalize`` are given; a plain
-        folder pools with ``pooling`` (default mean) and does not normalise.
-        """
-        from transformers import AutoModel
-
-        from lmdistill.models.load import ENCODERS, load_config_of, load_tokenizer
-
-        folder = Path(folder)
-        fmt = read_sentence_format(folder, key) if folder.is_dir() else None
-        root = folder / fmt["transformer"] if fmt else folder
-        config = load_config_of(str(root), key)
-        if config.model_type not in ENCODERS:
-            raise ModelError(
-                f"{key}: model type '{config.model_type}' is not an encoder lmdistill supports for "
-                f"sentence embeddings (supported: {', '.join(ENCODERS)})"
-            )
-        try:
-            model = AutoModel.from_pretrained(str(root))
-        except (OSError, ValueError, RuntimeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:240]
-            raise ModelError(f"{key}: cannot load weights from '{root}' ({first})") from None
-        dense = [DenseLayer.load(folder / p) for p in fmt["dense"]] if fmt else []
-        own_pool = fmt["pooling"] if fmt else None
-        enc = cls(
-            model,
-            pooling or own_pool or "mean",
-            (fmt["normalize"] if fmt else False) if normalize is None else normalize,
-            dense,
-            fmt["max_seq_length"] if fmt else None,
-        )
-        enc.own_pooling = own_pool
-        return enc, load_tokenizer(str(root), key)
-
-    def save(
-        self,
-        folder: str | Path,
-        tokenizer,
-        *,
-        max_seq_length: int | None = None,
-        similarity_fn: str = "cosine",
-    ) -> None:
-        """Write a transformers folder that is also a sentence-transformers folder, atomically.
-
-        Files: ``config.json`` + ``model.safetensors`` + tokenizer (the transformer, at the root, as
-        sentence-transformers' own models), ``modules.json``, ``1_Pooling/config.json``,
-        ``sentence_bert_config.json``, ``config_sentence_transformers.json`` and ``2_Dense/{config.json,
-        model.safetensors}`` per Dense layer; a Normalize module has no folder.
-        """
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-        for p in (tmp, old):
-            shutil.rmtree(p, ignore_errors=True)
-        self.model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        modules = [
-            {"idx": 0, "name": "0", "path": "", "type": _ST + "Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": _ST + "Pooling"},
-        ]
-        (tmp / "1_Pooling").mkdir()
-        hidden = self.model.config.hidden_size
-        _write_json(
-            tmp / "1_Pooling" / "config.json",
-            {
-                "word_embedding_dimension": hidden,
-                "pooling_mode_cls_token": self.pooling == "cls",
-                "pooling_mode_mean_tokens": self.pooling == "mean",
-                "pooling_mode_max_tokens": False,
-                "pooling_mode_mean_sqrt_len_tokens": False,
-            },
-        )
-        for layer in self.dense:
-            i = len(modules)
-            linear, activation = _dense_spec(layer)
-            sub = tmp / f"{i}_Dense"
-            sub.mkdir()
-            _write_json(
-                sub / "config.json",
-                {
-                    "in_features": linear.in_features,
-                    "out_features": linear.out_features,
-                    "bias": linear.bias is not None,
-                    "activation_function": activation,
-                },
-            )
-            state = {
-                f"linear.{k}": v.detach().float().cpu().contiguous() for k, v in linear.state_dict().items()
-            }
-            save_file(state, str(sub / "model.safetensors"))
-            modules.append({"idx": i, "name": str(i), "path": sub.name, "type": _ST + "Dense"})
-        if self.normalize:
-            i = len(modules)
-            modules.append({"idx": i, "name": str(i), "path": f"{i}_Normalize", "type": _ST + "Normalize"})
-        _write_json(tmp / "modules.json", modules)
-        _write_json(
-            tmp / "sentence_bert_config.json",
-            {"max_seq_length": max_seq_length or self.max_seq_length or 128, "do_lower_case": False},
-        )
-        _write_json(
-            tmp / "config_sentence_transformers.json",
-            {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": similarity_fn},
-        )
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
+from lmdistill.objective import Objective, Term
+from lmdistill.tasks.base import Parts, Task, make_student
+from lmdistill.tasks.embedding_data import (  # noqa: F401 - re-exported
+    EmbeddingCollator,
+    EmbeddingDataset,
+    bi_metrics,
+    cross_metrics,
+    cross_scores,
+    retrieval_set,
+    tokenize,
+    triples,
+)
 
 # ------------------------------------------------------------------------------------------------ objective
 
-
 TERM = {"mse": "embedding_mse", "cosine": "embedding_cosine", "margin_mse": "margin_mse"}
+
+
+def _pair_term(obj: EmbeddingObjective, out, signal, batch: dict) -> torch.Tensor:
+    e = out.embedding
+    if obj.loss == "margin_mse":
+        q, p, n = e.chunk(3)  # (B, D) each
+        return masked_mean(margin_mse(q, p, n, batch["teacher_margin"], obj.similarity_fn))
+    fn = embedding_mse if obj.loss == "mse" else embedding_cosine
+    return masked_mean(fn(e, batch["target"]))
 
 
 class EmbeddingObjective(Objective):
@@ -450,240 +90,19 @@ class EmbeddingObjective(Objective):
     embeddings), or ``margin_mse`` against ``batch["teacher_margin"]`` with the batch's embeddings stacked as
     ``[queries; positives; negatives]``. The teacher's signal is precomputed: no live teacher."""
 
+    terms = {name: Term(_pair_term) for name in TERM.values()}
+
     def __init__(self, loss: str = "mse", similarity_fn: str = "dot"):
         super().__init__({TERM[loss]: 1.0})
         self.loss = loss
         self.similarity_fn = similarity_fn
 
-    @property
-    def needs_teacher(self) -> bool:
-        return False
 
-    @property
-    def needs_hidden(self) -> bool:
-        return False
-
-    def forward(self, out, signal, batch: dict, feats: dict | None = None) -> dict:
-        e = out.embedding
-        if self.loss == "margin_mse":
-            q, p, n = e.chunk(3)  # (B, D) each
-            return {
-                "margin_mse": masked_mean(margin_mse(q, p, n, batch["teacher_margin"], self.similarity_fn))
-            }
-        fn = embedding_mse if self.loss == "mse" else embedding_cosine
-        return {TERM[self.loss]: masked_mean(fn(e, batch["target"]))}
-
-
-# ------------------------------------------------------------------------------------------------ data
-
-
-class EmbeddingDataset(Dataset):
-    """Student token ids of each text and a target: the teacher's embedding ``(D,)`` or margin ``()``.
-
-    ``inputs``: ``{"input_ids": [[...]], ...}`` for single texts, or ``{"query": {...}, "positive": {...},
-    "negative": {...}}`` for triples.
-    """
-
-    def __init__(self, inputs: dict, targets: torch.Tensor, target_key: str):
-        self.inputs = inputs
-        self.targets = targets
-        self.target_key = target_key
-        self.triples = "query" in inputs
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def _item(self, block: dict, i: int) -> dict:
-        return {k: v[i] for k, v in block.items()}
-
-    def __getitem__(self, i: int) -> dict:
-        if self.triples:
-            student = {part: self._item(self.inputs[part], i) for part in ("query", "positive", "negative")}
-        else:
-            student = self._item(self.inputs, i)
-        return {"index": i, "student": student, self.target_key: self.targets[i]}
-
-    def lengths(self) -> list[int]:
-        if self.triples:
-            return [
-                max(len(self.inputs[p]["input_ids"][i]) for p in ("query", "positive", "negative"))
-                for i in range(len(self))
-            ]
-        return [len(x) for x in self.inputs["input_ids"]]
-
-
-class EmbeddingCollator:
-    """Pads texts (triples: queries, then positives, then negatives, in ONE block) and stacks the targets."""
-
-    def __init__(self, pad_token_id: int, target_key: str, multiple: int = 8):
-        self.pad_token_id = pad_token_id
-        self.target_key = target_key
-        self.multiple = multiple
-
-    def __call__(self, items: list[dict]) -> dict:
-        from lmdistill.data.text import pad_block
-
-        if "query" in items[0]["student"]:
-            texts = [it["student"][p] for p in ("query", "positive", "negative") for it in items]
-        else:
-            texts = [it["student"] for it in items]
-        return {
-            "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
-            "student": pad_block(texts, self.pad_token_id, self.multiple),
-            self.target_key: torch.stack([it[self.target_key] for it in items]),
-        }
-
-
-def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, list[list[int]]]:
-    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
-    return {k: list(enc[k]) for k in ("input_ids", "token_type_ids") if k in enc}
-
-
-@torch.no_grad()
-def cross_scores(
-    model: nn.Module,
-    tokenizer,
-    queries: list[str],
-    passages: list[str],
-    *,
-    batch_size: int = 64,
-    max_length: int = 256,
-) -> torch.Tensor:
-    """A cross-encoder's relevance score per (query, passage): its logit (one label) or
-    ``logit_1 - logit_0`` (two labels). ``(N,)`` float32 on the CPU."""
-    n_labels = model.config.num_labels
-    if n_labels > 2:
-        raise ModelError(
-            f"teacher.name_or_path: a cross-encoder scores relevance with 1 or 2 labels, this one "
-            f"has {n_labels}"
-        )
-    device = next(model.parameters()).device
-    model.eval()
-    out = []
-    for s in range(0, len(queries), batch_size):
-        enc = tokenizer(
-            queries[s : s + batch_size],
-            passages[s : s + batch_size],
-            truncation=True,
-            max_length=max_length,
-            padding=True,
-            return_tensors="pt",
-        )
-        logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float()
-        out.append((logits[:, 0] if n_labels == 1 else logits[:, 1] - logits[:, 0]).cpu())
-    return torch.cat(out) if out else torch.zeros(0)
-
-
-def triples(
-    frame, cfg: Config, split: str, limit: int | None, seed: int
-) -> tuple[list[str], list[str], list[str]]:
-    """(queries, positives, negatives) of one split; without ``embedding.negative_column`` the negative of a
-    row is the positive of another row (a different text), drawn with ``seed``."""
-    e = cfg.embedding
-    frame = frame.iloc[:limit] if limit is not None else frame
-    cols = [(e.query_column, "query_column"), (e.positive_column, "positive_column")]
-    if e.negative_column:
-        cols.append((e.negative_column, "negative_column"))
-    for col, key in cols:
-        if col not in frame.columns:
-            raise DataError(
-                f"embedding.{key}: column '{col}' not found in the {split} data "
-                f"(columns: {', '.join(map(str, frame.columns[:20]))}); set embedding.{key}"
-            )
-    q = [str(x) for x in frame[e.query_column]]
-    p = [str(x) for x in frame[e.positive_column]]
-    if e.negative_column:
-        return q, p, [str(x) for x in frame[e.negative_column]]
-    if len(set(p)) < 2:
-        raise DataError(
-            f"data.{split}: random negatives need at least two different positives; "
-            "set embedding.negative_column"
-        )
-    rng = np.random.default_rng(seed)
-    negatives = []
-    for i in range(len(p)):
-        j = int(rng.integers(len(p)))
-        while p[j] == p[i]:
-            j = int(rng.integers(len(p)))
-        negatives.append(p[j])
-    return q, p, negatives
-
-
-# ------------------------------------------------------------------------------------------------ evaluation
-
-
-def bi_metrics(
-    encoder: SentenceEncoder,
-    tokenizer,
-    texts: list[str],
-    targets: torch.Tensor,
-    loss: str,
-    batch_size: int,
-    max_length: int,
-) -> dict[str, float]:
-    """``loss``, ``teacher_cosine`` (mean cosine with the teacher's embedding) and ``embedding_mse``."""
-    s = encoder.encode(texts, tokenizer, batch_size=batch_size, max_length=max_length, normalize=False)
-    mse = float(embedding_mse(s, targets).mean())
-    cos = float(F.cosine_similarity(s, targets.float(), dim=-1).mean())
-    return {"loss": mse if loss == "mse" else 1.0 - cos, "teacher_cosine": cos, "embedding_mse": mse}
-
-
-def cross_metrics(
-    encoder: SentenceEncoder,
-    tokenizer,
-    q: list[str],
-    p: list[str],
-    n: list[str],
-    margins: torch.Tensor,
-    kind: str,
-    batch_size: int,
-    max_length: int,
-) -> dict[str, float]:
-    """``loss`` = ``margin_mse``, and ``pairwise_accuracy`` (share of triples the student orders right)."""
-    enc = [
-        encoder.encode(x, tokenizer, batch_size=batch_size, max_length=max_length, normalize=False)
-        for x in (q, p, n)
-    ]
-    m = similarity(enc[0], enc[1], kind) - similarity(enc[0], enc[2], kind)
-    mse = float((m - margins).pow(2).mean())
-    return {"loss": mse, "margin_mse": mse, "pairwise_accuracy": float((m > 0).float().mean())}
-
-
-def retrieval_set(cfg: Config, frames: dict):
-    """The :class:`RetrievalSet` named by ``embedding.retrieval`` (its test split when it is ``data.dataset``)."""
-    from lmdistill.data.builtin import BUILTIN_DATASETS, load_builtin
-    from lmdistill.data.tables import read_table
-    from lmdistill.tasks.retrieval import make_retrieval_set
-
-    e = cfg.embedding
-    if e.retrieval == cfg.data.dataset:
-        if "test" not in frames:
-            raise DataError(
-                "embedding.retrieval: it names data.dataset, so only the test split is searched (the rest "
-                "trains the student), and there is none: set data.test_size above 0"
-            )
-        frame = frames["test"]
-    elif e.retrieval in BUILTIN_DATASETS:
-        frame = load_builtin(e.retrieval)
-    else:
-        frame = read_table(e.retrieval, "embedding.retrieval")
-    return make_retrieval_set(
-        frame,
-        e.retrieval_query_column,
-        e.retrieval_document_column,
-        max_queries=e.retrieval_max_queries,
-        seed=cfg.seed,
-        name=str(e.retrieval),
-    )
-
-
-# ------------------------------------------------------------------------------------------------ the run
+# ------------------------------------------------------------------------------------------------ models
 
 
 def _say(message: str) -> None:
     """Progress of the steps before and after training (the engine shows its own bar)."""
-    import sys
-
     print(message, file=sys.stderr, flush=True)
 
 
@@ -692,9 +111,9 @@ def _device(cfg: Config) -> torch.device:
 
 
 def _student_base(cfg: Config, teacher_model: nn.Module, t_tok):
-    from lmdistill.api import _make_student
-
-    model, tok = _make_student(cfg, teacher_model, t_tok, None)
+    """The transformer of a student from teacher layers or a fresh config (pretrained sentence students are
+    read by :meth:`SentenceEncoder.load`)."""
+    model, tok = make_student(cfg, teacher_model, t_tok, load_pretrained=None)
     return getattr(model, "base_model", model), tok
 
 
@@ -718,7 +137,6 @@ def load_bi_teacher(cfg: Config) -> tuple[SentenceEncoder, object]:
 def make_bi_student(cfg: Config, teacher: SentenceEncoder, t_tok) -> tuple[SentenceEncoder, object]:
     """The student pools and normalises as the teacher; from teacher layers it also copies the teacher's
     Dense layers; a projection to the teacher's width is added when the widths differ (or asked for)."""
-    import copy
 
     e, s = cfg.embedding, cfg.student
     if s.init == "pretrained":
@@ -756,15 +174,6 @@ class Prepared:
     metrics: Callable | None
     counts: dict
     teacher_seconds: float
-
-
-def distill(cfg: Config):
-    """Distill a sentence-embedding teacher (bi) or a cross-encoder (cross) into a bi-encoder student."""
-    import lmdistill.engine  # noqa: F401 - fail before the teacher's pass over the data, not after
-
-    e = cfg.embedding
-    e.loss = e.loss or ("mse" if e.mode == "bi" else "margin_mse")  # resolved: the saved config states it
-    return _run(cfg, _bi(cfg) if e.mode == "bi" else _cross(cfg))
 
 
 def _check_lengths(cfg: Config, *models: nn.Module) -> None:
@@ -881,93 +290,176 @@ def _cross(cfg: Config):
     )
 
 
-def _run(cfg: Config, prep: Prepared):
-    """Retrieval of teacher and undistilled student, training, retrieval of the best student, results.json."""
-    from lmdistill.api import RunResult, _prepare_output, is_main_process
-    from lmdistill.data.text import pad_id
-    from lmdistill.engine import train
-    from lmdistill.tasks.retrieval import agreement, evaluate_encoder
+# ------------------------------------------------------------------------------------------------ the task
 
-    e, L, eb = cfg.embedding, cfg.data.max_length, cfg.training.eval_batch_size
-    teacher, t_tok, student, s_tok, metrics = prep.teacher, prep.t_tok, prep.student, prep.s_tok, prep.metrics
-    out = _prepare_output(cfg, "distill")
-    model_dir = out / "model"
-    sim_fn = e.similarity if e.mode == "cross" else "cosine"
-    rs = retrieval_set(cfg, prep.frames) if e.retrieval else None
-    retrieval: dict = {}
-    t_emb = None
-    if rs is not None:
-        _say(
-            f"retrieval on {rs.name}: {len(rs)} queries, {len(rs.documents)} documents; teacher and undistilled "
-            "student first"
-        )
-        if e.mode == "bi":
-            retrieval["teacher"], *t_emb = evaluate_encoder(teacher, t_tok, rs, batch_size=eb, max_length=L)
-        student.to(_device(cfg))
-        retrieval["undistilled_student"], *b_emb = evaluate_encoder(
-            student, s_tok, rs, batch_size=eb, max_length=L
-        )
-        if t_emb is not None:
-            retrieval["undistilled_student"]["teacher_cosine"] = agreement(torch.cat(b_emb), torch.cat(t_emb))
-    teacher_parameters = sum(p.numel() for p in teacher.parameters())
-    prep.teacher = teacher = None  # its signal is computed: free it before training
-    objective = EmbeddingObjective(e.loss, e.similarity)
-    outcome = train(
-        student=student,
-        objective=objective,
-        train_set=prep.train,
-        collate=EmbeddingCollator(pad_id(s_tok), prep.target_key),
-        cfg=cfg.training,
-        seed=cfg.seed,
-        out_dir=out,
-        teacher=None,
-        evaluate=metrics,
-        on_best=lambda m: m.save(model_dir, s_tok, max_seq_length=L, similarity_fn=sim_fn),
-        desc="distill",
-    )
-    best, _ = SentenceEncoder.load(model_dir, "model")
-    best.to(_device(cfg))
-    validation = metrics(best) if metrics is not None else {}
-    if rs is not None:
-        _say(f"retrieval on {rs.name}: the distilled student")
-        retrieval["student"], *s_emb = evaluate_encoder(best, s_tok, rs, batch_size=eb, max_length=L)
-        if t_emb is not None:
-            retrieval["student"]["teacher_cosine"] = agreement(torch.cat(s_emb), torch.cat(t_emb))
-        retrieval = {
-            "set": rs.name,
-            "queries": len(rs),
-            "documents": len(rs.documents),
-            "max_length": L,
-            **retrieval,
+
+@dataclass
+class Evaluation:
+    """What the embedding task evaluates with: validation metrics, the retrieval set, the teacher's
+    embeddings of its documents and queries (for the student's agreement with them), the results so far."""
+
+    metrics: Callable | None
+    retrieval_set: object | None
+    teacher_embeddings: list | None
+    retrieval: dict
+    batch_size: int
+    max_length: int
+
+
+class EmbeddingTask(Task):
+    """Sentence-embedding students for search (docs/embedding.md)."""
+
+    name = "embedding"
+    metrics = {
+        "loss": False,
+        "teacher_cosine": True,
+        "embedding_mse": False,
+        "margin_mse": False,
+        "pairwise_accuracy": True,
+    }
+    mode_metrics = {
+        "bi": ("loss", "teacher_cosine", "embedding_mse"),
+        "cross": ("loss", "margin_mse", "pairwise_accuracy"),
+    }
+    primary_metric = "loss"
+    finetunes = False
+    presets = PRESETS
+
+    def measured(self, cfg: Config) -> tuple[str, ...]:
+        return self.mode_metrics[cfg.embedding.mode]
+
+    def check(self, cfg: Config, verb: Verb | None) -> list[str]:
+        e, errors = cfg.embedding, []
+        if verb == "finetune":
+            errors.append(
+                "task embedding distils a teacher: run `lmdistill distill` with teacher.name_or_path"
+            )
+        if e.mode == "bi" and e.loss == "margin_mse":
+            errors.append(
+                "embedding.loss margin_mse needs embedding.mode cross (a cross-encoder teacher); "
+                "mode bi uses mse or cosine"
+            )
+        if e.mode == "cross" and e.loss in ("mse", "cosine"):
+            errors.append(f"embedding.loss {e.loss} applies to embedding.mode bi; mode cross uses margin_mse")
+        if e.mode == "cross" and e.projection:
+            errors.append("embedding.projection applies to embedding.mode bi (the teacher's embedding width)")
+        if e.retrieval_max_queries is not None and e.retrieval_max_queries < 1:
+            errors.append(
+                f"embedding.retrieval_max_queries must be at least 1, got {e.retrieval_max_queries}"
+            )
+        if cfg.distill.matches or cfg.distill.stages:
+            errors.append(
+                "distill.matches and distill.stages do not apply to task embedding (the student learns "
+                "pooled sentence embeddings or relevance margins): remove them"
+            )
+        return errors
+
+    def resolve(self, cfg: Config) -> None:
+        e = cfg.embedding
+        e.loss = e.loss or ("mse" if e.mode == "bi" else "margin_mse")  # resolved: the saved config states it
+
+    def parts(self, cfg: Config, verb: str) -> Parts:
+        import lmdistill.engine  # noqa: F401 - fail before the teacher's pass over the data, not after
+        from lmdistill.data.text import pad_id
+
+        e = cfg.embedding
+        prep = _bi(cfg) if e.mode == "bi" else _cross(cfg)
+        evaluation = self._before_training(cfg, prep)
+        extra = {
+            "task": self.name,
+            "mode": e.mode,
+            "loss": e.loss,
+            "split_sizes": prep.counts,
+            "teacher_signal_seconds": round(prep.teacher_seconds, 2),
+            "teacher_parameters": sum(p.numel() for p in prep.teacher.parameters()),
         }
-    result = RunResult(
-        output_dir=out,
-        model_dir=model_dir,
-        validation=validation,
-        test=retrieval.get("student", {}),
-        steps=outcome.steps,
-        train_seconds=round(outcome.train_seconds, 2),
-        best_step=outcome.best_step,
-        parameters=sum(p.numel() for p in best.parameters()),
-        teacher_parameters=teacher_parameters,
-        history=outcome.history,
-    )
-    summary = {k: v for k, v in asdict(result).items() if k != "history"}
-    summary.update(
-        output_dir=str(out),
-        model_dir=str(model_dir),
-        task="embedding",
-        mode=e.mode,
-        loss=e.loss,
-        pooling=best.pooling,
-        normalize=best.normalize,
-        embedding_width=best.width,
-        stopped_early=outcome.stopped_early,
-        resumed_from=outcome.resumed_from,
-        split_sizes=prep.counts,
-        teacher_signal_seconds=round(prep.teacher_seconds, 2),
-        retrieval=retrieval,
-    )
-    if is_main_process():
-        (out / "results.json").write_text(json.dumps(summary, indent=2))
-    return result
+        collate = EmbeddingCollator(pad_id(prep.s_tok), prep.target_key)
+        # the teacher's signal is computed: it is freed before training (no live teacher)
+        return Parts(
+            prep.student,
+            prep.s_tok,
+            prep.train,
+            collate,
+            [EmbeddingObjective(e.loss, e.similarity)],
+            [StageConfig(name="distill")],
+            teacher=None,
+            data=evaluation,
+            extra=extra,
+        )
+
+    def _before_training(self, cfg: Config, prep: Prepared) -> Evaluation:
+        """Retrieval of the teacher and of the undistilled student (the same student before training)."""
+        from lmdistill.tasks.retrieval import agreement, evaluate_encoder
+
+        e, L, eb = cfg.embedding, cfg.data.max_length, cfg.training.eval_batch_size
+        rs = retrieval_set(cfg, prep.frames) if e.retrieval else None
+        retrieval: dict = {}
+        t_emb = None
+        if rs is not None:
+            _say(
+                f"retrieval on {rs.name}: {len(rs)} queries, {len(rs.documents)} documents; teacher and "
+                "undistilled student first"
+            )
+            if e.mode == "bi":
+                retrieval["teacher"], *t_emb = evaluate_encoder(
+                    prep.teacher, prep.t_tok, rs, batch_size=eb, max_length=L
+                )
+            prep.student.to(_device(cfg))
+            retrieval["undistilled_student"], *b_emb = evaluate_encoder(
+                prep.student, prep.s_tok, rs, batch_size=eb, max_length=L
+            )
+            if t_emb is not None:
+                retrieval["undistilled_student"]["teacher_cosine"] = agreement(
+                    torch.cat(b_emb), torch.cat(t_emb)
+                )
+        return Evaluation(prep.metrics, rs, t_emb, retrieval, eb, L)
+
+    def has_split(self, parts: Parts, split: str) -> bool:
+        ev: Evaluation = parts.data
+        return ev.metrics is not None if split == "validation" else ev.retrieval_set is not None
+
+    def evaluate(self, model: nn.Module, parts: Parts, split: str, objective) -> dict[str, float]:
+        """validation: the loss and agreement with the teacher's targets; test: retrieval on the retrieval set."""
+        from lmdistill.tasks.retrieval import agreement, evaluate_encoder
+
+        ev: Evaluation = parts.data
+        if split == "validation":
+            return ev.metrics(model)
+        _say(f"retrieval on {ev.retrieval_set.name}: the distilled student")
+        scores, *s_emb = evaluate_encoder(
+            model, parts.tokenizer, ev.retrieval_set, batch_size=ev.batch_size, max_length=ev.max_length
+        )
+        if ev.teacher_embeddings is not None:
+            scores["teacher_cosine"] = agreement(torch.cat(s_emb), torch.cat(ev.teacher_embeddings))
+        ev.retrieval["student"] = scores
+        return scores
+
+    def save(self, model, tokenizer, path: Path, cfg: Config) -> None:
+        e = cfg.embedding
+        sim_fn = e.similarity if e.mode == "cross" else "cosine"
+        model.save(path, tokenizer, max_seq_length=cfg.data.max_length, similarity_fn=sim_fn)
+
+    def reload(self, path: Path, parts: Parts) -> nn.Module:
+        return SentenceEncoder.load(path, "model")[0].to(next(parts.student.parameters()).device)
+
+    def results(self, parts: Parts, best: nn.Module, cfg: Config) -> dict:
+        ev: Evaluation = parts.data
+        retrieval = {}
+        if ev.retrieval_set is not None:
+            rs = ev.retrieval_set
+            retrieval = {
+                "set": rs.name,
+                "queries": len(rs),
+                "documents": len(rs.documents),
+                "max_length": ev.max_length,
+                **ev.retrieval,
+            }
+        return {
+            "pooling": best.pooling,
+            "normalize": best.normalize,
+            "embedding_width": best.width,
+            "retrieval": retrieval,
+        }
+
+    def load_saved(self, path, key: str = "model"):
+        return SentenceEncoder.load(path, key)

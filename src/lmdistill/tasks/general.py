@@ -17,8 +17,8 @@ Recipes (``distill.method`` with ``task: general``, see :data:`lmdistill.methods
   upper-middle) layer and the student's last layer, relations ``R = softmax(X X^T / sqrt(d_r))`` with
   ``A_r`` relation heads shared by both models.
 
-The same raw-text machinery (blocks, stages, saving, evaluation of an objective on held-out blocks) serves
-``task: mlm`` (:mod:`lmdistill.tasks.mlm`).
+The same raw-text machinery (blocks, evaluation of an objective on held-out blocks: :class:`RawTextTask`)
+serves ``task: mlm`` (:mod:`lmdistill.tasks.mlm`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmdistill.config import Config, StageConfig
+from lmdistill.config.schema import Config, StageConfig, Verb
 from lmdistill.errors import ModelError
+from lmdistill.methods.presets import TASK_PRESETS
+from lmdistill.tasks.base import Parts, Task, stage_key, stage_objective, stages_of
+from lmdistill.tasks.base import make_student as _make_student
 
 # ------------------------------------------------------------------------------------------------ models
 
@@ -78,14 +81,13 @@ def load_teacher(cfg: Config, auto_cls, need_head: str | None = None):
 
 def make_student(cfg: Config, teacher: nn.Module, t_tok, auto_cls):
     """``(student, tokenizer)``: teacher layers, a fresh smaller model of the teacher's class, or pretrained."""
-    from lmdistill.api import _make_student
     from lmdistill.models.load import load_tokenizer
 
-    s = cfg.student
-    if s.init == "pretrained":
-        model = load_auto(auto_cls, s.name_or_path, "student.name_or_path")
-        return model, load_tokenizer(s.tokenizer or s.name_or_path, "student.tokenizer")
-    return _make_student(cfg, teacher, t_tok, None)  # from_teacher / config need no labels
+    def pretrained(spec, key):
+        model = load_auto(auto_cls, spec.name_or_path, f"{key}.name_or_path")
+        return model, load_tokenizer(spec.tokenizer or spec.name_or_path, f"{key}.tokenizer")
+
+    return _make_student(cfg, teacher, t_tok, pretrained)
 
 
 def check_length(model: nn.Module, length: int, key: str) -> None:
@@ -196,31 +198,6 @@ def raw_text_data(cfg: Config, tokenizer, train_collate: Callable, eval_collate:
     )
 
 
-# ------------------------------------------------------------------------------------------------ objective
-
-
-def build_objective(cfg: Config, stage: StageConfig, student, teacher, key: str, objective_cls=None, **extra):
-    """The objective of one stage (output terms of ``objective_cls`` + resolved matches)."""
-    from lmdistill.objective import ModelShape, Objective, resolve_matches
-
-    objective_cls = objective_cls or Objective
-    s_shape = ModelShape.of(student)
-    t_shape = ModelShape.of(teacher) if teacher is not None else s_shape
-    matches = resolve_matches(stage.matches, s_shape, t_shape, f"{key}.matches")
-    d = cfg.distill
-    return objective_cls(
-        stage.losses,
-        stage.temperature or d.temperature,
-        matches=matches,
-        student_width=s_shape.width,
-        teacher_width=t_shape.width,
-        temperature_schedule=d.temperature_schedule,
-        loss_schedules=d.loss_schedules,
-        kd_scale_t2=d.kd_scale_t2,
-        **extra,
-    )
-
-
 def to_device(batch, device):
     """Move every tensor of a (nested) batch to ``device``."""
     if isinstance(batch, torch.Tensor):
@@ -264,135 +241,122 @@ def objective_metrics(student: nn.Module, teacher: nn.Module | None, objective, 
     return {"loss": sum(_base_weight(objective, k) * v for k, v in terms.items()), **terms}
 
 
-# ------------------------------------------------------------------------------------------------ the run
+# ------------------------------------------------------------------------------------------------ the tasks
 
 
-def stages_with_keys(cfg: Config) -> list[tuple[StageConfig, str]]:
-    from lmdistill.api import stages_of
+class RawTextTask(Task):
+    """What tasks on raw text share (``general``, ``mlm``): blocks of ``data.block_size`` tokens (streamed with
+    ``data.streaming``), held-out blocks collated once, the objective itself as the validation metric."""
 
-    key = "distill" if not cfg.distill.stages else "distill.stages[{}]"
-    return [(st, key.format(i)) for i, st in enumerate(stages_of(cfg))]
+    streams = True
+    auto_cls_name = "AutoModel"
 
+    @property
+    def auto_cls(self):
+        import transformers
 
-def run_stages(
-    cfg: Config,
-    verb: str,
-    *,
-    student,
-    s_tok,
-    teacher,
-    data: RawTextData,
-    objectives: list,
-    stages: list[StageConfig],
-    metrics: Callable,
-    reload: Callable,
-    extra: dict | None = None,
-):
-    """Train each stage on the same student, keep the best of the last, evaluate it on the test blocks.
+        return getattr(transformers, self.auto_cls_name)
 
-    ``metrics(model, objective, batches) -> dict`` evaluates a model; ``reload(model_dir)`` loads the saved
-    student. Writes ``model/``, ``metrics.csv``, ``results.json`` (and ``projections.safetensors`` when
-    projections were learned) in ``output_dir``; earlier stages in ``output_dir/stage-N-NAME``.
-    """
-    from lmdistill.api import _prepare_output, finish_run, is_main_process, save_model, stage_runs
-    from lmdistill.engine import train
+    def blocks(self, cfg: Config, student, s_tok, teacher, train_collate, eval_collate) -> RawTextData:
+        """Check the block length against both models, then read the blocks."""
+        for m in (student, teacher) if teacher is not None else (student,):
+            check_length(m, cfg.data.block_size or cfg.data.max_length, "data.block_size")
+        return raw_text_data(cfg, s_tok, train_collate, eval_collate)
 
-    result = None
-    for (stage_cfg, final, stage_dir), objective in zip(stage_runs(cfg, stages), objectives):
-        out = _prepare_output(stage_cfg, verb, stage_dir)
-        model_dir = out / "model"
-        val = data.validation if final else []
-
-        def evaluate(model, objective=objective):
-            return metrics(model, objective, data.validation)
-
-        def on_best(model, model_dir=model_dir):
-            save_model(model, s_tok, model_dir)
-
-        outcome = train(
-            student=student,
-            objective=objective,
-            train_set=data.train,
-            collate=data.collate,
-            cfg=stage_cfg.training,
-            seed=cfg.seed,
-            out_dir=out,
+    def raw_parts(
+        self, cfg: Config, student, s_tok, teacher, data: RawTextData, objectives, stages, more=None
+    ):
+        """The run's parts; results.json gets the block counts and size (and the fields in ``more``)."""
+        extra = {
+            "task": self.name,
+            "blocks": data.counts,
+            "block_size": cfg.data.block_size or cfg.data.max_length,
+        }
+        extra.update(more or {})
+        return Parts(
+            student,
+            s_tok,
+            data.train,
+            data.collate,
+            objectives,
+            stages,
             teacher=teacher,
-            evaluate=evaluate if val else None,
-            on_best=on_best,
-            desc=verb if final else f"{verb} ({out.name})",
+            data=data,
+            extra=extra,
         )
-        if len(objective.projections) and is_main_process():
-            from safetensors.torch import save_file
 
-            state = {k: v.detach().cpu().contiguous() for k, v in objective.projections.state_dict().items()}
-            save_file(state, str(out / "projections.safetensors"))
-        best = reload(model_dir)
-        results = {"validation": {}, "test": {}}
-        if final:
-            objective.attach(best, teacher)
-            try:
-                if teacher is not None:
-                    best.to(next(teacher.parameters()).device)
-                results = {
-                    s: metrics(best, objective, getattr(data, s)) if getattr(data, s) else {}
-                    for s in ("validation", "test")
-                }
-            finally:
-                objective.detach()
-        result = finish_run(
-            out,
-            model_dir,
-            outcome,
-            objective,
-            best,
-            teacher,
-            results,
-            task=cfg.task,
-            blocks=data.counts,
-            block_size=cfg.data.block_size or cfg.data.max_length,
-            **(extra or {}),
-        )
-    return result
+    def objectives(self, cfg: Config, student, teacher, objective_cls=None) -> tuple[list, list[StageConfig]]:
+        stages = stages_of(cfg)
+        objectives = [
+            stage_objective(cfg, st, student, teacher, stage_key(cfg, i), objective_cls)
+            for i, st in enumerate(stages)
+        ]
+        return objectives, stages
 
+    def has_split(self, parts: Parts, split: str) -> bool:
+        return bool(getattr(parts.data, split))
 
-def distill(cfg: Config):
-    """General distillation: base-encoder teacher -> base-encoder student on raw-text blocks."""
-    from transformers import AutoModel
+    def evaluate(self, model: nn.Module, parts: Parts, split: str, objective) -> dict[str, float]:
+        """The objective on the held-out blocks (its taps attached to ``model`` for the call when they are not)."""
+        teacher = parts.teacher
+        attached = objective.student_tap is not None and objective.student_tap.model is model
+        if attached:
+            return self.metrics_of(model, teacher, objective, getattr(parts.data, split))
+        objective.attach(model, teacher)
+        try:
+            if teacher is not None:
+                model.to(next(teacher.parameters()).device)
+            return self.metrics_of(model, teacher, objective, getattr(parts.data, split))
+        finally:
+            objective.detach()
 
-    from lmdistill.data.rawtext import BlockCollator
-
-    teacher, t_tok = load_teacher(cfg, AutoModel)
-    student, s_tok = make_student(cfg, teacher, t_tok, AutoModel)
-    require_same_tokenizer(t_tok, s_tok, "general")
-    for m in (teacher, student):
-        check_length(m, cfg.data.block_size or cfg.data.max_length, "data.block_size")
-    collate = BlockCollator(s_tok)
-    data = raw_text_data(cfg, s_tok, collate, collate)
-    pairs = stages_with_keys(cfg)
-    objectives = [build_objective(cfg, st, student, teacher, key) for st, key in pairs]
-    for (_, key), obj in zip(pairs, objectives):
-        if not obj.matches:
-            raise ModelError(
-                f"{key}.matches: task general learns from intermediate matches only, and this stage has "
-                "none with a weight above 0; add matches or set distill.method: tinybert | minilmv2"
-            )
-
-    def metrics(model, objective, batches):
+    def metrics_of(self, model, teacher, objective, batches: list[dict]) -> dict:
         return objective_metrics(model, teacher, objective, batches)
 
-    def reload(model_dir):
-        return load_auto(AutoModel, str(model_dir), "model")
+    def reload(self, path: Path, parts: Parts) -> nn.Module:
+        return load_auto(self.auto_cls, str(path), "model")
 
-    return run_stages(
-        cfg,
-        "distill",
-        student=student,
-        s_tok=s_tok,
-        teacher=teacher,
-        data=data,
-        objectives=objectives,
-        stages=[st for st, _ in pairs],
-        metrics=metrics,
-        reload=reload,
-    )
+    def load_saved(self, path, key: str = "model"):
+        from lmdistill.models.load import load_tokenizer
+
+        return load_auto(self.auto_cls, str(path), key), load_tokenizer(str(path), key)
+
+
+class GeneralTask(RawTextTask):
+    """Task-agnostic distillation of base encoders on raw text (TinyBERT / MiniLMv2 general distillation)."""
+
+    name = "general"
+    metrics = {"loss": False}
+    primary_metric = "loss"
+    finetunes = False
+    presets = TASK_PRESETS["general"]
+
+    def check(self, cfg: Config, verb: Verb | None) -> list[str]:
+        if verb == "finetune":
+            return [
+                "task general distils a teacher: run `lmdistill distill`, then finetune its model/ "
+                "with a task such as classification"
+            ]
+        if verb == "distill" and not cfg.distill.matches and not cfg.distill.stages:
+            return [
+                "distill.matches is required for task general (it learns from hidden states, attention and "
+                "relations only): add matches, or set distill.method: tinybert | minilmv2"
+            ]
+        return []
+
+    def parts(self, cfg: Config, verb: str) -> Parts:
+        from lmdistill.data.rawtext import BlockCollator
+
+        teacher, t_tok = load_teacher(cfg, self.auto_cls)
+        student, s_tok = make_student(cfg, teacher, t_tok, self.auto_cls)
+        require_same_tokenizer(t_tok, s_tok, "general")
+        collate = BlockCollator(s_tok)
+        data = self.blocks(cfg, student, s_tok, teacher, collate, collate)
+        objectives, stages = self.objectives(cfg, student, teacher)
+        for i, obj in enumerate(objectives):
+            if not obj.matches:
+                raise ModelError(
+                    f"{stage_key(cfg, i)}.matches: task general learns from intermediate matches only, and this "
+                    "stage has none with a weight above 0; add matches or set distill.method: tinybert | minilmv2"
+                )
+        return self.raw_parts(cfg, student, s_tok, teacher, data, objectives, stages)

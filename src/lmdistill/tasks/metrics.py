@@ -75,12 +75,6 @@ def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]
     }
 
 
-def compute_metrics(logits: np.ndarray, labels: np.ndarray, task: str, num_labels: int) -> dict[str, float]:
-    if task == "classification":
-        return classification_metrics(np.argmax(logits, axis=-1), labels, num_labels)
-    return regression_metrics(logits.reshape(-1), labels)
-
-
 def is_better(metric: str, new: float, old: float | None) -> bool:
     if old is None:
         return True

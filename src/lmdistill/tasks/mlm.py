@@ -5,7 +5,7 @@ DistilBERT (Sanh et al. 2019, sec. 3, "Knowledge distillation" / "Training loss"
 
 - ``kd`` (``L_ce``): the soft-target loss on the masked-LM logits,
   ``T^2 KL(p_T || p_S)`` with ``p = softmax(z / T)`` over the vocabulary, per token (forward KL:
-  ``F.kl_div(input=log q, target=log p)``); averaged over every real token of the batch, as the authors'
+  ``F.kl_div(input=log q, target=log p)``; ``distill.divergence`` may name another); averaged over every real token of the batch, as the authors'
   ``distiller.py`` does by default (``restrict_ce_to_mask=False``): the teacher's predictions at unmasked
   positions carry knowledge too. ``T^2`` (Hinton et al. 2015) because a hard-label term is mixed in
   (``distill.kd_scale_t2``).
@@ -27,26 +27,27 @@ Evaluation: ``mlm_loss`` (cross-entropy per masked token), ``perplexity = exp(ml
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
-from lmdistill.config import Config
+from lmdistill.config.schema import Config
 from lmdistill.errors import LmdistillError, ModelError
 from lmdistill.losses.divergences import forward_kl
 from lmdistill.losses.features import hidden_cosine
 from lmdistill.losses.logits import cross_entropy
 from lmdistill.losses.reduce import masked_mean
-from lmdistill.objective import Objective
+from lmdistill.methods.presets import TASK_PRESETS
+from lmdistill.objective import Objective, Term
 from lmdistill.signals.live import TeacherSignal
+from lmdistill.tasks.base import Parts
 from lmdistill.tasks.general import (
-    build_objective,
+    RawTextTask,
+    _base_weight,
     load_auto,
     load_teacher,
     make_student,
-    raw_text_data,
     require_same_tokenizer,
-    run_stages,
-    stages_with_keys,
     to_device,
 )
 
@@ -59,8 +60,9 @@ def masked_lm_kd(
     """Per-token forward KL of the softened vocabulary distributions at the selected positions.
 
     ``(B, T, V), (B, T, V), (B, T) bool -> (N,)`` with ``N = mask.sum()``: ``KL(p_T || p_S)`` at temperature
-    ``T``, no ``T^2`` factor (the caller applies it). Positions are selected BEFORE the softmax, so padding
-    costs nothing (DistilBERT's ``masked_select``).
+    ``T``, no ``T^2`` factor. Positions are selected BEFORE the softmax, so padding costs nothing
+    (DistilBERT's ``masked_select``); :meth:`lmdistill.objective.Objective.kd` does the same with the configured
+    divergence.
     """
     return forward_kl(student_logits[mask], teacher_logits[mask], temperature)
 
@@ -72,9 +74,7 @@ def masked_lm_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 
 def _kd(obj: MLMObjective, out, signal: TeacherSignal, batch: dict) -> torch.Tensor:
-    t = obj.temperature_now()
-    kl = masked_lm_kd(out.logits, signal.logits, batch["student"]["attention_mask"].bool(), t)
-    return masked_mean(kl) * (t**2 if obj.kd_scale_t2 else 1.0)
+    return obj.kd(out.logits, signal.logits, batch["student"]["attention_mask"])
 
 
 def _mlm(obj: MLMObjective, out, signal, batch: dict) -> torch.Tensor:
@@ -86,25 +86,14 @@ def _cos(obj: MLMObjective, out, signal: TeacherSignal, batch: dict) -> torch.Te
     return masked_mean(loss, batch["student"]["attention_mask"])
 
 
-MLM_TERMS = {"kd": _kd, "mlm": _mlm, "cos": _cos}
-
-
 class MLMObjective(Objective):
     """DistilBERT's triple loss (``kd``, ``mlm``, ``cos``) plus any ``distill.matches``."""
 
-    @property
-    def needs_teacher(self) -> bool:
-        return bool(self.matches) or any(k in ("kd", "cos") for k in self.weights)
-
-    @property
-    def needs_hidden(self) -> bool:
-        return "cos" in self.weights or super().needs_hidden
-
-    def forward(self, out, signal: TeacherSignal | None, batch: dict, feats: dict | None = None) -> dict:
-        terms = {name: MLM_TERMS[name](self, out, signal, batch) for name in self.weights}
-        for m in self.matches:
-            terms[m.name] = self._match(m, out, feats or {}, signal, batch)
-        return terms
+    terms = {
+        "kd": Term(_kd, teacher_logits=True, teacher=True),
+        "mlm": Term(_mlm),
+        "cos": Term(_cos, teacher=True, hidden=True),
+    }
 
 
 @torch.no_grad()
@@ -112,7 +101,6 @@ def mlm_metrics(model, batches: list[dict], objective: MLMObjective | None = Non
     """``mlm_loss``, ``perplexity``, ``mlm_accuracy`` over every masked token of ``batches``; with an
     objective (and its taps attached) also ``loss`` and each term, averaged over examples."""
     from lmdistill.signals.live import LiveTeacher
-    from lmdistill.tasks.general import _base_weight
 
     device = next(model.parameters()).device
     was = model.training
@@ -165,69 +153,52 @@ def _check_shapes(objective: MLMObjective, student, teacher) -> None:
         )
 
 
-def distill(cfg: Config):
-    """DistilBERT-style distillation of a masked-LM teacher into a masked-LM student on raw text."""
-    from transformers import AutoModelForMaskedLM
+class MLMTask(RawTextTask):
+    """DistilBERT-style masked-LM distillation on raw text (and continued MLM pre-training with finetune)."""
 
-    teacher, t_tok = load_teacher(cfg, AutoModelForMaskedLM, need_head="masked-LM head")
-    student, s_tok = make_student(cfg, teacher, t_tok, AutoModelForMaskedLM)
-    require_same_tokenizer(t_tok, s_tok, "mlm")
-    return _run(cfg, "distill", student, s_tok, teacher)
+    name = "mlm"
+    loss_terms = MLM_LOSSES
+    default_losses = {"kd": 5.0, "mlm": 2.0, "cos": 1.0}  # DistilBERT's alpha_ce, alpha_mlm, alpha_cos
+    metrics = {"perplexity": False, "mlm_loss": False, "mlm_accuracy": True, "loss": False}
+    primary_metric = "perplexity"
+    presets = TASK_PRESETS["mlm"]
+    auto_cls_name = "AutoModelForMaskedLM"
+    pipeline = "fill-mask"
 
+    def parts(self, cfg: Config, verb: str) -> Parts:
+        from lmdistill.data.rawtext import MLMCollator
+        from lmdistill.models.load import load_tokenizer
 
-def finetune(cfg: Config):
-    """Continued masked-LM pre-training of ``model`` on raw text (no teacher): the ``mlm`` term only."""
-    from transformers import AutoModelForMaskedLM
+        if verb == "finetune":  # continued masked-LM pre-training of ``model`` on raw text: mlm only
+            m = cfg.model
+            student, teacher = load_auto(self.auto_cls, m.name_or_path, "model.name_or_path"), None
+            s_tok = load_tokenizer(m.tokenizer or m.name_or_path, "model.tokenizer")
+            cfg.distill.losses = {"mlm": 1.0}
+            cfg.distill.matches, cfg.distill.stages = [], []
+        else:
+            teacher, t_tok = load_teacher(cfg, self.auto_cls, need_head="masked-LM head")
+            student, s_tok = make_student(cfg, teacher, t_tok, self.auto_cls)
+            require_same_tokenizer(t_tok, s_tok, "mlm")
+        p = cfg.data.mlm_probability
+        data = self.blocks(
+            cfg, student, s_tok, teacher, MLMCollator(s_tok, p, cfg.seed), MLMCollator(s_tok, p, cfg.seed + 1)
+        )
+        objectives, stages = self.objectives(cfg, student, teacher, MLMObjective)
+        for obj in objectives:
+            if obj.needs_teacher and teacher is None:
+                raise LmdistillError(
+                    "distill.losses: kd and cos need a teacher; finetune trains with mlm only"
+                )
+            _check_shapes(obj, student, teacher)
+        more = {}
+        if teacher is not None and (data.validation or data.test):
+            more["teacher"] = {
+                s: mlm_metrics(teacher, getattr(data, s)) for s in ("validation", "test") if getattr(data, s)
+            }
+        return self.raw_parts(cfg, student, s_tok, teacher, data, objectives, stages, more)
 
-    from lmdistill.models.load import load_tokenizer
-
-    m = cfg.model
-    model = load_auto(AutoModelForMaskedLM, m.name_or_path, "model.name_or_path")
-    tok = load_tokenizer(m.tokenizer or m.name_or_path, "model.tokenizer")
-    cfg.distill.losses = {"mlm": 1.0}
-    cfg.distill.matches, cfg.distill.stages = [], []
-    return _run(cfg, "finetune", model, tok, None)
-
-
-def _run(cfg: Config, verb: str, student, s_tok, teacher):
-    from transformers import AutoModelForMaskedLM
-
-    from lmdistill.data.rawtext import MLMCollator
-    from lmdistill.tasks.general import check_length
-
-    for m in (student, teacher) if teacher is not None else (student,):
-        check_length(m, cfg.data.block_size or cfg.data.max_length, "data.block_size")
-
-    p = cfg.data.mlm_probability
-    data = raw_text_data(cfg, s_tok, MLMCollator(s_tok, p, cfg.seed), MLMCollator(s_tok, p, cfg.seed + 1))
-    pairs = stages_with_keys(cfg)
-    objectives = [build_objective(cfg, st, student, teacher, key, MLMObjective) for st, key in pairs]
-    for obj in objectives:
-        if obj.needs_teacher and teacher is None:
-            raise LmdistillError("distill.losses: kd and cos need a teacher; finetune trains with mlm only")
-        _check_shapes(obj, student, teacher)
-    extra = {}
-    if teacher is not None and (data.validation or data.test):
-        extra["teacher"] = {
-            s: mlm_metrics(teacher, getattr(data, s)) for s in ("validation", "test") if getattr(data, s)
-        }
-
-    def metrics(model, objective, batches):
+    def metrics_of(self, model, teacher, objective, batches: list[dict]) -> dict:
         return mlm_metrics(model, batches, objective, teacher)
 
-    def reload(model_dir):
-        return load_auto(AutoModelForMaskedLM, str(model_dir), "model")
-
-    return run_stages(
-        cfg,
-        verb,
-        student=student,
-        s_tok=s_tok,
-        teacher=teacher,
-        data=data,
-        objectives=objectives,
-        stages=[st for st, _ in pairs],
-        metrics=metrics,
-        reload=reload,
-        extra=extra,
-    )
+    def reload(self, path: Path, parts: Parts):
+        return load_auto(self.auto_cls, str(path), "model")

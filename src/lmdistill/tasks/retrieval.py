@@ -189,7 +189,7 @@ def evaluate_retrieval(
     teacher_cosine?}, "teacher": {...}?}``; ``teacher_cosine`` is the mean cosine between the model's and
     the teacher's embeddings of every query and document (when their widths agree).
     """
-    from lmdistill.tasks.embedding import SentenceEncoder
+    from lmdistill.models.sentence import SentenceEncoder
 
     rs = (
         data

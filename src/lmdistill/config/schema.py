@@ -1,0 +1,308 @@
+"""The config schema: one dataclass per section, every key with its type, default and meaning.
+
+Loading (YAML, overrides, strict type conversion) is :mod:`lmdistill.config.load`; the checks that hold for
+every task are :mod:`lmdistill.config.checks`; each task checks its own keys (``lmdistill.tasks``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Verb = Literal["finetune", "distill", "compress"]
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and which columns hold what."""
+
+    dataset: str | None = None
+    """A `datasets` name (hub id or local dataset folder) or a built-in name (`vader`, `bbc-news`)."""
+    dataset_config: str | None = None
+    """The `datasets` configuration name (e.g. `sst2` for `glue`)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Options for a built-in data set (e.g. `{domains: [movie]}` for `vader`)."""
+    train: str | None = None
+    """A local CSV / TSV / JSONL / Parquet file, or with `dataset`: a split name (default `train`)."""
+    validation: str | None = None
+    """File or split name; when absent, carved from train with `validation_size`."""
+    test: str | None = None
+    """File or split name; when absent, carved from train with `test_size`."""
+    validation_size: float = 0.1
+    test_size: float = 0.1
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_names: list[str] | None = None
+    """Fixed label order for classification; default: the sorted labels of the training split."""
+    max_length: int = 128
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    block_size: int | None = None
+    """mlm / general raw text: tokens per block, special tokens included (default: data.max_length)."""
+    mlm_probability: float = 0.15
+    """mlm: the share of real tokens selected for prediction in each batch (dynamic masking, 80/10/10)."""
+    streaming: bool = False
+    """mlm / general: read the corpus as a stream (.txt / .jsonl line by line, `datasets` streaming);
+    needs training.max_steps."""
+
+
+@dataclass
+class ModelConfig:
+    """A model given by local folder or hub id."""
+
+    name_or_path: str | None = None
+    tokenizer: str | None = None
+    """Tokenizer folder or id when it differs from `name_or_path`."""
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class StudentConfig:
+    """How the student is made: from teacher layers, a pretrained model, or a fresh config."""
+
+    init: Literal["from_teacher", "pretrained", "config"] = "from_teacher"
+    layers: list[int] | None = None
+    """from_teacher: the teacher layers to keep, 0-based (e.g. [0, 2, 4])."""
+    num_layers: int | None = None
+    """from_teacher: how many layers to keep (chosen by `strategy`); config: the depth."""
+    strategy: Literal["uniform", "first", "last"] = "uniform"
+    keep_every: int | None = None
+    """from_teacher: keep every k-th teacher layer, from layer 0 (DistilBERT: 2)."""
+    name_or_path: str | None = None
+    """pretrained: a local folder or hub id."""
+    tokenizer: str | None = None
+    hidden_size: int | None = None
+    """config: the width (default: the teacher's)."""
+    num_attention_heads: int | None = None
+    intermediate_size: int | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class TrainingConfig:
+    """The optimisation loop."""
+
+    epochs: float = 3.0
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs)."""
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """auto: bf16 on GPUs that support it, otherwise full precision."""
+    eval_every: int | None = None
+    """Evaluate every N optimizer steps; default: at the end of every epoch."""
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without improvement."""
+    metric_for_best: str | None = None
+    """Validation metric that picks the best checkpoint (default: accuracy, or pearson for regression)."""
+    log_every: int = 10
+    save_every: int | None = None
+    """Write a resumable checkpoint (model, optimizer, scheduler, RNG, data position) every N steps."""
+    save_total_limit: int = 2
+    """Keep the last N checkpoints (plus the one at the best step, when there is one)."""
+    resume: str | None = None
+    """auto: continue from the newest checkpoint in output_dir/checkpoints (if any); or a checkpoint folder."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding; every example still seen once per epoch)."""
+    max_tokens: int | None = None
+    """Token-budget batches: as many examples as fit in this many padded tokens per process (batch_size is
+    then not used for training batches); batches of similar length, formed once, shuffled every epoch."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN/inf loss: stop (checked at each log, no per-step sync) or skip that batch (checked every step)."""
+    cpu: bool = False
+    """Force the CPU even when a GPU is present."""
+    teacher_placement: Literal["replicate", "shard"] = "replicate"
+    """Under FSDP / DeepSpeed ZeRO-3: keep a full teacher on every process, or shard it like the student."""
+    num_workers: int = 0
+    teacher_cache: str | None = None
+    """Run the teacher once over the training data and train from its stored outputs (16-bit, memory-mapped):
+    auto (OUTPUT_DIR/teacher_cache), a folder (share it between students), or null (the teacher runs live).
+    A changed teacher, data or loss set rebuilds it; on-policy batches still use the live teacher."""
+    compile: bool = False
+    """torch.compile the student; batches are padded to a few fixed lengths (32, 48, 64, 96, 128, ...)."""
+
+
+@dataclass
+class ScheduleConfig:
+    """How a value moves from its start (the configured value) to ``end`` over training."""
+
+    kind: Literal["constant", "linear", "cosine"] = "constant"
+    end: float | None = None
+    """The value at the last step (required for linear and cosine)."""
+
+
+# feature -> the losses that apply to it (the first is the default)
+
+
+@dataclass
+class MatchConfig:
+    """One piece of intermediate knowledge: a teacher feature matched to a student feature.
+
+    Give ``teacher_layer`` and ``student_layer`` (0-based; negative counts from the end: -1 is the last),
+    or leave them out and let ``strategy`` pair every student layer with a teacher layer.
+    """
+
+    feature: str
+    """embeddings | hidden | cls | mean | attention | attention_scores | qq | kk | vv
+    (:data:`lmdistill.knowledge.FEATURES`)."""
+    loss: str | None = None
+    """mse | cosine | cls_mse | kl (default: the first that applies to the feature)."""
+    weight: float = 1.0
+    teacher_layer: int | None = None
+    student_layer: int | None = None
+    strategy: Literal["auto", "uniform", "skip", "last", "first"] = "auto"
+    projection: bool | None = None
+    """Learn a linear map student width -> teacher width (default: only when the widths differ)."""
+    relation_heads: int | None = None
+    """Relation heads for qq/kk/vv (default: the teacher's attention heads)."""
+    head_rule: Literal["average", "select"] | None = None
+    """attention with different head counts: average teacher head groups, or select the first heads."""
+    schedule: ScheduleConfig | None = None
+
+
+@dataclass
+class StageConfig:
+    """One stage of a multi-stage recipe (TinyBERT: intermediate layers first, then predictions)."""
+
+    name: str = "stage"
+    losses: dict[str, float] = field(default_factory=dict)
+    matches: list[MatchConfig] = field(default_factory=list)
+    temperature: float | None = None
+    epochs: float | None = None
+    learning_rate: float | None = None
+
+
+@dataclass
+class DistillSection:
+    """What the student learns from the teacher."""
+
+    method: str | None = None
+    """A published recipe: distilbert, pkd-skip, pkd-last, tinybert, minilm, minilmv2 (see docs/methods.md)."""
+    temperature: float = 2.0
+    temperature_schedule: ScheduleConfig | None = None
+    kd_scale_t2: bool = True
+    """Multiply the soft-target loss by T^2 (Hinton et al.); Patient KD's recipe does not."""
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"] = (
+        "forward_kl"
+    )
+    """The output-level divergence of ``kd`` for every task: forward_kl = KL(teacher || student) (Hinton et al.);
+    reverse_kl = KL(student || teacher) (MiniLLM); jsd (GKD, ``beta``); skew_forward_kl / skew_reverse_kl
+    (DistiLLM, ``alpha``); tvd (total variation). See :mod:`lmdistill.losses.divergences`."""
+    beta: float = 0.5
+    """jsd: the teacher's weight in the mixture; 0 = forward_kl, 1 = reverse_kl (continuous at both ends)."""
+    alpha: float = 0.1
+    """skew_*: the skew (DistiLLM's default 0.1); 0 = the plain KL."""
+    losses: dict[str, float] | None = None
+    """Loss term -> weight. Default: {kd: 0.5, ce: 0.5} (classification), {kd_mse: 0.5, mse: 0.5} (regression)."""
+    loss_schedules: dict[str, ScheduleConfig] = field(default_factory=dict)
+    matches: list[MatchConfig] = field(default_factory=list)
+    stages: list[StageConfig] = field(default_factory=list)
+    """Run these stages one after another on the same student (each overrides losses/matches)."""
+
+
+@dataclass
+class CausalLMConfig:
+    """Causal LM distillation (``task: causal_lm``): the token-level divergence, the teacher signal, the data
+    layout and generation (see docs/causal_lm.md)."""
+
+    divergence: (
+        Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"] | None
+    ) = None
+    """The same key as ``distill.divergence`` (its causal-LM name, kept): when given, it sets it; the resolved
+    config shows both with the same value."""
+    beta: float | None = None
+    """The same key as ``distill.beta``."""
+    alpha: float | None = None
+    """The same key as ``distill.alpha``."""
+    top_k: int | None = None
+    """Use only the teacher's k most likely tokens plus their tail mass (null: the full distribution)."""
+    chunk_size: int = 512
+    """Token positions per chunk of the divergence (bounds the float32 (chunk, vocab) temporaries)."""
+    seq_kd: bool = False
+    """Sequence-level KD (Kim & Rush 2016): train on the teacher's greedy continuations, generated once and
+    cached in output_dir/seq_kd."""
+    on_policy: float = 0.0
+    """GKD's lambda: the probability that a batch is made of the student's own samples (scored by the teacher)."""
+    max_new_tokens: int = 64
+    """Tokens generated per example (seq_kd, on_policy); raw-text prompts are the tokens before the last
+    max_new_tokens."""
+    generation_temperature: float = 1.0
+    """Sampling temperature of the student's on-policy samples (0: greedy)."""
+    block_size: int | None = None
+    """Raw text: tokens per training block after packing documents (default: data.block_size, else
+    data.max_length)."""
+    prompt_column: str | None = None
+    """Prompt/response data: the prompt column (no loss on its tokens); set with response_column."""
+    response_column: str | None = None
+
+
+@dataclass
+class EmbeddingConfig:
+    """Sentence-embedding distillation for search (`task: embedding`; docs/embedding.md)."""
+
+    mode: Literal["bi", "cross"] = "bi"
+    """bi: the student learns the teacher's sentence embeddings; cross: a cross-encoder teacher's relevance
+    scores are distilled into a bi-encoder student with margin-MSE (Hofstaetter et al. 2020)."""
+    loss: Literal["mse", "cosine", "margin_mse"] | None = None
+    """bi: mse (default; Reimers & Gurevych 2020) or cosine on the pooled embeddings; cross: margin_mse."""
+    pooling: Literal["auto", "mean", "cls"] = "auto"
+    """auto: the teacher's (sentence-transformers 1_Pooling/config.json in its folder), else mean."""
+    normalize: bool | None = None
+    """L2-normalise the saved student's embeddings (default: as the teacher's Normalize module)."""
+    projection: bool | None = None
+    """bi: a learned linear map student width -> teacher width after pooling (default: when widths differ)."""
+    similarity: Literal["dot", "cosine"] = "dot"
+    """cross: how the student scores a query and a passage."""
+    extra_text_columns: list[str] = field(default_factory=list)
+    """bi: more text columns to learn from besides data.text_column (e.g. [title])."""
+    query_column: str = "query"
+    positive_column: str = "positive"
+    negative_column: str | None = None
+    """cross: the negative passage column (default: another row's positive, drawn with the seed)."""
+    retrieval: str | None = None
+    """Evaluate retrieval at the end: bbc-news (or another built-in) or a CSV/JSONL/Parquet file; when it is
+    data.dataset, only its test split is used."""
+    retrieval_query_column: str = "title"
+    retrieval_document_column: str = "text"
+    retrieval_max_queries: int | None = None
+
+
+@dataclass
+class ReportConfig:
+    """How `compress` and `report` measure the models."""
+
+    country_iso_code: str = "USA"
+    """Country whose electricity mix converts energy to CO2 (codecarbon, offline)."""
+    latency_repeats: int = 20
+    warmup: int = 3
+    speed_texts: int = 256
+    """How many test texts are used for the speed, memory and energy measurements."""
+    energy: bool = True
+    bootstrap_resamples: int = 1000
+
+
+@dataclass
+class Config:
+    """The whole run. `finetune` uses `model`; `distill` uses `teacher` and `student`."""
+
+    task: str = "classification"
+    """What the models do: classification, regression, causal_lm, mlm, general, embedding (``lmdistill.tasks``)."""
+    seed: int = 42
+    output_dir: str = "runs/lmdistill"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: ModelConfig = field(default_factory=ModelConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    distill: DistillSection = field(default_factory=DistillSection)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    lm: CausalLMConfig = field(default_factory=CausalLMConfig)

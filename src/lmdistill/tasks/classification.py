@@ -1,0 +1,322 @@
+"""Text classification and regression (``task: classification`` / ``task: regression``).
+
+A sequence classifier (``AutoModelForSequenceClassification``) reads one text or a text pair and predicts a
+label (classification: cross-entropy ``ce``, accuracy and macro-F1) or a number (regression, one output:
+``mse``, Pearson and Spearman). Distillation adds the teacher's outputs: ``kd`` (soft targets through the
+configured divergence, :meth:`lmdistill.objective.Objective.kd`) and ``kd_mse`` (MSE to the teacher's logits),
+and any intermediate ``distill.matches``. When the teacher's tokenizer differs from the student's, each model
+reads the text tokenised its own way; token-level matches are then refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from lmdistill.config.schema import Config, StageConfig
+from lmdistill.data.tables import Examples, TaskData, load_task_data
+from lmdistill.errors import ModelError
+from lmdistill.methods.presets import PRESETS
+from lmdistill.objective import Objective
+from lmdistill.tasks.base import Parts, Task, make_student, stage_key, stage_objective, stages_of
+
+
+@dataclass
+class Splits:
+    """The evaluation side of a run: the data, per-split datasets and the evaluation collator."""
+
+    data: TaskData
+    sets: dict
+    collate: object
+    batch_size: int
+
+
+class SequenceTask(Task):
+    """What classification and regression share: tables of texts and labels, one output per text."""
+
+    cacheable = True
+    presets = PRESETS
+    labelled = True
+    regression = False
+
+    # ---- the run
+    def parts(self, cfg: Config, verb: str) -> Parts:
+        from lmdistill.models.load import load_classifier, load_saved_classifier
+
+        data = load_task_data(cfg.data, self.name, cfg.seed)
+        extra = {"label_names": data.label_names, "split_sizes": {k: len(v) for k, v in data.splits.items()}}
+        if verb == "finetune":
+            model, tok = load_classifier(
+                cfg.model, "model", num_labels=data.num_labels, label_names=data.label_names
+            )
+            sets, collate, _ = self.datasets(data, tok, None, cfg, model)
+            objective = Objective(dict(self.baseline_losses))
+            return Parts(
+                model,
+                tok,
+                sets["train"],
+                collate,
+                [objective],
+                [StageConfig(name="finetune")],
+                data=self._splits(data, sets, collate, cfg),
+                extra=extra,
+            )
+        teacher, t_tok = load_saved_classifier(cfg.teacher.name_or_path, "teacher.name_or_path")
+        self.check_teacher_labels(teacher, data)
+        load = partial(load_classifier, num_labels=data.num_labels, label_names=data.label_names)
+        student, s_tok = make_student(cfg, teacher, t_tok, load)
+        sets, collate, separate = self.datasets(data, s_tok, t_tok, cfg, student, teacher)
+        stages = stages_of(cfg)
+        objectives = [
+            self.objective(cfg, st, student, teacher, separate, stage_key(cfg, i))
+            for i, st in enumerate(stages)
+        ]
+        return Parts(
+            student,
+            s_tok,
+            sets["train"],
+            collate,
+            objectives,
+            stages,
+            teacher=teacher,
+            data=self._splits(data, sets, collate, cfg),
+            extra=extra,
+        )
+
+    @staticmethod
+    def _splits(data: TaskData, sets: dict, collate, cfg: Config) -> Splits:
+        return Splits(data, sets, type(collate)(collate.student_pad_id), cfg.training.eval_batch_size)
+
+    def datasets(self, data: TaskData, s_tok, t_tok, cfg: Config, student_model=None, teacher_model=None):
+        """Per-split TextDatasets and the collator (teacher inputs only when its tokenizer differs).
+
+        Texts are cut to ``data.max_length`` tokens, or to what the models' position embeddings allow."""
+        from lmdistill.data.text import (
+            Collator,
+            TextDataset,
+            encode,
+            max_length_for,
+            pad_id,
+            tokenizers_match,
+        )
+
+        separate = t_tok is not None and not tokenizers_match(s_tok, t_tok)
+        s_len = max_length_for(cfg.data.max_length, student_model, None if separate else teacher_model)
+        t_len = max_length_for(cfg.data.max_length, teacher_model)
+        sets = {}
+        for split, ex in data.splits.items():
+            student = encode(s_tok, ex, s_len)
+            teacher = encode(t_tok, ex, t_len) if separate and split == "train" else None
+            sets[split] = TextDataset(student, ex.labels, teacher, regression=self.regression)
+        collate = Collator(pad_id(s_tok), pad_id(t_tok) if separate else None)
+        return sets, collate, separate
+
+    def objective(
+        self, cfg: Config, stage: StageConfig, student, teacher, separate: bool, key: str
+    ) -> Objective:
+        """Output losses + resolved matches; token-level matches are refused across tokenizers."""
+        from lmdistill.knowledge import FEATURES
+
+        token_level = [m.feature for m in stage.matches if not FEATURES[m.feature].sentence]
+        if separate and token_level:
+            raise ModelError(
+                f"{key}.matches: feature '{token_level[0]}' is token-level and needs teacher and student to "
+                "share one tokenizer, but their tokenizers differ; use sentence-level features (cls, mean), "
+                "output losses (kd), or a student with the teacher's tokenizer"
+            )
+        return stage_objective(cfg, stage, student, teacher, key)
+
+    def check_teacher_labels(self, teacher, data: TaskData) -> None:
+        want = data.num_labels
+        have = teacher.config.num_labels
+        if have != want:
+            raise ModelError(
+                f"teacher.name_or_path: the teacher predicts {have} label(s) but the data has {want}; "
+                "fine-tune a teacher on this task first (lmdistill finetune)"
+            )
+        names = [] if self.regression else [str(teacher.config.id2label[i]) for i in range(have)]
+        generic = all(n == f"LABEL_{i}" for i, n in enumerate(names))
+        if names and not generic and names != data.label_names:
+            raise ModelError(
+                f"teacher.name_or_path: the teacher's labels {names} differ from the data's {data.label_names}; "
+                "set data.label_names to the teacher's order"
+            )
+
+    def has_split(self, parts: Parts, split: str) -> bool:
+        return split in parts.data.data.splits
+
+    def evaluate(self, model: nn.Module, parts: Parts, split: str, objective: Objective) -> dict[str, float]:
+        s: Splits = parts.data
+        return self.metrics_of(
+            model, s.sets[split], s.collate, s.data.splits[split], s.data.num_labels, s.batch_size
+        )
+
+    def metrics_of(self, model, dataset, collate, ex: Examples, num_labels: int, batch_size: int) -> dict:
+        from lmdistill.engine import predict
+
+        return self.scores(predict(model, dataset, collate, batch_size), np.asarray(ex.labels), num_labels)
+
+    def scores(self, logits: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
+        """Accuracy and macro-F1 of the argmax (classification), or MSE, RMSE, Pearson, Spearman (regression)."""
+        from lmdistill.tasks.metrics import classification_metrics, regression_metrics
+
+        if self.regression:
+            return regression_metrics(logits.reshape(-1), labels)
+        return classification_metrics(np.argmax(logits, axis=-1), labels, num_labels)
+
+    def reload(self, path: Path, parts: Parts) -> nn.Module:
+        return self.load_saved(path)[0]
+
+    def evaluate_saved(self, model, **kwargs):
+        return _evaluate_saved(self, model, **kwargs)
+
+    # ---- the report
+    report_metrics: tuple[str, ...] = ()
+
+    def report_inputs(self, cfg: Config):
+        from lmdistill.errors import LmdistillError
+        from lmdistill.tasks.base import ReportInputs
+
+        data = load_task_data(cfg.data, self.name, cfg.seed)
+        if "test" not in data.splits:
+            raise LmdistillError(
+                "report: the data has no test split; set data.test or data.test_size above 0"
+            )
+        examples = data.splits["test"]
+        texts = examples.texts[: cfg.report.speed_texts]
+        return ReportInputs(examples, texts, cfg.data.max_length, f"test split, {len(examples)} examples")
+
+    def report_quality(self, model_dir: Path, cfg: Config, inputs) -> tuple[dict, str | None]:
+        """Metrics with 95% bootstrap intervals on the test split."""
+        from lmdistill.data.text import Collator, TextDataset, encode, max_length_for, pad_id
+        from lmdistill.engine import predict
+        from lmdistill.report.stats import metric_ci
+
+        examples = inputs.examples
+        net, tok = self.load_saved(model_dir)
+        ds = TextDataset(
+            encode(tok, examples, max_length_for(cfg.data.max_length, net)),
+            examples.labels,
+            regression=self.regression,
+        )
+        logits = predict(net, ds, Collator(pad_id(tok)), cfg.training.eval_batch_size)
+        pred = logits.reshape(-1) if self.regression else logits.argmax(-1)
+        gold = np.asarray(examples.labels)
+        metrics = {}
+        for i, name in enumerate(self.report_metrics):
+            ci = metric_ci(name, gold, pred, n_resamples=cfg.report.bootstrap_resamples, seed=cfg.seed + i)
+            metrics[name] = {"value": ci.point, "low": ci.low, "high": ci.high}
+        return metrics, None
+
+    def load_saved(self, path, key: str = "model"):
+        from lmdistill.models.load import load_saved_classifier
+
+        return load_saved_classifier(str(path), key)
+
+
+class ClassificationTask(SequenceTask):
+    name = "classification"
+    loss_terms = ("kd", "ce", "kd_mse")
+    default_losses = {"kd": 0.5, "ce": 0.5}
+    baseline_losses = {"ce": 1.0}
+    metrics = {"accuracy": True, "macro_f1": True}
+    primary_metric = "accuracy"
+    pipeline = "text-classification"
+    report_metrics = ("accuracy", "macro_f1")
+
+    def owns(self, config: dict) -> bool:
+        return _outputs(config) not in (None, 1)
+
+
+class RegressionTask(SequenceTask):
+    name = "regression"
+    loss_terms = ("kd_mse", "mse")
+    default_losses = {"kd_mse": 0.5, "mse": 0.5}
+    baseline_losses = {"mse": 1.0}
+    metrics = {"pearson": True, "spearman": True, "mse": False, "rmse": False}
+    primary_metric = "pearson"
+    regression = True
+    pipeline = "text-classification"
+    report_metrics = ("pearson", "spearman", "mse")
+
+    def owns(self, config: dict) -> bool:
+        return _outputs(config) == 1
+
+
+def _evaluate_saved(
+    task: SequenceTask,
+    model,
+    *,
+    config=None,
+    data=None,
+    split: str = "test",
+    text_column=None,
+    text_pair_column=None,
+    label_column=None,
+    batch_size: int = 64,
+    overrides=(),
+    **_,
+):
+    """A saved classifier / regressor on ``split`` of a config's data or on a whole file: metrics and
+    predictions (label names for classification)."""
+    from lmdistill.config.schema import DataConfig
+    from lmdistill.data.tables import build_task_data, load_frames
+    from lmdistill.data.text import Collator, TextDataset, encode, max_length_for, pad_id
+    from lmdistill.engine import predict
+    from lmdistill.errors import DataError
+    from lmdistill.tasks import load_config
+    from lmdistill.tasks.base import EvalResult
+
+    net, tok = task.load_saved(model)
+    if config is None and data is None:
+        raise DataError("evaluate needs data: give --data FILE or --config CONFIG")
+    regression = net.config.num_labels == 1
+    name = "regression" if regression else "classification"
+    names = None if regression else [str(net.config.id2label[i]) for i in range(net.config.num_labels)]
+    if data is not None:
+        dcfg = DataConfig(train=str(data), validation_size=0.0, test_size=0.0)
+        split_name, key, seed = "train", "data", 0
+    else:
+        cfg = load_config(config, overrides)
+        dcfg, seed, key = cfg.data, cfg.seed, split
+        split_name = split
+    for attr, value in (
+        ("text_column", text_column),
+        ("text_pair_column", text_pair_column),
+        ("label_column", label_column),
+    ):
+        if value is not None:
+            setattr(dcfg, attr, value)
+    dcfg.label_names = names
+    frames = load_frames(dcfg, seed)
+    if split_name not in frames:
+        raise DataError(f"split '{split}' is not in the data (available: {', '.join(frames)})")
+    ex = build_task_data({split_name: frames[split_name]}, dcfg, name).splits[split_name]
+    dataset = TextDataset(
+        encode(tok, ex, max_length_for(dcfg.max_length, net)), ex.labels, regression=regression
+    )
+    logits = predict(net, dataset, Collator(pad_id(tok)), batch_size)
+    metrics = task.scores(logits, np.asarray(ex.labels), net.config.num_labels)
+    if regression:
+        preds, gold = logits.reshape(-1).tolist(), list(ex.labels)
+    else:
+        preds, gold = [names[i] for i in logits.argmax(-1)], [names[i] for i in ex.labels]
+    return EvalResult(
+        model=str(model),
+        split=key if data is None else str(data),
+        n=len(ex),
+        metrics=metrics,
+        predictions=preds,
+        labels=gold,
+    )
+
+
+def _outputs(config: dict) -> int | None:
+    """The number of outputs of a saved sequence classifier's config.json (None: not such a model)."""
+    if not any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or []):
+        return None
+    return len(config.get("id2label") or {}) or config.get("num_labels") or 2
