@@ -127,6 +127,7 @@ def test_quality_table_has_a_row_per_model_with_runtime_kept_share_ece_and_agree
     assert header == [
         "Model",
         "Runtime",
+        "Step",
         "Checkpoint",
         "accuracy (primary)",
         "macro_f1",
@@ -139,6 +140,7 @@ def test_quality_table_has_a_row_per_model_with_runtime_kept_share_ece_and_agree
     assert student["ECE (%, lower is better)"] == "3.2 [2.5, 4.1]"
     assert student["Agreement with the teacher (%)"] == "95.0 [94.0, 96.0]"
     assert rows["Teacher, ONNX Runtime int8"]["Share of the teacher's accuracy kept"] == "99.5%"  # 91.5 / 92
+    assert (rows["Teacher, ONNX Runtime int8"]["Step"], student["Step"]) == ("quantize int8", "—")
     assert rows["Baseline (no KD)"]["ECE (%, lower is better)"] == "n/a (not given)"
 
 

@@ -281,7 +281,9 @@ def measure_latency_interleaved(
     ``n`` = ``rounds``; ``padded_tokens_per_batch`` for pairs), plus ``times_s`` (every timed call, in
     order), ``timing: "interleaved"`` and ``interleaved_with`` (all keys, in calling order);
     ``extra[key]`` is merged in last (e.g. ``{"threads": 4}`` for an ONNX Runtime session, whose
-    threads torch does not know).
+    threads torch does not know). ONNX Runtime's thread pool spin-waits after each run by default and
+    would take CPU from the next model: create sessions timed this way with the session config entry
+    ``"session.intra_op.allow_spinning": "0"``.
     """
     if rounds < 1 or warmup < 0 or batch_size < 1 or not runners:
         raise ValueError(

@@ -30,12 +30,13 @@ def _percent_cell(ctx: Context, raw: object) -> str:
 
 
 def model_table(ctx: Context, metrics: list[str]) -> Table:
-    """Label, [runtime], checkpoint, every metric, share of the teacher's primary score kept, [ECE],
+    """Label, [runtime], [compression step], checkpoint, every metric, share of the teacher's primary score kept, [ECE],
     [agreement with the teacher]: the optional columns only where some entry has them."""
     runtime = ctx.explicit_runtimes()
+    step = any(e.get("step") for e in ctx.models.values())
     ece = any(get(e, "calibration", "ece") is not None for e in ctx.models.values())
     agree = any(e.get("agreement") is not None for e in ctx.models.values())
-    header = ["Model"] + (["Runtime"] if runtime else []) + ["Checkpoint"]
+    header = ["Model"] + (["Runtime"] if runtime else []) + (["Step"] if step else []) + ["Checkpoint"]
     header += [f"{m} (primary)" if m == ctx.primary else m for m in metrics]
     header.append(f"Share of the teacher's {ctx.primary} kept")
     header += (["ECE (%, lower is better)"] if ece else []) + (
@@ -44,7 +45,8 @@ def model_table(ctx: Context, metrics: list[str]) -> Table:
 
     def cells(key: str) -> list[str]:
         entry = ctx.entry(key)
-        row = ([ctx.runtime(key)] if runtime else []) + [model_name(ctx, key)]
+        row = ([ctx.runtime(key)] if runtime else []) + ([str(entry.get("step") or "—")] if step else [])
+        row += [model_name(ctx, key)]
         row += [metric_cell(ctx, key, m) for m in metrics] + [retention(ctx, key, ctx.primary)]
         row += [_percent_cell(ctx, get(entry, "calibration", "ece"))] if ece else []
         return row + ([_percent_cell(ctx, get(entry, "agreement"))] if agree else [])
