@@ -1,6 +1,6 @@
 """Percentile-bootstrap confidence intervals for task metrics, vectorised with numpy.
 
-Two forms:
+Intervals of one model's score, two forms:
 
 * ``bootstrap_ci(values)``: the mean of per-example values (accuracy from 0/1 correctness, a loss).
 * ``bootstrap_ci((y_true, y_pred), metric_fn)``: any metric of paired arrays (macro-F1, Pearson). The
@@ -10,6 +10,12 @@ Two forms:
 
 The same ``seed`` gives the same interval. Metric definitions match :mod:`lmdistill.tasks.metrics`
 (macro-F1 over the classes present in labels or predictions; a correlation of a constant is 0).
+
+Comparisons of two models on the same test examples (paired tests), calibration and agreement live in
+:mod:`lmdistill.report.paired` and are importable from here too: :func:`paired_bootstrap`,
+:func:`paired_bootstrap_values`, :func:`paired_perplexity_bootstrap`, :func:`seed_example_bootstrap`,
+:func:`mcnemar_exact`, :func:`expected_calibration_error`, :func:`ece_ci`, :func:`agreement`,
+:func:`agreement_ci`, :func:`verdict`.
 """
 
 from __future__ import annotations
@@ -166,3 +172,29 @@ def perplexity_ci(nll_sums: Sequence | np.ndarray, token_counts: Sequence | np.n
         lambda nll, n: np.exp(nll.sum(axis=-1) / n.sum(axis=-1)),
         **kwargs,
     )
+
+
+_PAIRED = (
+    "McNemar",
+    "PairedCI",
+    "agreement",
+    "agreement_ci",
+    "ece_ci",
+    "expected_calibration_error",
+    "mcnemar_exact",
+    "paired_bootstrap",
+    "paired_bootstrap_values",
+    "paired_perplexity_bootstrap",
+    "seed_example_bootstrap",
+    "verdict",
+)
+
+
+def __getattr__(name: str):
+    """``from lmdistill.report.stats import paired_bootstrap`` etc.: the paired tests live in
+    :mod:`lmdistill.report.paired`, which builds on this module (so it is imported on first use)."""
+    if name in _PAIRED:
+        from lmdistill.report import paired
+
+        return getattr(paired, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
