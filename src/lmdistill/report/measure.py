@@ -38,7 +38,7 @@ from torch import nn
 
 from lmdistill.errors import ModelError
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx")
 NOT_WEIGHTS = ("training_args", "optimizer", "scheduler", "rng_state")  # Trainer files with those suffixes
 LIBRARIES = (
     "torch",
@@ -77,7 +77,7 @@ def _is_weight_file(path: Path) -> bool:
 
 def size_on_disk(path: str | Path) -> dict[str, int]:
     """Bytes of a saved model folder: ``weights_bytes`` (``*.safetensors``, ``*.bin``, ``*.pt``,
-    ``*.pth``, not optimizer/scheduler/training-args files), ``total_bytes`` (every file), and the
+    ``*.pth``, ``*.onnx``, not optimizer/scheduler/training-args files), ``total_bytes`` (every file), and the
     number of ``weight_files``. Sub-folders are included; symlinks (Hub cache) count their target."""
     root = Path(path)
     if not root.is_dir():
