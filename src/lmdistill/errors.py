@@ -21,3 +21,7 @@ class DataError(LmdistillError):
 
 class ModelError(LmdistillError):
     """A model path, architecture or layer choice that cannot be used."""
+
+
+class ExportError(LmdistillError):
+    """A model folder, architecture, output folder or int8 runtime that cannot be used for export."""
