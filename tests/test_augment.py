@@ -196,13 +196,15 @@ def test_pos_replacement_keeps_case_and_attached_punctuation_and_skips_unknown_w
 def test_ngram_sampling_returns_contiguous_pieces_of_length_1_to_5():
     src = [f"w{i}" for i in range(12)]
     out = augment_texts([" ".join(src)], method="ngram", copies=5000, seed=0, p_ng=1.0, dedupe=False)
-    lengths = []
+    lengths, spans = [], set()
     for _, text in out:
         piece = text.split()
         start = src.index(piece[0])
         assert piece == src[start : start + len(piece)]
         lengths.append(len(piece))
+        spans.add((start, len(piece)))
     assert set(lengths) == {1, 2, 3, 4, 5}
+    assert spans == {(s, n) for n in range(1, 6) for s in range(12 - n + 1)}  # every start, the last included
     for n in range(1, 6):  # n uniform in {1..5}
         assert abs(lengths.count(n) / 5000 - 0.2) < 5 * (0.16 / 5000) ** 0.5
     short = augment_texts(["a b c"], method="ngram", copies=200, seed=0, p_ng=1.0, dedupe=False)
@@ -422,7 +424,10 @@ def test_word_vocab_reads_byte_level_bpe_words():
         ({"p_mask": 1.5}, r"data\.augment\.p_mask must be a probability in \[0, 1\], got 1\.5"),
         ({"p_ng": -0.1}, r"data\.augment\.p_ng must be a probability"),
         ({"p_replace": "0.4"}, r"data\.augment\.p_replace must be a probability"),
-        ({"method": "tang", "p_mask": 0.6, "p_pos": 0.5}, r"data\.augment\.p_mask \+ data\.augment\.p_pos must be <= 1"),
+        (
+            {"method": "tang", "p_mask": 0.6, "p_pos": 0.5},
+            r"data\.augment\.p_mask \+ data\.augment\.p_pos must be <= 1",
+        ),
         ({"copies": 0}, r"data\.augment\.copies must be an integer >= 1, got 0"),
         ({"top_k": 2.5}, r"data\.augment\.top_k must be an integer >= 1"),
         ({"seed": -1}, r"data\.augment\.seed must be a non-negative integer"),

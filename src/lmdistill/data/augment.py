@@ -15,14 +15,15 @@ Methods (``method=``):
     duplicates discarded.
 ``mask`` / ``pos`` / ``ngram``: one of the three rules alone, with its own probability (the others 0;
     for ``ngram`` alone, ``p_ng=1`` makes every copy an n-gram).
-``embedding`` (Jiao et al. 2020, TinyBERT, appendix A, Algorithm 1, with the teacher's input embeddings
-    in place of GloVe): the candidates of a single-piece word are its ``top_k`` nearest whole words by
+``embedding`` (Jiao et al. 2020, "TinyBERT", appendix "Data Augmentation Details", Algorithm 1, with
+    the teacher's input embeddings in place of GloVe): the candidates of a single-piece word are its ``top_k`` nearest whole words by
     cosine similarity of the teacher's ``get_input_embeddings()`` rows (special tokens, ``##`` pieces,
     non-alphabetic tokens and the word itself excluded); each word with candidates is replaced by a
     uniformly drawn one with probability p_replace (the paper's p_t). Multi-piece words are kept.
 ``mlm`` (the same Algorithm 1): the candidates of a single-piece word are a masked LM's ``top_k``
-    predictions with that word alone masked (whole words other than itself); a multi-piece word uses
-    the embedding neighbours of the mean of its pieces' rows when ``embeddings`` is given, else is kept.
+    predictions with that word alone masked (whole words other than itself); a word the masked LM
+    gives no candidates (several pieces, or past its length limit) uses the embedding neighbours of
+    the mean of its pieces' rows in the teacher's vocabulary when ``embeddings`` is given, else is kept.
 
 Defaults, checked against the authors' code (the papers' own texts could not be read here):
 castorini/d-bert ``dbert/distill/run/augment_data.py`` (Tang et al.'s code) defaults mask_prob=0.1,
@@ -165,8 +166,13 @@ def split_words(text: str) -> list[Word]:
     return [_WORD.match(token).groups() for token in text.split()]
 
 
-def _join(words: Sequence[Word]) -> str:
-    return " ".join(pre + core + suf for pre, core, suf in words)
+def _split_texts(texts: Sequence[str]) -> list[list[Word]]:
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise AugmentError(f"data.augment: texts must be a list of strings, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise AugmentError(f"data.augment: text {i} is a {type(text).__name__}, not a string")
+    return [split_words(t) for t in texts]
 
 
 def _match_case(source: str, word: str) -> str:
@@ -183,40 +189,50 @@ def _match_case(source: str, word: str) -> str:
 
 
 def _tang_copy(
-    words: list[Word], rng: np.random.Generator, p: tuple[float, float, float], cfg, mask, lexicon
-) -> list[Word]:
-    """Tang et al. 2019 sec. 3.3 on one example: per-word masking / POS replacement, then n-gram."""
+    words: list[Word],
+    flat: list[str],
+    rng: np.random.Generator,
+    p: tuple[float, float, float],
+    cfg,
+    mask,
+    lexicon,
+) -> str:
+    """Tang et al. 2019 sec. 3.3 on one example: per-word masking / POS replacement, then n-gram.
+    ``flat`` holds the words as written."""
     p_mask, p_pos, p_ng = p
-    out = list(words)
+    out = list(flat)
     if p_mask > 0 or p_pos > 0:
         rolls = rng.random(len(words))
-        for j, (pre, core, suf) in enumerate(words):
+        for j in np.flatnonzero(rolls < p_mask + p_pos):
+            pre, core, suf = words[j]
             if not core:
                 continue
             if rolls[j] < p_mask:
-                out[j] = (pre, mask, suf)
-            elif rolls[j] < p_mask + p_pos:
+                out[j] = pre + mask + suf
+            else:
                 tag = lexicon.replaceable_tag(core)
                 new = lexicon.sample(tag, rng, exclude=core.lower()) if tag is not None else None
                 if new is not None:
-                    out[j] = (pre, _match_case(core, new), suf)
+                    out[j] = pre + _match_case(core, new) + suf
     if p_ng > 0 and out and rng.random() < p_ng:
         n = min(int(rng.integers(1, cfg.ngram_max + 1)), len(out))
         start = int(rng.integers(0, len(out) - n + 1))
         out = out[start : start + n]
-    return out
+    return " ".join(out)
 
 
-def _replace_copy(words: list[Word], rng: np.random.Generator, p: float, cands: dict[int, list[str]]):
+def _replace_copy(
+    words: list[Word], flat: list[str], rng: np.random.Generator, p: float, cands: dict[int, list[str]]
+) -> str:
     """TinyBERT Algorithm 1, one copy: each word with candidates is replaced with probability p by a
     uniformly drawn candidate."""
     rolls, picks = rng.random(len(words)), rng.random(len(words))
-    out = list(words)
+    out = list(flat)
     for j, options in cands.items():
         if options and rolls[j] < p:
             pre, core, suf = words[j]
-            out[j] = (pre, _match_case(core, options[int(picks[j] * len(options))]), suf)
-    return out
+            out[j] = pre + _match_case(core, options[int(picks[j] * len(options))]) + suf
+    return " ".join(out)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -316,12 +332,7 @@ def augment_texts(
         AugmentError: an unknown method or key, a value out of range, or a missing input for the method.
     """
     cfg = AugmentConfig.from_dict({"method": method, "copies": copies, "seed": seed, **params})
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise AugmentError(f"data.augment: texts must be a list of strings, got {type(texts).__name__}")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise AugmentError(f"data.augment: text {i} is a {type(text).__name__}, not a string")
-    words = [split_words(t) for t in texts]
+    words = _split_texts(texts)
     if cfg.method in ("tang", "pos") and lexicon is None:
         raise AugmentError(
             f"data.augment.method '{cfg.method}' needs a POS lexicon: pass "
@@ -349,12 +360,13 @@ def augment_texts(
     }
     for i, ws in enumerate(words):
         rng = np.random.default_rng([cfg.seed, i])
-        source, seen = _join(ws), set()
+        flat, seen = [pre + core + suf for pre, core, suf in ws], set()
+        source = " ".join(flat)
         for _ in range(cfg.copies):
             if probs is not None:
-                new = _join(_tang_copy(ws, rng, probs, cfg, mask, lexicon))
+                new = _tang_copy(ws, flat, rng, probs, cfg, mask, lexicon)
             else:
-                new = _join(_replace_copy(ws, rng, cfg.p_replace, cands[i]))
+                new = _replace_copy(ws, flat, rng, cfg.p_replace, cands[i])
             if cfg.dedupe and new == source:
                 out.counts["unchanged"] += 1
             elif cfg.dedupe and new in seen:

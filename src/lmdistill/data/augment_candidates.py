@@ -1,4 +1,4 @@
-"""Replacement candidates for TinyBERT-style augmentation (Jiao et al. 2020, appendix A, Algorithm 1).
+"""Replacement candidates for TinyBERT-style augmentation (Jiao et al. 2020, appendix, Algorithm 1).
 
 Two sources, both deterministic (no randomness here: :mod:`lmdistill.data.augment` samples from them):
 
