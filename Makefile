@@ -27,7 +27,7 @@ test: $(STAMP)
 # evaluates all three and writes runs/demo/report.html.
 demo: $(STAMP)
 	$(BIN)/lmdistill fetch vader
-	$(BIN)/lmdistill compress configs/demo.yaml model.name_or_path=$$($(BIN)/lmdistill fetch all-MiniLM-L6-v2)
+	$(BIN)/lmdistill compress configs/demo.yaml --resume model.name_or_path=$$($(BIN)/lmdistill fetch all-MiniLM-L6-v2)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

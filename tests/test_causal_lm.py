@@ -333,10 +333,10 @@ def test_sequence_level_kd_generates_once_and_reuses_the_cache(tmp_path, llama_d
     saved = json.loads((tmp_path / "seqkd" / "seq_kd" / "targets.json").read_text())
     assert len(saved["continuations"]) == 24 and all(1 <= len(c) <= 4 for c in saved["continuations"])
     calls.clear()
-    res = api.distill(cfg)  # the same run again: the teacher's targets come from the cache
+    res = api.distill(cfg, overwrite=True)  # the same run again: the teacher's targets come from the cache
     assert calls == [] and res.steps == 2
     calls.clear()
-    api.distill({**cfg, "lm": {**cfg["lm"], "max_new_tokens": 3}})  # other settings: generated anew
+    api.distill({**cfg, "lm": {**cfg["lm"], "max_new_tokens": 3}}, overwrite=True)  # other settings: anew
     assert sum(calls) == 24
 
 
@@ -413,7 +413,7 @@ def test_gpt2_prompt_response_fresh_student_topk_and_on_policy(tmp_path, text_cs
     tok.save_pretrained(tmp_path / "gpt2")
     cfg = _cfg(
         tmp_path,
-        "gpt2",
+        "gpt2-student",
         data={"train": str(text_csv / "qa.csv"), "max_train_examples": 64},
         teacher={"name_or_path": str(tmp_path / "gpt2")},
         student={"init": "config", "num_layers": 1, "hidden_size": 16},

@@ -11,7 +11,14 @@ import lmdistill
 
 SRC = Path(lmdistill.__file__).parent
 LAYERS = [
-    ("lmdistill.errors", "lmdistill.config", "lmdistill.resources", "lmdistill.methods"),
+    (
+        "lmdistill.errors",
+        "lmdistill.fileio",
+        "lmdistill.outputs",
+        "lmdistill.config",
+        "lmdistill.resources",
+        "lmdistill.methods",
+    ),
     ("lmdistill.data", "lmdistill.models", "lmdistill.losses", "lmdistill.export", "lmdistill.report"),
     ("lmdistill.knowledge",),
     ("lmdistill.signals",),

@@ -156,7 +156,7 @@ def teacher_dir(tmp_path_factory, tiny_bert_dir, sentiment_csv):
     return out / "model"
 
 
-def _distill(tmp_path, teacher_dir, sentiment_csv, student, distill, **training):
+def _distill(tmp_path, teacher_dir, sentiment_csv, student, distill, overwrite=False, **training):
     cfg = {
         "data": {"train": str(sentiment_csv), "max_length": 32},
         "teacher": {"name_or_path": str(teacher_dir)},
@@ -165,7 +165,7 @@ def _distill(tmp_path, teacher_dir, sentiment_csv, student, distill, **training)
         "output_dir": str(tmp_path / "student"),
         "training": {"epochs": 2, "batch_size": 16, "learning_rate": 2e-3, "log_every": 2, **training},
     }
-    return api.distill(cfg)
+    return api.distill(cfg, overwrite=overwrite)
 
 
 @pytest.mark.parametrize("method", sorted(PRESETS))
@@ -262,7 +262,7 @@ def test_mixed_pair_sentence_level_works_token_level_refused(
         match="feature 'hidden' is token-level and needs teacher and student to share one "
         "tokenizer, but their tokenizers differ",
     ):
-        _distill(tmp_path, teacher / "model", sentiment_csv, student, token)
+        _distill(tmp_path, teacher / "model", sentiment_csv, student, token, overwrite=True)
 
 
 def test_cli_refuses_token_level_across_tokenizers(

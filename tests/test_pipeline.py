@@ -64,8 +64,10 @@ def test_compress_reuses_a_trained_teacher(compressed, capsys):
     run, path = compressed
     before = (run / "teacher" / "model" / "model.safetensors").stat().st_mtime
     capsys.readouterr()
-    assert main(["compress", str(path), "report.energy=false", "training.max_steps=2"]) == 0
-    assert "already trained for this task" in capsys.readouterr().out
+    assert main(["compress", str(path), "report.energy=false", "training.max_steps=2"]) == 2
+    assert "holds an earlier run; pass --resume to continue it or --overwrite" in capsys.readouterr().err
+    assert main(["compress", str(path), "--resume", "report.energy=false"]) == 0
+    assert "teacher: already trained with this config" in capsys.readouterr().out
     assert (run / "teacher" / "model" / "model.safetensors").stat().st_mtime == before
 
 

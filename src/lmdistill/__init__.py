@@ -8,7 +8,8 @@ How the package is layered. Data flows one way: config -> data / models -> signa
 engine -> tasks -> run driver -> api / pipeline -> cli, and a module imports only from its own layer or the
 layers below it (``tests/test_layering.py`` walks every import with ``ast`` and fails on one that runs back up):
 
-0. ``errors``, ``config`` (schema, loading, common checks), ``resources`` (registry downloads), ``methods``
+0. ``errors``, ``fileio`` (the guarded path of every file read or written), ``outputs`` (run folders: claim,
+   lock, publish), ``config`` (schema, loading, common checks), ``resources`` (registry downloads), ``methods``
    (paper recipes as plain config dicts);
 1. ``data``, ``models``, ``losses`` (pure functions on tensors: they import no signal, the top-k signal is a
    tensor bundle defined in ``losses.topk``), ``export``, ``report`` (measure, statistics, rendering);

@@ -17,18 +17,27 @@ from lmdistill.tasks.base import EvalResult
 ConfigSource = str | Path | dict | Config
 
 
-def finetune(config: ConfigSource, overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
-    """Fine-tune ``model`` on the task (e.g. to make a teacher); returns metrics and where it was saved."""
-    return run(load_config(config, overrides, verb="finetune"), "finetune")
+def finetune(
+    config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, overwrite: bool = False
+) -> RunResult:
+    """Fine-tune ``model`` on the task (e.g. to make a teacher); returns metrics and where it was saved.
+
+    An ``output_dir`` that holds an earlier run is refused unless ``training.resume`` is set (continue it) or
+    ``overwrite`` is True (replace it); a folder holding other files is always refused.
+    """
+    return run(load_config(config, overrides, verb="finetune"), "finetune", overwrite=overwrite)
 
 
-def distill(config: ConfigSource, overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
+def distill(
+    config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, overwrite: bool = False
+) -> RunResult:
     """Distill the fine-tuned ``teacher`` into the configured ``student``; returns metrics and paths.
 
     With ``distill.stages`` (TinyBERT, MiniLM recipes) the stages run one after another on the same student;
-    earlier stages write into ``OUTPUT_DIR/stage-N-NAME``, the last into ``OUTPUT_DIR``.
+    earlier stages write into ``OUTPUT_DIR/stage-N-NAME``, the last into ``OUTPUT_DIR``. ``overwrite``: as
+    :func:`finetune`.
     """
-    return run(load_config(config, overrides, verb="distill"), "distill")
+    return run(load_config(config, overrides, verb="distill"), "distill", overwrite=overwrite)
 
 
 def cache(config: ConfigSource, overrides: list[str] | tuple[str, ...] = ()):

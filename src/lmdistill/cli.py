@@ -27,6 +27,16 @@ def _add_resume(p: argparse.ArgumentParser) -> None:
         help="continue a run: from the newest checkpoint in output_dir/checkpoints (no value), or "
         "from the given checkpoint folder; checkpoints are written every training.save_every steps",
     )
+    _add_overwrite(p)
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier run in output_dir (its checkpoints are removed at once; its model and results "
+        "stay until the new ones are written); without it an output_dir holding a run is refused",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         "split and write OUTPUT_DIR/report.md and report.html.",
     )
     _add_config(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an earlier compress in output_dir: finished runs of the same config are reused, "
+        "unfinished ones continue from their checkpoints",
+    )
+    _add_overwrite(p)
 
     p = verbs.add_parser(
         "report",
@@ -184,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.verb == "compress":
         from lmdistill.pipeline import compress
 
-        compress(args.config, args.overrides)
+        compress(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
         return 0
     if args.verb == "report":
         from lmdistill.pipeline import report
@@ -210,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.verb in ("finetune", "distill"):
         overrides = list(args.overrides) + ([f"training.resume={args.resume}"] if args.resume else [])
-        result = getattr(api, args.verb)(args.config, overrides)
+        result = getattr(api, args.verb)(args.config, overrides, overwrite=args.overwrite)
         if api.is_main_process():
             _print_run(result)
         return 0
@@ -247,9 +264,41 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.verb)
 
 
+FLAGS = ("--overwrite", "--resume")
+
+
+def _options_first(argv: list[str]) -> list[str]:
+    """The verb's ``--resume`` / ``--overwrite`` moved before its positional words, so that overrides may follow
+    them (``compress c.yaml --resume training.epochs=1``): argparse stops reading positionals at an option."""
+    if not argv or argv[0] not in ("finetune", "distill", "compress"):
+        return argv
+    verb, rest = argv[0], list(argv[1:])
+    flags, words, i = [], [], 0
+    while i < len(rest):
+        token = rest[i]
+        if token in FLAGS:
+            value = rest[i + 1] if i + 1 < len(rest) else None
+            if verb != "compress" and token == "--resume":  # --resume [CHECKPOINT]: a folder, else the newest
+                checkpoint = value is not None and _is_checkpoint(value)
+                flags.append(f"--resume={value if checkpoint else 'auto'}")
+                i += int(checkpoint)
+            else:
+                flags.append(token)
+        else:
+            words.append(token)
+        i += 1
+    return [verb, *flags, *words]
+
+
+def _is_checkpoint(value: str) -> bool:
+    from pathlib import Path
+
+    return "=" not in value and Path(value).is_dir()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_options_first(list(sys.argv[1:] if argv is None else argv)))
     if args.version:
         from importlib.metadata import version
 
@@ -260,16 +309,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from lmdistill.errors import ConfigError
+    from lmdistill.fileio import clip, os_error
     from lmdistill.resources import FetchError
 
     try:
         return _run(args)
     except ConfigError as e:
         for line in e.errors:
-            print(f"error: {line}", file=sys.stderr)
+            print(f"error: {clip(line)}", file=sys.stderr)
         return 2
     except (LmdistillError, FetchError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {clip(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the last guard: whatever file it was, one line that names it
+        print(f"error: {os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

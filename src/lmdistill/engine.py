@@ -164,6 +164,7 @@ def train(
     cfg: TrainingConfig,
     seed: int,
     out_dir: Path,
+    log_dir: Path | None = None,
     teacher: nn.Module | None = None,
     teacher_signal: SignalSource | None = None,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
@@ -176,7 +177,8 @@ def train(
     is False). ``on_best`` receives the unwrapped student whenever validation improves (or at the end when
     there is no validation). ``teacher_signal`` (e.g. a :class:`~lmdistill.signals.cache.CachedTeacher`)
     replaces the live teacher for every batch that ``objective.prepare_batch`` leaves as it is; new batches
-    (on-policy samples, when ``objective.rewrites_batches``) still go to ``teacher``."""
+    (on-policy samples, when ``objective.rewrites_batches``) still go to ``teacher``. Checkpoints go to
+    ``out_dir/checkpoints``, the logs (metrics.csv, tensorboard) to ``log_dir`` (default: ``out_dir``)."""
     from accelerate import Accelerator
     from accelerate.data_loader import prepare_data_loader
     from accelerate.state import AcceleratorState, GradientState
@@ -286,7 +288,8 @@ def train(
     if resumed_from is not None:
         state = LoopState(**checkpoint.load(accelerator, resumed_from))
     main = accelerator.is_main_process
-    writer = _tensorboard(out_dir) if main else None
+    log_dir = Path(log_dir or out_dir)
+    writer = _tensorboard(log_dir) if main else None
     progress = tqdm(
         total=total_steps,
         initial=state.step,
@@ -297,7 +300,7 @@ def train(
     if resumed_from is not None:
         progress.write(f"resumed from {resumed_from} at step {state.step}")
     running = {k: torch.tensor(v, device=accelerator.device) for k, v in state.running.items()}
-    log_path = out_dir / "metrics.csv"
+    log_path = log_dir / "metrics.csv"
     started = time.perf_counter()
 
     def log(row: dict) -> None:
@@ -426,7 +429,7 @@ def train(
         raise _oom_advice(cfg, state.step, e) from None
     finally:
         objective.detach()  # hooks never outlive the run
-    progress.close()
+        progress.close()  # also on an error: its message starts on a line of its own
     if (evaluate is None or state.best_step is None) and on_best is not None and main:
         on_best(accelerator.unwrap_model(model).student)
     if writer is not None:

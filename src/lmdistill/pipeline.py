@@ -17,6 +17,7 @@ import yaml
 
 from lmdistill.config.schema import Config
 from lmdistill.errors import LmdistillError
+from lmdistill.fileio import write_text
 from lmdistill.tasks import TASKS, get_task, load_config
 
 ROLES = ("teacher", "student", "baseline")
@@ -37,30 +38,77 @@ def _say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def _teacher_is_trained(run: Path, cfg: Config) -> bool:
-    """True when ``run`` holds a finished fine-tuning of the same base model on the same data."""
+def _comparable(cfg: dict) -> dict:
+    """A config as far as it decides a run's result (not where it is written, how it resumes, or the report)."""
+    cfg = copy.deepcopy(cfg)
+    for key in ("output_dir", "report"):
+        cfg.pop(key, None)
+    cfg.get("training", {}).pop("resume", None)
+    return cfg
+
+
+def _finished(run: Path, cfg: Config) -> str | None:
+    """None when ``run`` holds a finished run of exactly this config; else why not ("" when there is no
+    finished run at all)."""
+    from dataclasses import asdict
+
     if not (run / "results.json").is_file() or not (run / "model" / "config.json").is_file():
-        return False
+        return ""
     try:
         saved = yaml.safe_load((run / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
-        return False
-    from dataclasses import asdict
+        return "its config.yaml cannot be read"
+    mine = _comparable(asdict(cfg))
+    theirs = _comparable(saved if isinstance(saved, dict) else {})
+    differ = [k for k in mine if mine.get(k) != theirs.get(k)]
+    return f"it was trained with another {differ[0]} section" if differ else None
 
-    return (
-        saved.get("data") == asdict(cfg.data)
-        and saved.get("model") == asdict(cfg.model)
-        and saved.get("task") == cfg.task
-        and saved.get("seed") == cfg.seed
-    )
+
+def _role_run(role: str, run_cfg: Config, verb: str, *, resume: bool, overwrite: bool, energy: dict) -> bool:
+    """Train one of compress's runs into its folder, or reuse it; True when it was trained now."""
+    from lmdistill.report.measure import track_energy
+    from lmdistill.run import run
+
+    folder = Path(run_cfg.output_dir)
+    why = _finished(folder, run_cfg)
+    if why is None and not overwrite:
+        _say(f"   {role}: already trained with this config in {folder} (--overwrite retrains it)")
+        return False
+    if why and not overwrite:
+        raise LmdistillError(
+            f"compress --resume: '{folder}' holds a finished {role} run, but {why}; pass --overwrite to retrain it "
+            "or choose another output_dir"
+        )
+    if resume and why == "":
+        run_cfg.training.resume = "auto"  # an unfinished run continues from its newest checkpoint, if any
+    with track_energy(role, country_iso_code=run_cfg.report.country_iso_code) as energy[role]:
+        run(load_config(run_cfg, verb=verb), verb, role=role, overwrite=overwrite or folder.exists())
+    return True
+
+
+def _stage_steps(run: Path) -> int:
+    """Optimizer steps of a (multi-stage) distill run: its own and those of its earlier stages."""
+    steps = json.loads((run / "results.json").read_text()).get("steps", 0)
+    for stage in sorted(run.glob("stage-*/results.json")):
+        steps += json.loads(stage.read_text()).get("steps", 0)
+    return steps
 
 
 def compress(
-    config: str | Path | dict | Config, overrides: list[str] | tuple[str, ...] = ()
+    config: str | Path | dict | Config,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> CompressResult:
-    """Teacher (fine-tuned if needed) -> distilled student + no-KD baseline -> evaluation -> report."""
-    from lmdistill.report.measure import track_energy
-    from lmdistill.run import run
+    """Teacher (fine-tuned if needed) -> distilled student + no-KD baseline -> evaluation -> report.
+
+    ``output_dir`` must be new or empty, unless ``resume`` (finished runs of the same config are reused,
+    unfinished ones continue from their checkpoints) or ``overwrite`` (every run is trained again). The no-KD
+    baseline trains for exactly as many optimizer steps as the student took over all its stages.
+    """
+    from lmdistill.outputs import RunFolder
+    from lmdistill.run import input_paths
 
     cfg = load_config(config, overrides, verb="compress")
     task = get_task(cfg.task)
@@ -73,48 +121,50 @@ def compress(
     out = Path(cfg.output_dir)
     runs = {role: out / role for role in ROLES}
     energy: dict[str, dict] = {}
-    country = cfg.report.country_iso_code
+    flags = {"resume": resume, "overwrite": overwrite, "energy": energy}
+    with RunFolder(out, "compress", inputs=input_paths(cfg), resume=resume, overwrite=overwrite):
+        teacher_model = cfg.teacher.name_or_path
+        if teacher_model:
+            _say(f"1/4 teacher: using the trained teacher {teacher_model}")
+            runs.pop("teacher")
+        else:
+            _say(f"1/4 teacher: fine-tuning {cfg.model.name_or_path}")
+            t_cfg = copy.deepcopy(cfg)
+            t_cfg.output_dir = str(runs["teacher"])
+            _role_run("teacher", t_cfg, "finetune", **flags)
+            teacher_model = str(runs["teacher"] / "model")
 
-    teacher_model = cfg.teacher.name_or_path
-    if teacher_model:
-        _say(f"1/4 teacher: using the trained teacher {teacher_model}")
-        runs.pop("teacher")
-    elif _teacher_is_trained(runs["teacher"], cfg):
-        _say(f"1/4 teacher: already trained for this task in {runs['teacher']} (delete it to retrain)")
-        teacher_model = str(runs["teacher"] / "model")
-    else:
-        _say(f"1/4 teacher: fine-tuning {cfg.model.name_or_path}")
-        t_cfg = copy.deepcopy(cfg)
-        t_cfg.output_dir = str(runs["teacher"])
-        with track_energy("teacher", country_iso_code=country) as energy["teacher"]:
-            run(load_config(t_cfg, verb="finetune"), "finetune", role="teacher")
-        teacher_model = str(runs["teacher"] / "model")
+        _say("2/4 student: distilling")
+        s_cfg = copy.deepcopy(cfg)
+        s_cfg.output_dir, s_cfg.teacher.name_or_path = str(runs["student"]), teacher_model
+        _role_run("student", copy.deepcopy(s_cfg), "distill", **flags)
 
-    _say("2/4 student: distilling")
-    s_cfg = copy.deepcopy(cfg)
-    s_cfg.output_dir, s_cfg.teacher.name_or_path = str(runs["student"]), teacher_model
-    with track_energy("student", country_iso_code=country) as energy["student"]:
-        run(load_config(s_cfg, verb="distill"), "distill", role="student")
+        what = " + ".join(task.baseline_losses)
+        steps = _stage_steps(runs["student"])
+        _say(
+            f"3/4 baseline: the same student trained on {what} only (no distillation), {steps} steps as the student"
+        )
+        b_cfg = copy.deepcopy(s_cfg)
+        b_cfg.output_dir = str(runs["baseline"])
+        b_cfg.distill.losses = dict(task.baseline_losses)
+        b_cfg.distill.matches, b_cfg.distill.stages, b_cfg.distill.method = [], [], None
+        b_cfg.lm.seq_kd, b_cfg.lm.on_policy, b_cfg.training.teacher_cache = (
+            False,
+            0.0,
+            None,
+        )  # no teacher at all
+        b_cfg.training.max_steps = steps  # the same optimizer steps as the student took over all its stages
+        _role_run("baseline", b_cfg, "distill", **flags)
 
-    what = " + ".join(task.baseline_losses)
-    _say(f"3/4 baseline: the same student trained on {what} only (no distillation), same budget")
-    b_cfg = copy.deepcopy(s_cfg)
-    b_cfg.output_dir = str(runs["baseline"])
-    b_cfg.distill.losses = dict(task.baseline_losses)
-    b_cfg.distill.matches, b_cfg.distill.stages, b_cfg.distill.method = [], [], None
-    b_cfg.lm.seq_kd, b_cfg.lm.on_policy, b_cfg.training.teacher_cache = False, 0.0, None  # no teacher at all
-    with track_energy("baseline", country_iso_code=country) as energy["baseline"]:
-        run(load_config(b_cfg, verb="distill"), "distill", role="baseline")
-
-    for role, result in energy.items():
-        (runs[role] / "energy.json").write_text(json.dumps(result, indent=2, default=str))
-    _say("4/4 report: evaluating and measuring the three models")
-    report_data, md, html = report(
-        [runs[r] for r in ROLES if r in runs],
-        teacher=teacher_model if "teacher" not in runs else None,
-        out_dir=out,
-        config=s_cfg,
-    )
+        for role, result in energy.items():
+            write_text(runs[role] / "energy.json", json.dumps(result, indent=2, default=str))
+        _say("4/4 report: evaluating and measuring the three models")
+        report_data, md, html = report(
+            [runs[r] for r in ROLES if r in runs],
+            teacher=teacher_model if "teacher" not in runs else None,
+            out_dir=out,
+            config=s_cfg,
+        )
     tests = {
         role: {k: v["value"] for k, v in entry.get("metrics", {}).items()}
         for role, entry in report_data["models"].items()

@@ -11,7 +11,6 @@ test, and writes ``results.json``. The task decides what its data, models and me
 from __future__ import annotations
 
 import copy
-import json
 import os
 import platform
 import shutil
@@ -20,9 +19,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lmdistill.config.load import save_config
 from lmdistill.config.schema import Config, StageConfig
-from lmdistill.errors import DataError
+from lmdistill.fileio import guard
 from lmdistill.tasks import get_task
 from lmdistill.tasks.base import Parts, Task, stage_key, stages_of  # noqa: F401 - re-exported
 
@@ -73,22 +71,18 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def prepare_output(cfg: Config, verb: str, out: Path | None = None) -> Path:
-    """Create the run folder and write the resolved config and run_info.json into it."""
-    out = Path(out or cfg.output_dir)
-    if not is_main_process():
-        return out
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(
-            f"output_dir: cannot create '{out}' ({e.strerror}); choose a writable folder"
-        ) from None
+def run_record(cfg: Config, verb: str) -> tuple[str, dict]:
+    """The resolved config as YAML text (headed by the seed and library versions) and run_info.json."""
+    import yaml
+
+    from lmdistill.config.load import to_dict
+
     v = versions()
     header = f"lmdistill {verb}: resolved config (seed {cfg.seed}); " + ", ".join(
         f"{k} {x}" for k, x in v.items()
     )
-    save_config(cfg, out / "config.yaml", header=header)
+    text = "".join(f"# {line}\n" for line in header.splitlines())
+    text += yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
     info = {
         "verb": verb,
         "seed": cfg.seed,
@@ -97,8 +91,26 @@ def prepare_output(cfg: Config, verb: str, out: Path | None = None) -> Path:
         "platform": platform.platform(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (out / "run_info.json").write_text(json.dumps(info, indent=2))
-    return out
+    return text, info
+
+
+def input_paths(cfg: Config) -> dict[str, str | None]:
+    """Config key -> every local path a run reads (models, tokenizers, data), for the output-folder checks."""
+    d = cfg.data
+    paths = {
+        "teacher.name_or_path": cfg.teacher.name_or_path,
+        "teacher.tokenizer": cfg.teacher.tokenizer,
+        "model.name_or_path": cfg.model.name_or_path,
+        "model.tokenizer": cfg.model.tokenizer,
+        "student.name_or_path": cfg.student.name_or_path,
+        "student.tokenizer": cfg.student.tokenizer,
+        "data.dataset": d.dataset,
+        "data.train": d.train,
+        "data.validation": d.validation,
+        "data.test": d.test,
+        "embedding.retrieval": cfg.embedding.retrieval,
+    }
+    return {k: v for k, v in paths.items() if isinstance(v, str) and v}
 
 
 def save_model(task: Task, model, tokenizer, path: Path, cfg: Config) -> None:
@@ -115,7 +127,7 @@ def save_model(task: Task, model, tokenizer, path: Path, cfg: Config) -> None:
 
 
 def save_projections(objective, out: Path) -> None:
-    """The learned projections of the matches, beside the student (not part of it)."""
+    """The learned projections of the matches, beside the student (not part of it), into the folder ``out``."""
     if len(objective.projections) and is_main_process():
         from safetensors.torch import save_file
 
@@ -125,9 +137,9 @@ def save_projections(objective, out: Path) -> None:
 
 def finish_run(
     out: Path, model_dir: Path, outcome, objective, best, teacher_parameters, results: dict, /, **extra
-) -> RunResult:
-    """The :class:`RunResult` of a finished run, and its ``results.json`` (written by the main process):
-    scores, steps and sizes, how the run ended, its loss terms, and ``extra`` (task-specific fields)."""
+) -> tuple[RunResult, dict]:
+    """The :class:`RunResult` of a finished run and its ``results.json`` content: scores, steps and sizes, how
+    the run ended, its loss terms, and ``extra`` (task-specific fields)."""
     result = RunResult(
         output_dir=out,
         model_dir=model_dir,
@@ -150,9 +162,7 @@ def finish_run(
         loss_terms=sorted(objective.weights) + [m.name for m in objective.matches],
         **extra,
     )
-    if is_main_process():
-        (out / "results.json").write_text(json.dumps(summary, indent=2))
-    return result
+    return result, summary
 
 
 def stage_runs(cfg: Config, stages: list[StageConfig]):
@@ -211,33 +221,43 @@ def _logged_validation(outcome) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------- the run
 
 
-def run(cfg: Config, verb: str, *, role: str | None = None) -> RunResult:
+def run(cfg: Config, verb: str, *, role: str | None = None, overwrite: bool = False) -> RunResult:
     """Run ``verb`` (finetune or distill) for ``cfg``'s task; every stage; returns the last stage's result.
 
-    ``role`` (teacher, student, baseline: how ``compress`` uses the run) is recorded in results.json; by
-    default a finetune run is a ``finetune`` and a distill run a ``student``.
+    The output folder is claimed first (:class:`lmdistill.outputs.RunFolder`: nothing is written into a folder
+    the run reads from, into another's files, or over an earlier run without ``training.resume`` or
+    ``overwrite``). ``role`` (teacher, student, baseline: how ``compress`` uses the run) is recorded in
+    results.json; by default a finetune run is a ``finetune`` and a distill run a ``student``.
     """
-    from lmdistill.engine import train
+    from lmdistill.outputs import RunFolder
 
     task = get_task(cfg.task)
-    seed_everything(cfg.seed)
-    parts = task.parts(cfg, verb)
-    signal = teacher_cache(cfg, parts.teacher, parts.train_set, parts.collate, parts.objectives)
-    role = role or ("finetune" if verb == "finetune" else "student")
-    result = None
-    for (stage_cfg, final, stage_dir), objective in zip(stage_runs(cfg, parts.stages), parts.objectives):
-        out = prepare_output(stage_cfg, verb, stage_dir)
-        result = _run_stage(task, parts, stage_cfg, verb, out, objective, final, signal, role, train)
+    resume = cfg.training.resume is not None
+    folder = RunFolder(cfg.output_dir, verb, inputs=input_paths(cfg), resume=resume, overwrite=overwrite)
+    with folder, guard(cfg.output_dir):  # an OSError (a full disk, permissions) becomes one line
+        seed_everything(cfg.seed)
+        parts = task.parts(cfg, verb)
+        signal = teacher_cache(cfg, parts.teacher, parts.train_set, parts.collate, parts.objectives)
+        role = role or ("finetune" if verb == "finetune" else "student")
+        result = None
+        for (stage_cfg, final, stage_dir), objective in zip(stage_runs(cfg, parts.stages), parts.objectives):
+            if final:
+                result = _run_stage(task, parts, stage_cfg, verb, folder, objective, final, signal, role)
+            else:
+                with folder.sub(stage_dir) as sub:
+                    _run_stage(task, parts, stage_cfg, verb, sub, objective, final, signal, role)
     return result
 
 
-def _run_stage(
-    task: Task, parts: Parts, cfg: Config, verb: str, out: Path, objective, final, signal, role, train
-):
-    """Train one stage; save, evaluate (the final stage) and write results.json."""
-    model_dir = out / "model"
+def _run_stage(task: Task, parts: Parts, cfg: Config, verb: str, folder, objective, final, signal, role):
+    """Train one stage into ``folder`` (a RunFolder); save, evaluate (the final stage) and publish the run."""
+    from lmdistill.engine import train
+
+    staged = folder.staging / "model"
+    model_dir = folder.path / "model"
     validate = final and task.has_split(parts, "validation")
     metric = cfg.training.metric_for_best
+    config_text, run_info = run_record(cfg, verb)
 
     def evaluate(model):
         return task.evaluate(model, parts, "validation", objective)
@@ -249,16 +269,17 @@ def _run_stage(
         collate=parts.collate,
         cfg=cfg.training,
         seed=cfg.seed,
-        out_dir=out,
+        out_dir=folder.path,
+        log_dir=folder.staging,
         teacher=parts.teacher,
         evaluate=evaluate if validate else None,
         greater_is_better=task.metrics.get(metric, True),
-        on_best=lambda m: save_model(task, m, parts.tokenizer, model_dir, cfg),
-        desc=verb if final else f"{verb} ({out.name})",
+        on_best=lambda m: save_model(task, m, parts.tokenizer, staged, cfg),
+        desc=verb if final else f"{verb} ({folder.path.name})",
         teacher_signal=signal,
     )
-    save_projections(objective, out)
-    best = task.reload(model_dir, parts)
+    save_projections(objective, folder.staging)
+    best = task.reload(staged, parts)
     results = {"validation": {}, "test": {}}
     extra = dict(parts.extra)
     if final:
@@ -272,6 +293,16 @@ def _run_stage(
     teacher_parameters = extra.pop("teacher_parameters", None)
     if teacher_parameters is None and parts.teacher is not None:
         teacher_parameters = sum(p.numel() for p in parts.teacher.parameters())
-    return finish_run(
-        out, model_dir, outcome, objective, best, teacher_parameters, results, role=role, **extra
+    result, summary = finish_run(
+        folder.path, model_dir, outcome, objective, best, teacher_parameters, results, role=role, **extra
     )
+    _barrier()  # every process has read the staged model before the main one moves it into place
+    folder.publish(summary, config_text, run_info)
+    return result
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
