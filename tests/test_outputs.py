@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -124,12 +125,21 @@ def test_an_earlier_run_needs_resume_or_overwrite_and_overwrite_drops_its_checkp
     ):
         api.finetune(cfg)
     assert _digest(out) == before
-    again = {**cfg, "training": {**cfg["training"], "max_steps": 2, "save_every": None}}
+    again = {**cfg, "training": {**cfg["training"], "learning_rate": 1e-3}}
     res = api.finetune(again, overwrite=True)
-    assert res.steps == 2 and not (out / "checkpoints").exists()  # the old run's checkpoints went too
-    resumed = {**cfg, "training": {**cfg["training"], "resume": "auto", "max_steps": 4}}
-    assert api.finetune(resumed).steps == 4  # no stale checkpoint breaks a later resume
+    # the old run's checkpoints went: only the new run's (step 1; step 2 is kept only as the newest)
+    assert res.steps == 3 and sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step-00000001",
+        "step-00000002",
+    ]
+    state = json.loads((out / "checkpoints" / "step-00000002" / "loop_state.json").read_text())
+    assert state["signature"]["training"]["learning_rate"] == 1e-3  # not a stale checkpoint of the first run
+    resumed = api.finetune({**again, "training": {**again["training"], "resume": "auto"}})
+    assert resumed.steps == 3  # resumes the new run's newest checkpoint without a state-dict error
     assert json.loads((out / MARKER).read_text())["status"] == "complete" and not (out / STAGING).exists()
+    shutil.rmtree(out / "checkpoints")
+    with pytest.raises(LmdistillError, match="holds a finished run and no checkpoint to continue from"):
+        api.finetune({**again, "training": {**again["training"], "resume": "auto"}})
 
 
 def test_a_second_process_on_the_same_output_dir_is_refused(tmp_path, sentiment_csv, tiny_bert_dir):

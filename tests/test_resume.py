@@ -93,3 +93,83 @@ def test_resume_from_a_folder_that_is_not_a_checkpoint(tmp_path, sentiment_csv, 
     cfg = yaml.safe_load(_config(tmp_path, sentiment_csv, tiny_bert_dir, "x").read_text())
     with pytest.raises(LmdistillError, match="training.resume: '.*' is not a complete lmdistill checkpoint"):
         api.distill(cfg, [f"training.resume={tmp_path}"])
+
+
+# ------------------------------------------------------------------------------------ resume checks what it resumes
+
+
+@pytest.fixture
+def interrupted(tmp_path, sentiment_csv, tiny_bert_dir):
+    """A distill run that stopped after writing checkpoints at steps 4 and 8 (of 12), as a crash would leave it."""
+    from lmdistill import api
+
+    cfg = yaml.safe_load(_config(tmp_path, sentiment_csv, tiny_bert_dir, "run").read_text())
+    cfg["training"].update(max_steps=8, save_every=4, epochs=1)
+    api.distill(cfg)
+    out = tmp_path / "run"
+    (out / "results.json").unlink()  # as if it had been killed before publishing
+    cfg["training"].update(max_steps=12, resume="auto")
+    return cfg, out
+
+
+def _resume_error(cfg, capsys, *extra) -> str:
+    from lmdistill.cli import main
+
+    path = Path(cfg["output_dir"]).with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["distill", str(path), *extra]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def _same_but(cfg: dict, section: str, **changes) -> dict:
+    return {**cfg, section: {**cfg.get(section, {}), **changes}}
+
+
+def test_resume_refuses_a_checkpoint_of_another_trajectory(interrupted, capsys):
+    cfg, _ = interrupted
+    cfg = {**cfg, "training": {**cfg["training"], "max_steps": 8}}  # the schedule of the interrupted run
+    err = _resume_error(_same_but(cfg, "training", learning_rate=5e-4), capsys)
+    assert "belongs to a run with training.learning_rate=0.001, this run has 0.0005" in err
+    assert "batch_size=4, this run has 8" in _resume_error(_same_but(cfg, "training", batch_size=8), capsys)
+    assert "data.max_length=32, this run has 24" in _resume_error(
+        _same_but(cfg, "data", max_length=24), capsys
+    )
+    err = _resume_error(_same_but(cfg, "student", layers=[0, 1, 2]), capsys)
+    assert (
+        "belongs to a run with student.class" in err
+        or "student.config.num_hidden_layers=2, this run has 3" in err
+    )
+    err = _resume_error(_same_but(cfg, "distill", losses={"kd": 1.0}), capsys)
+    assert "belongs to a run with distill.losses.ce=0.5, this run has None" in err
+
+
+@pytest.mark.parametrize(
+    "damage", ["loop_state.json", "optimizer.bin", "random_states_0.pkl", "model.safetensors"]
+)
+def test_resume_refuses_a_damaged_checkpoint_in_one_line(interrupted, capsys, damage):
+    cfg, out = interrupted
+    cfg = {**cfg, "training": {**cfg["training"], "max_steps": 8}}
+    newest = checkpoint.checkpoints(out)[-1]
+    if damage == "random_states_0.pkl":
+        (newest / damage).unlink()
+        want = "is incomplete (random_states_0.pkl missing)"
+    else:
+        data = (newest / damage).read_bytes()
+        (newest / damage).write_bytes(data[: len(data) // 3])  # truncated, as a full disk leaves it
+        want = "cannot be read" if damage == "loop_state.json" else "cannot be restored"
+    err = _resume_error(cfg, capsys)
+    assert want in err and str(newest) in err and "delete it to resume from the one before" in err
+
+
+def test_resume_without_a_checkpoint_says_so_and_starts_at_step_0(
+    tmp_path, sentiment_csv, tiny_bert_dir, capsys
+):
+    from lmdistill.cli import main
+
+    path = _config(tmp_path, sentiment_csv, tiny_bert_dir, "fresh")
+    assert main(["distill", str(path), "--resume", "training.max_steps=3"]) == 0  # an override after --resume
+    out = capsys.readouterr().out
+    assert f"resume: no checkpoint in {tmp_path / 'fresh' / 'checkpoints'}; training starts at step 0" in out
+    assert "3 steps in" in out  # training.max_steps=3 was read as an override, not as a checkpoint folder

@@ -3,8 +3,13 @@
 A checkpoint folder ``OUTPUT_DIR/checkpoints/step-00000100`` holds what ``accelerator.save_state`` writes
 (student and projections as safetensors, optimizer, scheduler, grad scaler, RNG states of every process)
 plus ``loop_state.json`` (step, epoch, batches consumed in the epoch, best metric, early-stopping counter,
-un-logged loss sums, the log so far). It is written as ``step-….tmp`` and renamed when complete, so a crash
+un-logged loss sums, the log so far, and the run's *signature*: its task, the student's shape and every config
+key that changes the trajectory). It is written as ``step-….tmp`` and renamed when complete, so a crash
 mid-write leaves the previous checkpoint as the newest valid one.
+
+Resuming checks before it restores anything: the signature must equal the new run's (else one line naming the
+first key that differs), every file of the checkpoint must be there (one random-state file per process), and a
+file that cannot be read is reported in one line: never a silent partial restore.
 """
 
 from __future__ import annotations
@@ -72,7 +77,66 @@ def _prune(root: Path, keep: int, best_step: int | None) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def read_state(path: Path) -> dict:
+    """The loop state of a checkpoint folder (one line when it cannot be read)."""
+    try:
+        state = json.loads((Path(path) / STATE_FILE).read_text())
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError("no step in it")
+        return state
+    except (OSError, ValueError) as e:
+        raise LmdistillError(
+            f"training.resume: '{path}' cannot be read ({STATE_FILE}: {' '.join(str(e).split())[:60]}); it is "
+            "damaged: delete it to resume from the one before, or start anew with --overwrite"
+        ) from None
+
+
+def _differ(saved, now, key: str = "") -> tuple[str, object, object] | None:
+    """The first key path at which two signatures differ (None: equal)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        for k in sorted(set(saved) | set(now), key=str):
+            found = _differ(saved.get(k), now.get(k), f"{key}.{k}" if key else str(k))
+            if found is not None:
+                return found
+        return None
+    return None if saved == now else (key, saved, now)
+
+
+def check(path: Path, signature: dict | None, processes: int = 1) -> dict:
+    """The loop state of checkpoint ``path`` after checking that it belongs to this run (``signature``: the
+    same task, student shape and trajectory keys) and that none of its files is missing."""
+    state = read_state(path)
+    saved = state.get("signature")
+    if signature is not None and saved is not None:
+        found = _differ(saved, json.loads(json.dumps(signature, default=str)))
+        if found is not None:
+            key, before, now = found
+            raise LmdistillError(
+                f"training.resume: checkpoint '{path}' belongs to a run with {key}={before!r}, this run has "
+                f"{now!r}; resume with the same settings, or start anew with --overwrite"
+            )
+    names = {p.name for p in Path(path).iterdir()}
+    need = ["optimizer.bin", "scheduler.bin", *(f"random_states_{i}.pkl" for i in range(processes))]
+    missing = [n for n in need if n not in names]
+    if not any(n.startswith(("model", "pytorch_model")) for n in names):
+        missing.insert(0, "model.safetensors")
+    if missing:
+        raise LmdistillError(
+            f"training.resume: checkpoint '{path}' is incomplete ({', '.join(missing)} missing); delete it to "
+            "resume from the one before, or start anew with --overwrite"
+        )
+    return state
+
+
 def load(accelerator, path: Path) -> dict:
     """Restore model, optimizer, scheduler and RNG states into ``accelerator``; return the loop state."""
-    accelerator.load_state(str(path))
-    return json.loads((Path(path) / STATE_FILE).read_text())
+    state = read_state(path)
+    try:
+        accelerator.load_state(str(path))
+    except Exception as e:  # torch / safetensors / pickle raise many types for a damaged file
+        first = " ".join(str(e).split())[:60] or type(e).__name__
+        raise LmdistillError(
+            f"training.resume: checkpoint '{path}' cannot be restored ({first}); it is damaged: delete it to "
+            "resume from the one before, or start anew with --overwrite"
+        ) from None
+    return state

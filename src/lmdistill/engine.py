@@ -84,6 +84,7 @@ class LoopState:
     running: dict[str, float] = field(default_factory=dict)
     n_running: int = 0
     history: list[dict] = field(default_factory=list)
+    signature: dict | None = None
 
 
 @dataclass
@@ -171,13 +172,16 @@ def train(
     greater_is_better: bool = True,
     on_best: Callable[[nn.Module], None] | None = None,
     desc: str = "train",
+    signature: dict | None = None,
 ) -> TrainOutcome:
     """Train ``student`` on ``objective``; returns what happened. ``evaluate`` returns validation metrics;
     ``cfg.metric_for_best`` among them picks the best student (higher is better unless ``greater_is_better``
     is False). ``on_best`` receives the unwrapped student whenever validation improves (or at the end when
     there is no validation). ``teacher_signal`` (e.g. a :class:`~lmdistill.signals.cache.CachedTeacher`)
     replaces the live teacher for every batch that ``objective.prepare_batch`` leaves as it is; new batches
-    (on-policy samples, when ``objective.rewrites_batches``) still go to ``teacher``. Checkpoints go to
+    (on-policy samples, when ``objective.rewrites_batches``) still go to ``teacher``. ``signature`` (the task,
+    the student's shape and the config keys that change the trajectory) is saved with every checkpoint, and a
+    checkpoint with another signature is refused by ``training.resume``. Checkpoints go to
     ``out_dir/checkpoints``, the logs (metrics.csv, tensorboard) to ``log_dir`` (default: ``out_dir``)."""
     from accelerate import Accelerator
     from accelerate.data_loader import prepare_data_loader
@@ -283,10 +287,15 @@ def train(
         signal_of = LiveTeacher(teacher, hidden_states=objective.needs_hidden, tap=objective.teacher_tap)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
-    state = LoopState()
+    state = LoopState(signature=signature)
     resumed_from = checkpoint.find(cfg.resume, out_dir)
     if resumed_from is not None:
-        state = LoopState(**checkpoint.load(accelerator, resumed_from))
+        checkpoint.check(resumed_from, signature, accelerator.num_processes)  # before anything is restored
+        state = LoopState(**{**checkpoint.load(accelerator, resumed_from), "signature": signature})
+    elif cfg.resume:
+        print(
+            f"resume: no checkpoint in {Path(out_dir) / 'checkpoints'}; training starts at step 0", flush=True
+        )
     main = accelerator.is_main_process
     log_dir = Path(log_dir or out_dir)
     writer = _tensorboard(log_dir) if main else None

@@ -37,11 +37,15 @@ def short_list(items, limit: int = 8, sep: str = ", ") -> str:
 
 
 def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    """One line of at most about ``limit`` characters (the cut says how much was left out)."""
+    """One line of at most about ``limit`` characters: a longer one keeps its start (what is wrong) and its end
+    (what to do) and says how much of the middle was cut."""
     text = " ".join(str(text).split())
     if len(text) <= limit:
         return text
-    return text[: limit - 30].rstrip() + f" ... ({len(text) - limit + 30} more characters)"
+    head, tail = (limit - 30) * 2 // 3, (limit - 30) // 3
+    return (
+        f"{text[:head].rstrip()} [... {len(text) - head - tail} characters cut ...] {text[-tail:].lstrip()}"
+    )
 
 
 _WHAT = {

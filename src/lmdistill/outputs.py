@@ -159,7 +159,9 @@ class RunFolder:
                 if self.overwrite or self.parent is not None and not self.resume:
                     shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
                 self.staging.mkdir()
-                if not (self.path / MARKER).exists():  # an earlier run's marker stays until this one publishes
+                if not (
+                    self.path / MARKER
+                ).exists():  # an earlier run's marker stays until this one publishes
                     self._mark("running")
             except BaseException:
                 self._unlock()

@@ -11,6 +11,7 @@ test, and writes ``results.json``. The task decides what its data, models and me
 from __future__ import annotations
 
 import copy
+import json
 import os
 import platform
 import shutil
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmdistill.config.schema import Config, StageConfig
+from lmdistill.errors import LmdistillError
 from lmdistill.fileio import guard
 from lmdistill.tasks import get_task
 from lmdistill.tasks.base import Parts, Task, stage_key, stages_of  # noqa: F401 - re-exported
@@ -210,6 +212,64 @@ def teacher_cache(cfg: Config, teacher, train_set, collate, objectives):
     )
 
 
+TRAJECTORY = (
+    "learning_rate",
+    "weight_decay",
+    "warmup_ratio",
+    "scheduler",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "max_tokens",
+    "gradient_accumulation_steps",
+    "group_by_length",
+    "max_grad_norm",
+    "mixed_precision",
+)
+"""The training keys that change what a resumed run would compute (the rest, e.g. logging, may change)."""
+
+
+def signature(cfg: Config, task: Task, student) -> dict:
+    """What a checkpoint must share with the run that resumes it: the task, the student's shape, the seed, the
+    data, the distillation and task sections, and the training keys of :data:`TRAJECTORY`."""
+    from dataclasses import asdict
+
+    c = asdict(cfg)
+    shape = {
+        "class": type(student).__name__,
+        "parameters": sum(p.numel() for p in student.parameters()),
+        "config": {
+            k: v for k, v in student.config.to_dict().items() if k.endswith(("layers", "size", "heads"))
+        }
+        if hasattr(student, "config")
+        else {},
+    }
+    sig = {
+        "task": task.name,
+        "student": shape,
+        "seed": cfg.seed,
+        "data": c["data"],
+        "teacher": c["teacher"],
+        "distill": c["distill"],
+        "lm": c["lm"],
+        "embedding": c["embedding"],
+        "training": {k: c["training"][k] for k in TRAJECTORY},
+    }
+    return json.loads(json.dumps(sig, default=str))
+
+
+def _check_resume(cfg: Config) -> None:
+    """``training.resume: auto`` with no checkpoint over a finished run has nothing to continue: say so."""
+    from lmdistill import checkpoint
+
+    out = Path(cfg.output_dir)
+    if cfg.training.resume == "auto" and not checkpoint.checkpoints(out) and (out / "results.json").is_file():
+        raise LmdistillError(
+            f"training.resume: '{out}' holds a finished run and no checkpoint to continue from "
+            "(training.save_every writes them); pass --overwrite to train again, or choose another output_dir"
+        )
+
+
 def _logged_validation(outcome) -> dict[str, float]:
     """The validation metrics logged at the best step (the saved model's), or {}."""
     rows = [
@@ -234,6 +294,7 @@ def run(cfg: Config, verb: str, *, role: str | None = None, overwrite: bool = Fa
     task = get_task(cfg.task)
     resume = cfg.training.resume is not None
     folder = RunFolder(cfg.output_dir, verb, inputs=input_paths(cfg), resume=resume, overwrite=overwrite)
+    _check_resume(cfg)
     with folder, guard(cfg.output_dir):  # an OSError (a full disk, permissions) becomes one line
         seed_everything(cfg.seed)
         parts = task.parts(cfg, verb)
@@ -277,6 +338,7 @@ def _run_stage(task: Task, parts: Parts, cfg: Config, verb: str, folder, objecti
         on_best=lambda m: save_model(task, m, parts.tokenizer, staged, cfg),
         desc=verb if final else f"{verb} ({folder.path.name})",
         teacher_signal=signal,
+        signature=signature(cfg, task, parts.student),
     )
     save_projections(objective, folder.staging)
     best = task.reload(staged, parts)
