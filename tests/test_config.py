@@ -123,7 +123,10 @@ def test_bad_files(tmp_path):
 
 def test_validate_cli(tmp_path, capsys):
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump({"data": {"train": "x.csv"}, "model": {"name_or_path": "m"}}))
+    (tmp_path / "x.csv").write_text("text,label\ngood,pos\nbad,neg\n")
+    good.write_text(
+        yaml.safe_dump({"data": {"train": str(tmp_path / "x.csv")}, "model": {"name_or_path": "m"}})
+    )
     assert main(["validate", str(good)]) == 0
     assert capsys.readouterr().out.strip() == "ok"
     bad = tmp_path / "bad.yaml"
@@ -137,4 +140,5 @@ def test_validate_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("**/*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates(path, capsys):
-    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    """Every key and value of each shipped config is valid (its data files are the user's: --no-data)."""
+    assert main(["validate", "--no-data", str(path)]) == 0, capsys.readouterr().err

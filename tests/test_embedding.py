@@ -345,6 +345,7 @@ def test_embedding_config_checks(st_teacher_dir, tmp_path):
     )
     from lmdistill import api
 
+    (tmp_path / "x.csv").write_text("text\n" + "\n".join(TEXTS[:20]) + "\n")
     cfg = {
         **base,
         "data": {"train": str(tmp_path / "x.csv")},

@@ -165,21 +165,25 @@ def test_token_budget_training_run(tmp_path, sentiment_csv, tiny_bert_dir, monke
     assert len({n for n, _ in shapes}) > 1  # the batch size follows the lengths
 
 
-def test_nonfinite_loss_stops_with_term_and_step(tmp_path, sentiment_csv, tiny_bert_dir):
+def test_nonfinite_loss_stops_with_term_and_step(tmp_path, sentiment_csv, tiny_bert_dir, monkeypatch):
+    from lmdistill import objective
     from lmdistill.engine import NonFiniteLoss
 
-    cfg = _cfg(
-        tmp_path,
-        sentiment_csv,
-        tiny_bert_dir,
-        learning_rate=1e6,
-        max_steps=30,
-        log_every=5,
-        max_grad_norm=None,
-        warmup_ratio=0.0,
-    )
-    with pytest.raises(NonFiniteLoss, match=r"loss term 'ce' became nan between steps \d+ and \d+"):
+    calls = {"n": 0}
+    ce = objective.OUTPUT_TERMS["ce"].fn
+
+    def poisoned(obj, out, signal, batch):  # the 12th and every 9th batch after it give NaN
+        calls["n"] += 1
+        value = ce(obj, out, signal, batch)
+        return value * float("nan") if calls["n"] >= 12 and calls["n"] % 9 == 3 else value
+
+    monkeypatch.setitem(objective.OUTPUT_TERMS, "ce", objective.Term(poisoned))
+    cfg = _cfg(tmp_path, sentiment_csv, tiny_bert_dir, max_steps=30, log_every=5, warmup_ratio=0.0)
+    with pytest.raises(
+        NonFiniteLoss, match=r"loss term 'ce' became nan between steps 11 and 15 \(weight 1\)"
+    ):
         api.finetune(cfg)
+    calls["n"] = 0
     cfg["training"]["on_nonfinite"] = "skip"
     cfg["output_dir"] = str(tmp_path / "skip")
     res = api.finetune(cfg)

@@ -751,8 +751,11 @@ def _structure_cases() -> list[ConfigCase]:
         % (bytes([97 + i]), bytes([97 + i]), b",".join([b"*" + bytes([96 + i])] * 9 if i else [b"lol"] * 9))
         for i in range(6)
     )
-    cases.append(ConfigCase("billion-laughs-keys", laughs, ERROR, "unknown key"))
-    cases.append(ConfigCase("billion-laughs-value", laughs + b"data: *f\n", ERROR, "data"))
+    # 9^6 values once the aliases are expanded: refused by size before anything is built
+    cases.append(ConfigCase("billion-laughs-keys", laughs, ERROR, "expands (through YAML aliases)"))
+    cases.append(
+        ConfigCase("billion-laughs-value", laughs + b"data: *f\n", ERROR, "expands (through YAML aliases)")
+    )
     # YAML tags: code-running ones must never run, odd ones must fail cleanly
     base = _dump(BASE_FINETUNE)
     for case_id, text in [
@@ -917,9 +920,19 @@ CONFIG_CASES = (
 
 def _run_validate(case: ConfigCase, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.csv").write_text(
+        "text,label\ngood film,positive\nbad film,negative\n"
+    )  # validate reads it
     path = tmp_path / "config.yaml"
     path.write_bytes(case.text)
-    argv = ["validate", *(["--for", case.for_verb] if case.for_verb else []), str(path), *case.overrides]
+    # the config layer alone (these configs name data files that do not exist; the data cases test those)
+    argv = [
+        "validate",
+        "--no-data",
+        *(["--for", case.for_verb] if case.for_verb else []),
+        str(path),
+        *case.overrides,
+    ]
     capsys.readouterr()
     code = main(argv)
     out, err = capsys.readouterr()
@@ -1114,11 +1127,12 @@ def _data_cases() -> list[DataCase]:
             b",\n" + b"".join(b"t%d,%s\n" % (i, lab(i).encode()) for i in range(40)),
             needle="column",
         ),
-        DataCase(
+        DataCase(  # pandas would rename the second 'text' to 'text.1' silently
             "csv-duplicate-columns",
             "train.csv",
             b"text,text,label\n" + b"".join(b"a%d,b%d,%s\n" % (i, i, lab(i).encode()) for i in range(40)),
-            OK,
+            ERROR,
+            needle="names column 'text' more than once",
         ),
         DataCase("csv-unclosed-quote", "train.csv", b'text,label\n"good movie,positive\nbad,negative\n'),
         DataCase(

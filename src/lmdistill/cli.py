@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     p.add_argument("--output", help="also write the metrics as JSON to this file")
     p.add_argument("--predictions", help="also write predictions (as label names) to this CSV file")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --output / --predictions files")
 
     p = verbs.add_parser(
         "fetch",
@@ -147,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
         "every problem (one per line) and exit 2.",
     )
     _add_config(p)
+    p.add_argument(
+        "--no-data",
+        action="store_true",
+        help="check the config alone: do not look at the data files (found, readable, their columns)",
+    )
     p.add_argument(
         "--for",
         dest="for_verb",
@@ -174,10 +180,14 @@ def _run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         from lmdistill.config.load import infer_verb, read_yaml
-        from lmdistill.tasks import load_config
+        from lmdistill.errors import ConfigError
+        from lmdistill.tasks import get_task, load_config
 
         raw = read_yaml(Path(args.config))
-        load_config(raw, args.overrides, verb=args.for_verb or infer_verb(raw))
+        cfg = load_config(raw, args.overrides, verb=args.for_verb or infer_verb(raw))
+        problems = [] if args.no_data else get_task(cfg.task).check_data(cfg)  # files, formats, columns
+        if problems:
+            raise ConfigError(problems)
         print("ok")
         return 0
     if args.verb == "fetch":
@@ -232,6 +242,11 @@ def _run(args: argparse.Namespace) -> int:
             _print_run(result)
         return 0
     if args.verb == "evaluate":
+        from lmdistill.fileio import writable_file
+
+        for flag in ("output", "predictions"):  # checked before anything is evaluated
+            if getattr(args, flag):
+                writable_file(getattr(args, flag), f"--{flag}", overwrite=args.overwrite)
         if args.predictions and api._is_causal_lm(args.model):
             raise LmdistillError(
                 "--predictions: a causal LM is evaluated by its perplexity; it has no "
@@ -250,16 +265,17 @@ def _run(args: argparse.Namespace) -> int:
         print(res.table())
         print(json.dumps(res.metrics))
         if args.output:
-            with open(args.output, "w") as f:
-                json.dump(
-                    {"model": res.model, "split": res.split, "n": res.n, "metrics": res.metrics}, f, indent=2
-                )
+            from lmdistill.fileio import write_text
+
+            summary = {"model": res.model, "split": res.split, "n": res.n, "metrics": res.metrics}
+            write_text(args.output, json.dumps(summary, indent=2), "--output")
         if args.predictions:
             import pandas as pd
 
-            pd.DataFrame({"prediction": res.predictions, "label": res.labels}).to_csv(
-                args.predictions, index=False
-            )
+            from lmdistill.fileio import write_text
+
+            table = pd.DataFrame({"prediction": res.predictions, "label": res.labels}).to_csv(index=False)
+            write_text(args.predictions, table, "--predictions")
         return 0
     raise AssertionError(args.verb)
 

@@ -45,9 +45,7 @@ def _oom_advice(cfg: TrainingConfig, step: int, error: BaseException) -> OutOfMe
         f"out of {where} memory at step {step} with training.batch_size={cfg.batch_size}: lower "
         f"training.batch_size (e.g. {max(1, cfg.batch_size // 2)}) and raise training.gradient_accumulation_steps "
         f"(e.g. {cfg.gradient_accumulation_steps * 2}) to keep the same global batch, lower data.max_length, use "
-        "training.mixed_precision=bf16 on a GPU, run the teacher from a cache (training.teacher_cache=auto), or "
-        "shard the "
-        "teacher with FSDP/DeepSpeed (training.teacher_placement=shard)"
+        "training.mixed_precision=bf16 on a GPU, or run the teacher from a cache (training.teacher_cache=auto)"
     )
 
 
@@ -85,6 +83,7 @@ class LoopState:
     n_running: int = 0
     history: list[dict] = field(default_factory=list)
     signature: dict | None = None
+    logged_step: int = 0
 
 
 @dataclass
@@ -275,13 +274,8 @@ def train(
         and objective.needs_teacher
         and (teacher_signal is None or objective.rewrites_batches)
     )
-    if live:
-        # frozen, never wrapped for training (no DDP gradient hooks on it): a replica on every process, or
-        # under FSDP / DeepSpeed ZeRO-3 sharded like the student when training.teacher_placement is shard
-        if cfg.teacher_placement == "shard" and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
-            teacher = accelerator.prepare_model(teacher, evaluation_mode=True)
-        else:
-            teacher.to(accelerator.device)
+    if live:  # frozen, never wrapped for training (no DDP gradient hooks on it): a replica on every process
+        teacher.to(accelerator.device)
     objective.attach(student, teacher)
     if live:
         signal_of = LiveTeacher(teacher, hidden_states=objective.needs_hidden, tap=objective.teacher_tap)
@@ -353,10 +347,13 @@ def train(
         if bad:
             progress.close()
             term = next((k for k in bad if k != "loss"), "loss")
+            first = state.logged_step + 1  # the mean since the last log: the steps it covers
+            steps = f"at step {first}" if first == state.step else f"between steps {first} and {state.step}"
+            weight = f" (weight {objective.weight_now(term):g})" if term != "loss" else ""
             raise NonFiniteLoss(
-                f"loss term '{term}' became {values[term]} between steps {state.step - cfg.log_every + 1} and "
-                f"{state.step}; the run stopped and what was saved before is kept. Lower "
-                "training.learning_rate, check the data, or set training.on_nonfinite=skip"
+                f"loss term '{term}' became {values[term]} {steps}{weight}; the run stopped and what was saved "
+                f"before is kept. Check the data and that term's settings, lower training.learning_rate (now "
+                f"{scheduler.get_last_lr()[0]:.3g}), or set training.on_nonfinite=skip to skip such batches"
             )
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -412,6 +409,7 @@ def train(
                     }
                     running, state.n_running = {}, 0
                     check_finite(values)
+                    state.logged_step = state.step
                     log(
                         {
                             "step": state.step,

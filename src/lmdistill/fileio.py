@@ -92,14 +92,20 @@ def _stat(path: Path, key: str) -> os.stat_result | None:
         raise os_error(e, path, key) from None
 
 
-def readable_file(path: str | Path, key: str, what: str = "file") -> Path:
+def readable_file(path: str | Path, key: str, what: str = "file", error: type = LmdistillError) -> Path:
     """``path`` as a Path, after checking it is an existing, readable regular file (not a folder, pipe or device;
-    those are refused without being opened)."""
-    p = Path(path).expanduser()
+    those are refused without being opened). Problems raise ``error`` (a LmdistillError class)."""
+    try:
+        return _readable_file(Path(path).expanduser(), key, what)
+    except LmdistillError as e:
+        raise (e if type(e) is error else error(str(e))) from None
+
+
+def _readable_file(p: Path, key: str, what: str) -> Path:
     st = _stat(p, key)
     if st is None:
         raise LmdistillError(
-            clip(f"{key}: {what} '{p}' not found (relative paths start at the current folder {Path.cwd()})")
+            clip(f"{key}: {what} '{p}' not found (paths are relative to the current directory)")
         )
     if stat.S_ISDIR(st.st_mode):
         raise LmdistillError(clip(f"{key}: '{p}' is a folder; give a {what}"))

@@ -137,6 +137,8 @@ class RunFolder:
         self.parent = parent
         self.locked = False
         self.main = _is_main()
+        self.fresh = False
+        self.created = False
 
     @property
     def staging(self) -> Path:
@@ -151,6 +153,7 @@ class RunFolder:
         with guard(self.path, "output_dir"):
             if self.parent is None:
                 self._check_contents()
+            self.created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
             if self.parent is None:
                 self._lock()
@@ -159,19 +162,30 @@ class RunFolder:
                 if self.overwrite or self.parent is not None and not self.resume:
                     shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
                 self.staging.mkdir()
-                if not (
+                self.fresh = not (
                     self.path / MARKER
-                ).exists():  # an earlier run's marker stays until this one publishes
+                ).exists()  # an earlier run's marker stays until we publish
+                if self.fresh:
                     self._mark("running")
             except BaseException:
                 self._unlock()
                 raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         if self.main:
             shutil.rmtree(self.staging, ignore_errors=True)
+            failed_before_anything = (
+                kind is not None and self.fresh and not (self.path / "checkpoints").exists()
+            )
+            if (
+                failed_before_anything
+                and json.loads((self.path / MARKER).read_text()).get("status") == "running"
+            ):
+                (self.path / MARKER).unlink(missing_ok=True)  # nothing of this run is left to resume or keep
             self._unlock()
+            if failed_before_anything and self.created and not any(self.path.iterdir()):
+                self.path.rmdir()
 
     def sub(self, path: str | Path) -> RunFolder:
         """A folder inside this run's (an earlier stage of a multi-stage recipe)."""

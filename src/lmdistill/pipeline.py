@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from lmdistill.config.schema import Config
-from lmdistill.errors import LmdistillError
+from lmdistill.errors import ConfigError, LmdistillError
 from lmdistill.fileio import write_text
 from lmdistill.tasks import TASKS, get_task, load_config
 
@@ -118,6 +118,9 @@ def compress(
             f"task: compress supports {', '.join(supported)}, not {cfg.task} (run finetune / distill and "
             "evaluate it on its own)"
         )
+    problems = task.check_data(cfg)  # the data files and columns, before any model is loaded
+    if problems:
+        raise ConfigError(problems)
     out = Path(cfg.output_dir)
     runs = {role: out / role for role in ROLES}
     energy: dict[str, dict] = {}
@@ -298,6 +301,8 @@ def report(
             )
         config = source / "config.yaml"
     cfg = load_config(config) if not isinstance(config, Config) else config
+    _same_task(roles, cfg.task)
+    out = _report_folder(Path(out_dir or cfg.output_dir))  # checked before anything is measured
     task = get_task(cfg.task)
     inputs = task.report_inputs(cfg)
     texts = inputs.texts
@@ -320,13 +325,49 @@ def report(
         entry = _measure(models[role], texts, inputs.max_length, cfg)
         entry.update(metrics=metrics, training=_training(roles.get(role)))
         data["models"][role] = entry
-    out = Path(out_dir or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(data, indent=2, default=str))
+    write_text(out / "report.json", json.dumps(data, indent=2, default=str), "--output")
     md, html = render_report(data, out)
     if "student" in models:
         write_model_card(models["student"], data, cfg)
     return data, md, html
+
+
+def _same_task(roles: dict[str, Path], task: str) -> None:
+    """Refuse runs of different tasks in one report (their metrics cannot be compared)."""
+    found = {}
+    for role, run in roles.items():
+        results = json.loads((run / "results.json").read_text())
+        saved = results.get("task")
+        if saved is None and (run / "config.yaml").is_file():
+            saved = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("task", "classification")
+        found[role] = saved or task
+    tasks = {t for t in found.values()} | {task}
+    if len(tasks) > 1:
+        which = ", ".join(f"{role}: {t}" for role, t in found.items())
+        raise LmdistillError(
+            f"report: the runs are of different tasks ({which}; the config's: {task}); a report compares models "
+            "of one task: give runs of the same task"
+        )
+
+
+def _report_folder(out: Path) -> Path:
+    """The report's folder, checked before any model is measured: creatable, writable, and not holding a
+    report.md that lmdistill did not write."""
+    from lmdistill.fileio import readable_folder, writable_file
+
+    if out.exists():
+        readable_folder(out, "--output", "report folder")
+        if (out / "report.md").exists() and not (out / "report.json").exists():
+            raise LmdistillError(
+                f"--output: '{out}' holds a report.md that lmdistill did not write; choose another folder"
+            )
+    else:
+        writable_file(out, "--output")  # its parent exists and is writable
+    for name in ("report.md", "report.html", "report.json"):
+        if (out / name).exists():
+            writable_file(out / name, "--output", overwrite=True)
+    return out
 
 
 # --------------------------------------------------------------------------------------------- card
@@ -392,6 +433,4 @@ def write_model_card(model_dir: Path, data: dict, cfg: Config) -> Path:
         "```",
         "",
     ]
-    path = model_dir / "README.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_text(model_dir / "README.md", "\n".join(lines))

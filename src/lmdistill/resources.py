@@ -62,7 +62,18 @@ def cache_dir() -> Path:
     The folder is not created here; the fetchers create what they need.
     """
     env = os.environ.get(ENV_CACHE, "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "lmdistill"
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "lmdistill"
+    if path.exists() and not path.is_dir():
+        from lmdistill.errors import LmdistillError
+
+        raise LmdistillError(f"{ENV_CACHE}: '{path}' is a file, not a folder; point {ENV_CACHE} to a folder")
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        from lmdistill.errors import LmdistillError
+
+        raise LmdistillError(
+            f"{ENV_CACHE}: permission denied writing into '{path}'; point {ENV_CACHE} to a writable folder"
+        )
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmdistill.config.schema import Config, StageConfig
-from lmdistill.errors import LmdistillError
+from lmdistill.errors import ConfigError, LmdistillError
 from lmdistill.fileio import guard
 from lmdistill.tasks import get_task
 from lmdistill.tasks.base import Parts, Task, stage_key, stages_of  # noqa: F401 - re-exported
@@ -292,6 +292,9 @@ def run(cfg: Config, verb: str, *, role: str | None = None, overwrite: bool = Fa
     from lmdistill.outputs import RunFolder
 
     task = get_task(cfg.task)
+    problems = task.check_data(cfg)  # the data files and columns, before any model is loaded
+    if problems:
+        raise ConfigError(problems)
     resume = cfg.training.resume is not None
     folder = RunFolder(cfg.output_dir, verb, inputs=input_paths(cfg), resume=resume, overwrite=overwrite)
     _check_resume(cfg)

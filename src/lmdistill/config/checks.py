@@ -24,6 +24,19 @@ def check_common(cfg: Config) -> list[str]:
     return errors + check_data(cfg.data) + check_training(cfg.training)
 
 
+def check_label_columns(d: DataConfig) -> list[str]:
+    """For labelled data: the text, text-pair and label columns are three different columns."""
+    errors = []
+    if d.text_column == d.label_column:
+        errors.append(
+            f"data.text_column and data.label_column are both '{d.text_column}': the label would be the text; "
+            "name the label column in data.label_column"
+        )
+    if d.text_pair_column is not None and d.text_pair_column in (d.text_column, d.label_column):
+        errors.append(f"data.text_pair_column '{d.text_pair_column}' is also the text or the label column")
+    return errors
+
+
 def check_verb(cfg: Config, verb: Verb | None) -> list[str]:
     """What each verb needs: a model to fine-tune, a teacher to distill from."""
     errors = []
@@ -43,9 +56,13 @@ def check_distill(cfg: Config) -> list[str]:
     """Temperatures, schedules and stage numbers (the loss names are the task's: lmdistill.tasks)."""
     d = cfg.distill
     errors = []
-    if not d.temperature > 0:
-        errors.append(f"distill.temperature must be greater than 0, got {d.temperature}")
+    errors += check_temperature(d.temperature, "distill.temperature")
     errors += check_schedule(d.temperature_schedule, "distill.temperature_schedule", positive=True)
+    if d.temperature_schedule is not None and d.temperature_schedule.end is not None:
+        errors += check_temperature(d.temperature_schedule.end, "distill.temperature_schedule.end")
+    for name, w in (d.losses or {}).items():
+        if w > MAX_WEIGHT:
+            errors.append(f"distill.losses.{name} must be at most {MAX_WEIGHT:g}, got {w:g}")
     for key in ("beta", "alpha"):
         if not 0.0 <= getattr(d, key) <= 1.0:
             errors.append(f"distill.{key} must be between 0 and 1, got {getattr(d, key)}")
@@ -60,7 +77,28 @@ def check_distill(cfg: Config) -> list[str]:
             v = getattr(st, k)
             if v is not None and not v > 0:
                 errors.append(f"distill.stages[{i}].{k} must be greater than 0, got {v}")
+        if st.temperature is not None and st.temperature > 0:
+            errors += check_temperature(st.temperature, f"distill.stages[{i}].temperature")
+    for i, m in enumerate(d.matches):
+        if m.weight > MAX_WEIGHT:
+            errors.append(f"distill.matches[{i}].weight must be at most {MAX_WEIGHT:g}, got {m.weight:g}")
     return errors
+
+
+MAX_TEMPERATURE = 100.0
+"""Above it every softened distribution is uniform to float precision: the soft-target loss carries nothing."""
+MAX_WEIGHT = 1e6
+
+
+def check_temperature(t: float, key: str) -> list[str]:
+    if not t > 0:
+        return [f"{key} must be greater than 0, got {t}"]
+    if t > MAX_TEMPERATURE:
+        return [
+            f"{key} must be at most {MAX_TEMPERATURE:g}, got {t:g}: at such a temperature every distribution is "
+            "uniform and the soft targets carry nothing (papers use 1 to 20)"
+        ]
+    return []
 
 
 def check_report(r: ReportConfig) -> list[str]:
@@ -112,6 +150,10 @@ def check_training(t: TrainingConfig) -> list[str]:
     for key, v in positive.items():
         if not v > 0:
             errors.append(f"training.{key} must be greater than 0, got {v}")
+    if t.learning_rate > 1.0:
+        errors.append(
+            f"training.learning_rate must be at most 1 (typical: 1e-5 to 1e-3), got {t.learning_rate:g}"
+        )
     at_least_one = {
         "batch_size": t.batch_size,
         "eval_batch_size": t.eval_batch_size,

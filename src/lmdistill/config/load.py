@@ -37,9 +37,24 @@ def raw_config(source: str | Path | dict | Config, overrides: list[str] | tuple[
     return apply_overrides(raw, overrides)
 
 
+REMOVED = {
+    (
+        "training",
+        "teacher_placement",
+    ): "training.teacher_placement was removed: sharding a frozen teacher under "
+    "FSDP / DeepSpeed has never run on GPUs here, so every process holds a full teacher (or use "
+    "training.teacher_cache); remove the key",
+}
+"""Keys that existed in earlier versions: a config that still has one gets this line instead of "unknown"."""
+
+
 def build_config(raw: dict) -> tuple[Config | None, list[str]]:
     """A :class:`Config` from a mapping, and every problem found in its keys and types."""
     errors: list[str] = []
+    for (section, key), why in REMOVED.items():
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raw = {**raw, section: {k: v for k, v in raw[section].items() if k != key}}
+            errors.append(why)
     cfg = _build(Config, raw, "", errors)
     return cfg, errors
 
@@ -95,10 +110,25 @@ def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = F
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
 
 
+MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_VALUES = 100_000
+"""A config expands to at most this many values (YAML aliases can multiply a small file: "billion laughs")."""
+
+
 def read_yaml(path: Path) -> dict:
-    """Read a YAML mapping safely (no code is ever executed)."""
-    if not path.is_file():
+    """Read a YAML mapping safely (no code is ever executed; aliases may not expand it beyond a sane size)."""
+    from lmdistill.errors import LmdistillError
+    from lmdistill.fileio import readable_file
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
         raise ConfigError([f"config file '{path}' not found"])
+    try:
+        readable_file(path, "config file", "YAML file")  # a folder, pipe, device or unreadable file: one line
+    except LmdistillError as e:
+        raise ConfigError([str(e)]) from None
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError([f"config file '{path}' is over {MAX_CONFIG_BYTES:,} bytes: it is not a config"])
     try:
         data = path.read_bytes()
         text = data.decode("utf-8")
@@ -124,11 +154,36 @@ def read_yaml(path: Path) -> dict:
         ) from None
     if raw is None:
         raise ConfigError([f"config file '{path}' is empty: it needs at least `data:` and a model"])
+    if _expanded_size(raw) > MAX_CONFIG_VALUES:
+        raise ConfigError(
+            [
+                f"config file '{path}' expands (through YAML aliases) to more than {MAX_CONFIG_VALUES:,} values: "
+                "it is not a config"
+            ]
+        )
     if not isinstance(raw, dict):
         raise ConfigError(
             [f"config file '{path}' must be a mapping of keys to values, not {type(raw).__name__}"]
         )
     return raw
+
+
+def _expanded_size(value, memo: dict | None = None, limit: int = MAX_CONFIG_VALUES + 1) -> int:
+    """How many values ``value`` holds once every alias is expanded (counted without expanding: a YAML alias
+    is the same object, counted once per use from a memo of its size; stops counting past ``limit``)."""
+    memo = {} if memo is None else memo
+    if not isinstance(value, (dict, list)):
+        return 1
+    if id(value) in memo:
+        return memo[id(value)]
+    memo[id(value)] = limit  # a cycle counts as too large
+    total = 1
+    for v in value.values() if isinstance(value, dict) else value:
+        total += 1 + _expanded_size(v, memo, limit)
+        if total > limit:
+            break
+    memo[id(value)] = min(total, limit)
+    return memo[id(value)]
 
 
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:

@@ -119,8 +119,6 @@ class TrainingConfig:
     """A NaN/inf loss: stop (checked at each log, no per-step sync) or skip that batch (checked every step)."""
     cpu: bool = False
     """Force the CPU even when a GPU is present."""
-    teacher_placement: Literal["replicate", "shard"] = "replicate"
-    """Under FSDP / DeepSpeed ZeRO-3: keep a full teacher on every process, or shard it like the student."""
     num_workers: int = 0
     teacher_cache: str | None = None
     """Run the teacher once over the training data and train from its stored outputs (16-bit, memory-mapped):

@@ -103,12 +103,24 @@ class LMCollator:
 
 def load_documents(cfg: Config) -> dict:
     """Train / validation / test DataFrames: a built-in corpus (``movie-reviews``, ``fortunes``, or joined
-    with ``+``), or anything :func:`lmdistill.data.tables.load_frames` reads (files, `datasets`, built-ins)."""
+    with ``+``), plain text files (:func:`lmdistill.data.rawtext.read_documents`: one document per line, or
+    documents separated by blank lines), or anything :func:`lmdistill.data.tables.load_frames` reads (tables,
+    `datasets`, built-ins)."""
+    import pandas as pd
+
     from lmdistill.data import corpora
+    from lmdistill.data.rawtext import LINE_SUFFIXES, read_documents
     from lmdistill.data.tables import _carve, load_frames
     from lmdistill.resources import FetchError
 
     d = cfg.data
+    if not d.dataset and str(d.train).lower().endswith(LINE_SUFFIXES):
+        frames = {
+            split: pd.DataFrame({d.text_column: read_documents(getattr(d, split), f"data.{split}")})
+            for split in ("train", "validation", "test")
+            if getattr(d, split)
+        }
+        return _carve(frames, d, cfg.seed)
     if not corpora.is_corpus(d.dataset):
         return load_frames(d, cfg.seed)
     if d.options:

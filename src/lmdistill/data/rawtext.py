@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -64,6 +65,25 @@ def _local_lines(path: Path, key: str) -> Iterator[str]:
         ) from None
 
 
+def read_documents(value: str, key: str) -> list[str]:
+    """The documents of a plain text file: one per line, or, when the file has paragraphs (lines that follow
+    each other, separated from the next paragraph by a blank line), one per paragraph with its lines joined by
+    newlines. Empty files, and files that are not UTF-8 text, get one line naming the file."""
+    path = _check_file(value, key)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{key}: '{path}' is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8"
+        ) from None
+    blocks = [b.strip() for b in re.split(r"\n\s*\n", text.replace("\r\n", "\n")) if b.strip()]
+    paragraphs = any("\n" in b for b in blocks) and len(blocks) > 1
+    docs = blocks if paragraphs else [line.strip() for line in text.splitlines() if line.strip()]
+    if not docs:
+        raise DataError(f"{key}: '{path}' holds no text")
+    return docs
+
+
 def _local_jsonl(path: Path, column: str, key: str) -> Iterator[str]:
     """The ``column`` of each JSON line, read lazily (blank lines skipped)."""
     with path.open(encoding="utf-8") as f:
@@ -83,10 +103,9 @@ def _local_jsonl(path: Path, column: str, key: str) -> Iterator[str]:
 
 
 def _check_file(value: str, key: str) -> Path:
-    p = Path(value)
-    if not p.is_file():
-        raise DataError(f"{key}: file '{p}' not found (paths are relative to the current directory)")
-    return p
+    from lmdistill.fileio import readable_file
+
+    return readable_file(value, key, "file", DataError)
 
 
 def iter_split(cfg: DataConfig, split: str, streaming: bool) -> Iterator[str] | None:

@@ -9,6 +9,7 @@ from the training rows with the run's seed.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import pandas as pd
 
 from lmdistill.config import DataConfig
 from lmdistill.errors import DataError
+from lmdistill.fileio import guard, readable_file, short_list
 
 SPLITS = ("train", "validation", "test")
 _READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
@@ -48,20 +50,22 @@ class TaskData:
         return len(self.label_names) if self.label_names else 1
 
 
-def read_table(path: str | Path, key: str = "data.train") -> pd.DataFrame:
-    """Read a local table; errors name the config key, the file and what to do."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{key}: file '{p}' not found (paths are relative to the current directory)")
+def read_table(path: str | Path, key: str = "data.train", text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a local table; errors name the config key, the file and what to do. ``text_columns`` of a CSV/TSV
+    are read as written (a label ``01`` stays ``01`` instead of becoming the number 1)."""
+    p = Path(path).expanduser()
     if p.is_dir():
         raise DataError(f"{key}: '{p}' is a folder; give a .csv, .tsv, .jsonl or .parquet file")
+    p = readable_file(
+        p, key, "file", DataError
+    )  # missing, a pipe or device (not opened), permission: one line
     kind = _READERS.get(p.suffix.lower())
     if kind is None:
         raise DataError(
             f"{key}: cannot tell the format of '{p}'; use a .csv, .tsv, .jsonl, .json or .parquet file"
         )
     if kind in ("csv", "tsv", "jsonl", "json"):
-        with p.open("rb") as f:
+        with guard(p, key), p.open("rb") as f:
             head = f.read(4096)
         if b"\x00" in head:
             raise DataError(
@@ -80,6 +84,7 @@ def read_table(path: str | Path, key: str = "data.train") -> pd.DataFrame:
                     keep_default_na=False,
                     na_values=[""],
                     index_col=False,
+                    dtype=dict.fromkeys(text_columns, str),
                 )
         elif kind == "jsonl":
             df = pd.read_json(p, lines=True, encoding="utf-8")
@@ -102,7 +107,23 @@ def read_table(path: str | Path, key: str = "data.train") -> pd.DataFrame:
         raise DataError(f"{key}: cannot read '{p}' as {kind.upper()}: {first}") from None
     if len(df) == 0:
         raise DataError(f"{key}: '{p}' has no rows; it needs at least one example")
+    if kind in ("csv", "tsv"):
+        _check_header(p, kind, key)
     return df
+
+
+def _check_header(p: Path, kind: str, key: str) -> None:
+    """Refuse a header that names a column twice (pandas would rename the second to ``name.1`` silently)."""
+    import csv
+
+    with guard(p, key), p.open(encoding="utf-8", newline="") as f:
+        header = next(csv.reader(f, delimiter="\t" if kind == "tsv" else ","), [])
+    names = [h.strip() for h in header]
+    twice = sorted({n for n in names if names.count(n) > 1}, key=names.index)
+    if twice:
+        raise DataError(
+            f"{key}: the header of '{p}' names column '{twice[0]}' more than once; give each column its own name"
+        )
 
 
 def _load_dataset_split(cfg: DataConfig, split: str, key: str) -> pd.DataFrame:
@@ -143,7 +164,8 @@ def load_frames(cfg: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
         given["train"] = given["train"] or "train"
         frames = {s: _load_dataset_split(cfg, name, f"data.{s}") for s, name in given.items() if name}
     else:
-        frames = {s: read_table(getattr(cfg, s), f"data.{s}") for s in SPLITS if getattr(cfg, s)}
+        labels = (cfg.label_column,)  # as written: look-alike labels ('01' vs '1') are then told apart
+        frames = {s: read_table(getattr(cfg, s), f"data.{s}", labels) for s in SPLITS if getattr(cfg, s)}
     return _carve(frames, cfg, seed)
 
 
@@ -207,6 +229,12 @@ def build_task_data(frames: dict[str, pd.DataFrame], cfg: DataConfig, kind: str)
         label_names = (
             [str(n) for n in cfg.label_names] if cfg.label_names else _label_names(frames["train"], cfg)
         )
+        if not cfg.label_names:  # look-alikes of the training labels in the other splits, named as such
+            seen = set(label_names)
+            for df in frames.values():
+                if cfg.label_column in df.columns:
+                    seen |= {_label_key(v) for v in df[cfg.label_column].tolist() if not _is_missing_label(v)}
+            _check_look_alikes(seen, cfg.label_column)
     splits = {}
     for split, df in frames.items():
         limit = cfg.max_train_examples if split == "train" else cfg.max_eval_examples
@@ -242,10 +270,16 @@ def _check_label_types(raw: pd.Series, split: str) -> None:
             )
 
 
+_FLOAT_INT = re.compile(r"^-?\d+\.0*$")
+
+
 def _label_key(v) -> str:
-    """Labels compare as text: 1, 1.0 and '1' are one label; names stay names."""
+    """Labels compare as text: 1, 1.0, '1' and '1.0' are one label; names stay names (and '01' stays '01', a
+    look-alike of '1' that :func:`_check_look_alikes` refuses)."""
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return str(int(v))
+    if isinstance(v, str) and _FLOAT_INT.match(v.strip()):
+        return str(int(float(v)))
     return str(v)
 
 
@@ -258,6 +292,7 @@ def _label_names(train: pd.DataFrame, cfg: DataConfig) -> list[str]:
             f"data.label_column: missing label in the train data at row {missing[0]}; fill or drop it"
         )
     keys = {_label_key(v) for v in raw.tolist()}
+    _check_look_alikes(keys, cfg.label_column)
     numeric = all(k.lstrip("-").isdigit() for k in keys)
     values = sorted(keys, key=int) if numeric else sorted(keys)
     if len(values) < 2:
@@ -266,6 +301,35 @@ def _label_names(train: pd.DataFrame, cfg: DataConfig) -> list[str]:
             "classification needs at least two"
         )
     return values
+
+
+def _normal(label: str) -> str:
+    """A label without case, surrounding or inner whitespace, invisible characters and leading zeros."""
+    import unicodedata
+
+    text = "".join(
+        c for c in unicodedata.normalize("NFKC", label) if unicodedata.category(c) not in ("Cf", "Cc")
+    )
+    text = "".join(text.split()).casefold()
+    if not text.lstrip("-").isdigit():
+        return text
+    sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
+    return sign + (digits.lstrip("0") or "0")
+
+
+def _check_look_alikes(keys: set[str], column: str) -> None:
+    """Refuse labels that differ only in case, whitespace, invisible characters or leading zeros (almost always
+    the same class written twice, which would train as two); data.label_names states the classes when they
+    really differ so."""
+    seen: dict[str, str] = {}
+    for key in sorted(keys):
+        other = seen.setdefault(_normal(key), key)
+        if other != key:
+            raise DataError(
+                f"data.label_column '{column}': labels {other!r} and {key!r} differ only in case, whitespace, "
+                "invisible characters or leading zeros; make them one label in the data, or list every class in "
+                "data.label_names if they are really different"
+            )
 
 
 def _class_ids(raw: pd.Series, names: list[str], split: str) -> list[int]:
@@ -303,3 +367,60 @@ def _floats(raw: pd.Series, split: str) -> list[float]:
 def load_task_data(cfg: DataConfig, kind: str, seed: int) -> TaskData:
     """Read, split and label labelled text data as configured (``kind``: classification or regression labels)."""
     return build_task_data(load_frames(cfg, seed), cfg, kind)
+
+
+# --------------------------------------------------------------------------------------------- quick checks
+
+
+def columns_of(path: str | Path, key: str) -> list[str] | None:
+    """The column names of a local table (None: a format without columns, .txt): a Parquet file's schema, the
+    other formats through :func:`read_table` (with its checks: encoding, empty file, header, duplicate columns).
+
+    Raises a one-line DataError when the file is missing, unreadable, of an unknown format or broken."""
+    from lmdistill.data.rawtext import LINE_SUFFIXES
+
+    p = readable_file(path, key, "file", DataError)
+    suffix = p.suffix.lower()
+    if suffix in LINE_SUFFIXES:
+        return None
+    if _READERS.get(suffix) == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            with guard(p, key):
+                return list(pq.read_schema(p).names)
+        except (ValueError, OSError) as e:
+            raise DataError(f"{key}: cannot read '{p}' as PARQUET: {' '.join(str(e).split())[:80]}") from None
+    return [str(c) for c in read_table(p, key).columns]
+
+
+def check_files(cfg: DataConfig, columns: dict[str, str | None], *, lines_ok: bool = False) -> list[str]:
+    """Problems of the local data files of ``cfg`` (found, readable, known format, the ``columns`` present:
+    config key -> column name), from their headers alone; ``lines_ok``: a .txt file (one text per line) is
+    fine. Built-in and ``datasets`` data are checked when they are loaded."""
+    if cfg.dataset:
+        return []
+    errors = []
+    for split in SPLITS:
+        value = getattr(cfg, split)
+        if not value:
+            continue
+        key = f"data.{split}"
+        try:
+            found = columns_of(value, key)
+        except DataError as e:
+            errors.append(str(e))
+            continue
+        if found is None:
+            if not lines_ok:
+                errors.append(
+                    f"{key}: '{value}' is a plain text file; this task reads a table (.csv, .jsonl, ...)"
+                )
+            continue
+        for col_key, name in columns.items():
+            if name and name not in found:
+                errors.append(
+                    f"{col_key}: column '{name}' not found in the {split} data (columns: {short_list(found, 12)}; "
+                    f"file '{value}'); set {col_key}"
+                )
+    return errors

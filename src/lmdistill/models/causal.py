@@ -21,35 +21,42 @@ def _short(e: Exception) -> str:
 def load_causal_lm(spec: ModelConfig | str, key: str):
     """``(model, tokenizer)`` of a causal LM: a folder, a hub id, or a ``.gguf`` file (dequantised to fp32).
 
+    A folder goes through :func:`lmdistill.models.load.load_weights` (unreadable, mismatched or non-finite
+    weights refused); a model without a trained LM head (e.g. an encoder classifier) is refused.
+
     Raises:
         ModelError: one line naming ``key`` when the model or its tokenizer cannot be loaded.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    spec = ModelConfig(name_or_path=spec) if isinstance(spec, str) else spec
+    from lmdistill.models.load import check_tokenizer_files, load_config_of, load_tokenizer, load_weights
+
+    spec = ModelConfig(name_or_path=str(spec)) if isinstance(spec, (str, Path)) else spec
     path = os.path.expanduser(spec.name_or_path)
-    kwargs: dict = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
-    where = path
     if path.endswith(".gguf"):  # transformers reads GGUF from (folder, file name)
-        where, kwargs["gguf_file"] = str(Path(path).parent), Path(path).name
-    try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
-        raise ModelError(
-            f"{key}.name_or_path: cannot load a causal LM from '{spec.name_or_path}' ({_short(e)}); give a folder "
-            "with config.json (or a .gguf file, with the gguf package installed)"
-        ) from None
-    if "gguf_file" in kwargs:
+        where, name = str(Path(path).parent), Path(path).name
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                where, gguf_file=name, dtype=torch.float32, revision=spec.revision
+            )
+        except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
+            raise ModelError(
+                f"{key}.name_or_path: cannot load a causal LM from '{spec.name_or_path}' ({_short(e)}); give a "
+                "folder with config.json (or a .gguf file, with the gguf package installed)"
+            ) from None
         model = _plain_copy(model)
-    tok_path = os.path.expanduser(spec.tokenizer) if spec.tokenizer else where
-    tok_kwargs = kwargs if not spec.tokenizer else {"revision": spec.revision}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_path, **tok_kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        tok_spec = spec if spec.tokenizer else ModelConfig(where, None, spec.revision, spec.trust_remote_code)
+        return model, load_tokenizer(tok_spec, f"{key}.tokenizer")
+    config = load_config_of(path, f"{key}.name_or_path", spec.revision, spec.trust_remote_code)
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         raise ModelError(
-            f"{key}.tokenizer: no tokenizer could be loaded from '{tok_path}' ({_short(e)})"
-        ) from None
-    return model, tokenizer
+            f"{key}.name_or_path: '{spec.name_or_path}' is a {archs[0]}, not a causal LM (it has no trained "
+            "language-model head); give a model saved as ...ForCausalLM"
+        )
+    check_tokenizer_files(spec, key)
+    model = load_weights(AutoModelForCausalLM, spec, key, dtype=torch.float32)
+    return model, load_tokenizer(spec, f"{key}.tokenizer")
 
 
 def _plain_copy(model):

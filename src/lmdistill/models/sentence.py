@@ -239,31 +239,44 @@ class SentenceEncoder(nn.Module):
 
     @classmethod
     def load(
-        cls, folder: str | Path, key: str = "model", pooling: str | None = None, normalize: bool | None = None
+        cls,
+        folder,
+        key: str = "model",
+        pooling: str | None = None,
+        normalize: bool | None = None,
     ):
         """``(encoder, tokenizer)`` from a sentence-transformers folder or a plain transformers folder.
 
-        The folder's own pooling / Normalize apply unless ``pooling`` / ``normalize`` are given; a plain
-        folder pools with ``pooling`` (default mean) and does not normalise.
+        ``folder``: a path or a :class:`~lmdistill.config.ModelConfig` (its tokenizer, revision and remote-code
+        settings honoured). The folder's own pooling / Normalize apply unless ``pooling`` / ``normalize`` are
+        given; a plain folder pools with ``pooling`` (default mean) and does not normalise.
         """
         from transformers import AutoModel
 
-        from lmdistill.models.load import ENCODERS, load_config_of, load_tokenizer
+        from lmdistill.config.schema import ModelConfig
+        from lmdistill.models.load import (
+            ENCODERS,
+            HEADS,
+            check_tokenizer_files,
+            load_config_of,
+            load_tokenizer,
+            load_weights,
+        )
 
-        folder = Path(folder)
+        spec = folder if isinstance(folder, ModelConfig) else ModelConfig(name_or_path=str(folder))
+        folder = Path(spec.name_or_path).expanduser()
         fmt = read_sentence_format(folder, key) if folder.is_dir() else None
         root = folder / fmt["transformer"] if fmt else folder
-        config = load_config_of(str(root), key)
+        inner = ModelConfig(str(root), spec.tokenizer, spec.revision, spec.trust_remote_code)
+        config = load_config_of(str(root), key, spec.revision, spec.trust_remote_code)
         if config.model_type not in ENCODERS:
             raise ModelError(
                 f"{key}: model type '{config.model_type}' is not an encoder lmdistill supports for "
                 f"sentence embeddings (supported: {', '.join(ENCODERS)})"
             )
-        try:
-            model = AutoModel.from_pretrained(str(root))
-        except (OSError, ValueError, RuntimeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:240]
-            raise ModelError(f"{key}: cannot load weights from '{root}' ({first})") from None
+        section = key.removesuffix(".name_or_path")
+        check_tokenizer_files(inner, section)
+        model = load_weights(AutoModel, inner, section, allow_missing=("pooler.",), allow_unexpected=HEADS)
         dense = [DenseLayer.load(folder / p) for p in fmt["dense"]] if fmt else []
         own_pool = fmt["pooling"] if fmt else None
         enc = cls(
@@ -274,7 +287,8 @@ class SentenceEncoder(nn.Module):
             fmt["max_seq_length"] if fmt else None,
         )
         enc.own_pooling = own_pool
-        return enc, load_tokenizer(str(root), key)
+        tok_key = f"{section}.tokenizer" if key.endswith(".name_or_path") else key
+        return enc, load_tokenizer(inner, tok_key)
 
     def save(
         self,

@@ -83,6 +83,11 @@ class Task(ABC):
         """Problems with the task's own keys (one line each); the common keys are checked elsewhere."""
         return []
 
+    def check_data(self, cfg: Config) -> list[str]:
+        """Problems of the local data files (found, readable, known format, the columns the task reads), from
+        their headers alone: run by ``lmdistill validate`` and before any model is loaded."""
+        return []
+
     def resolve(self, cfg: Config) -> None:  # noqa: B027 - most tasks have nothing to resolve
         """Fill defaults that depend on other keys, so the saved config states exactly what ran."""
 

@@ -292,6 +292,16 @@ class CausalLMTask(Task):
             )
         return errors
 
+    def check_data(self, cfg: Config) -> list[str]:
+        from lmdistill.data.tables import check_files
+
+        lm = cfg.lm
+        if lm.prompt_column:
+            return check_files(
+                cfg.data, {"lm.prompt_column": lm.prompt_column, "lm.response_column": lm.response_column}
+            )
+        return check_files(cfg.data, {"data.text_column": cfg.data.text_column}, lines_ok=True)
+
     def objective(self, cfg: Config, weights: dict[str, float], student, teacher, vocab_size, tokenizer):
         lm = cfg.lm
         gen = Generation(

@@ -43,6 +43,18 @@ class SequenceTask(Task):
     labelled = True
     regression = False
 
+    def check(self, cfg: Config, verb) -> list[str]:
+        from lmdistill.config.checks import check_label_columns
+
+        return check_label_columns(cfg.data)
+
+    def check_data(self, cfg: Config) -> list[str]:
+        from lmdistill.data.tables import check_files
+
+        d = cfg.data
+        cols = {"data.text_column": d.text_column, "data.text_pair_column": d.text_pair_column}
+        return check_files(d, {**cols, "data.label_column": d.label_column})
+
     # ---- the run
     def parts(self, cfg: Config, verb: str) -> Parts:
         from lmdistill.models.load import load_classifier, load_saved_classifier
@@ -65,10 +77,13 @@ class SequenceTask(Task):
                 data=self._splits(data, sets, collate, cfg),
                 extra=extra,
             )
-        teacher, t_tok = load_saved_classifier(cfg.teacher.name_or_path, "teacher.name_or_path")
+        teacher, t_tok = load_saved_classifier(cfg.teacher, "teacher.name_or_path")
         self.check_teacher_labels(teacher, data)
         load = partial(load_classifier, num_labels=data.num_labels, label_names=data.label_names)
         student, s_tok = make_student(cfg, teacher, t_tok, load)
+        if data.label_names:  # the saved student names the data's classes, whatever the teacher called them
+            student.config.id2label = dict(enumerate(data.label_names))
+            student.config.label2id = {n: i for i, n in enumerate(data.label_names)}
         sets, collate, separate = self.datasets(data, s_tok, t_tok, cfg, student, teacher)
         stages = stages_of(cfg)
         objectives = [

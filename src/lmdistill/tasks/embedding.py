@@ -120,9 +120,7 @@ def _student_base(cfg: Config, teacher_model: nn.Module, t_tok):
 def load_bi_teacher(cfg: Config) -> tuple[SentenceEncoder, object]:
     """The teacher as a :class:`SentenceEncoder`; ``embedding.pooling`` may not contradict its folder."""
     e = cfg.embedding
-    teacher, tok = SentenceEncoder.load(
-        cfg.teacher.name_or_path, "teacher.name_or_path", normalize=e.normalize
-    )
+    teacher, tok = SentenceEncoder.load(cfg.teacher, "teacher.name_or_path", normalize=e.normalize)
     own = teacher.own_pooling
     if e.pooling != "auto":
         if own is not None and own != e.pooling:
@@ -234,7 +232,7 @@ def _cross(cfg: Config):
     from lmdistill.models.load import load_saved_classifier
 
     e, d = cfg.embedding, cfg.data
-    teacher, t_tok = load_saved_classifier(cfg.teacher.name_or_path, "teacher.name_or_path")
+    teacher, t_tok = load_saved_classifier(cfg.teacher, "teacher.name_or_path")
     if cfg.student.init == "pretrained":
         student, s_tok = SentenceEncoder.load(
             cfg.student.name_or_path,
@@ -353,6 +351,17 @@ class EmbeddingTask(Task):
                 "pooled sentence embeddings or relevance margins): remove them"
             )
         return errors
+
+    def check_data(self, cfg: Config) -> list[str]:
+        from lmdistill.data.tables import check_files
+
+        e = cfg.embedding
+        if e.mode == "cross":
+            cols = {"embedding.query_column": e.query_column, "embedding.positive_column": e.positive_column}
+            return check_files(cfg.data, {**cols, "embedding.negative_column": e.negative_column})
+        cols = {"data.text_column": cfg.data.text_column}
+        cols.update({f"embedding.extra_text_columns[{i}]": c for i, c in enumerate(e.extra_text_columns)})
+        return check_files(cfg.data, cols, lines_ok=not e.extra_text_columns)
 
     def resolve(self, cfg: Config) -> None:
         e = cfg.embedding

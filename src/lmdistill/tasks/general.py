@@ -41,25 +41,25 @@ from lmdistill.tasks.base import make_student as _make_student
 # ------------------------------------------------------------------------------------------------ models
 
 
-def load_auto(auto_cls, path: str, key: str, *, need_head: str | None = None):
-    """An encoder of class ``auto_cls`` (AutoModel, AutoModelForMaskedLM) from a folder or hub id.
+def load_auto(auto_cls, spec, key: str, *, need_head: str | None = None):
+    """An encoder of class ``auto_cls`` (AutoModel, AutoModelForMaskedLM) from a folder or hub id (``spec``: a
+    ModelConfig or a path; ``key``: the config key of its path, e.g. ``teacher.name_or_path``).
 
     ``need_head`` (e.g. ``"masked-LM head"``): refuse a checkpoint whose head weights are missing (they would
     be initialised at random), naming the head.
     """
-    from lmdistill.models.load import ENCODERS, load_config_of
+    from lmdistill.config.schema import ModelConfig
+    from lmdistill.models.load import ENCODERS, HEADS, check_loaded, load_config_of, load_weights
 
-    config = load_config_of(path, key)
+    spec = spec if isinstance(spec, ModelConfig) else ModelConfig(name_or_path=str(spec))
+    path = spec.name_or_path
+    config = load_config_of(path, key, spec.revision, spec.trust_remote_code)
     if config.model_type not in ENCODERS:
         raise ModelError(
             f"{key}: model type '{config.model_type}' is not an encoder lmdistill supports for raw-text "
             f"distillation (supported: {', '.join(ENCODERS)})"
         )
-    try:
-        model, info = auto_cls.from_pretrained(path, output_loading_info=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:240]
-        raise ModelError(f"{key}: cannot load weights from '{path}' ({first})") from None
+    model, info = load_weights(auto_cls, spec, key.removesuffix(".name_or_path"), check=False)
     missing = sorted(k for k in info.get("missing_keys", ()) if "pooler" not in k)
     if need_head and missing:
         raise ModelError(
@@ -67,25 +67,26 @@ def load_auto(auto_cls, path: str, key: str, *, need_head: str | None = None):
             "would be random; give a model pre-trained with that head (e.g. bert-base-uncased), or use "
             "task: general, which needs no head"
         )
+    check_loaded(model, info, path, key, allow_missing=("pooler.",), allow_unexpected=HEADS)
     return model
 
 
 def load_teacher(cfg: Config, auto_cls, need_head: str | None = None):
-    """``(teacher, tokenizer)`` from ``teacher.name_or_path`` (tokenizer from ``teacher.tokenizer`` if set)."""
-    from lmdistill.models.load import load_tokenizer
+    """``(teacher, tokenizer)`` from ``teacher`` (its tokenizer, revision and remote-code settings honoured)."""
+    from lmdistill.models.load import check_tokenizer_files, load_tokenizer
 
-    t = cfg.teacher
-    model = load_auto(auto_cls, t.name_or_path, "teacher.name_or_path", need_head=need_head)
-    return model, load_tokenizer(t.tokenizer or t.name_or_path, "teacher.tokenizer")
+    check_tokenizer_files(cfg.teacher, "teacher")
+    model = load_auto(auto_cls, cfg.teacher, "teacher.name_or_path", need_head=need_head)
+    return model, load_tokenizer(cfg.teacher, "teacher.tokenizer")
 
 
 def make_student(cfg: Config, teacher: nn.Module, t_tok, auto_cls):
     """``(student, tokenizer)``: teacher layers, a fresh smaller model of the teacher's class, or pretrained."""
-    from lmdistill.models.load import load_tokenizer
+    from lmdistill.models.load import check_tokenizer_files, load_tokenizer
 
     def pretrained(spec, key):
-        model = load_auto(auto_cls, spec.name_or_path, f"{key}.name_or_path")
-        return model, load_tokenizer(spec.tokenizer or spec.name_or_path, f"{key}.tokenizer")
+        check_tokenizer_files(spec, key)
+        return load_auto(auto_cls, spec, f"{key}.name_or_path"), load_tokenizer(spec, f"{key}.tokenizer")
 
     return _make_student(cfg, teacher, t_tok, pretrained)
 
@@ -256,6 +257,11 @@ class RawTextTask(Task):
         import transformers
 
         return getattr(transformers, self.auto_cls_name)
+
+    def check_data(self, cfg: Config) -> list[str]:
+        from lmdistill.data.tables import check_files
+
+        return check_files(cfg.data, {"data.text_column": cfg.data.text_column}, lines_ok=True)
 
     def blocks(self, cfg: Config, student, s_tok, teacher, train_collate, eval_collate) -> RawTextData:
         """Check the block length against both models, then read the blocks."""

@@ -170,9 +170,8 @@ class MLMTask(RawTextTask):
         from lmdistill.models.load import load_tokenizer
 
         if verb == "finetune":  # continued masked-LM pre-training of ``model`` on raw text: mlm only
-            m = cfg.model
-            student, teacher = load_auto(self.auto_cls, m.name_or_path, "model.name_or_path"), None
-            s_tok = load_tokenizer(m.tokenizer or m.name_or_path, "model.tokenizer")
+            student, teacher = load_auto(self.auto_cls, cfg.model, "model.name_or_path"), None
+            s_tok = load_tokenizer(cfg.model, "model.tokenizer")
             cfg.distill.losses = {"mlm": 1.0}
             cfg.distill.matches, cfg.distill.stages = [], []
         else:
