@@ -405,7 +405,7 @@ def test_cli_finetune_then_distill_causal_lm(tmp_path, llama_dir, text_csv, caps
     assert "causal LM is evaluated by its perplexity" in capsys.readouterr().err
 
 
-def test_gpt2_prompt_response_fresh_student_topk_and_on_policy(tmp_path, text_csv):
+def test_gpt2_prompt_response_fresh_student_topk_and_on_policy(tmp_path, text_csv, monkeypatch):
     from lmdistill import api
 
     tok = word_tokenizer(bos=False, pad=False)  # GPT-2-like: no BOS, no pad token (EOS pads)
@@ -427,10 +427,21 @@ def test_gpt2_prompt_response_fresh_student_topk_and_on_policy(tmp_path, text_cs
         },
         training={"max_steps": 4, "log_every": 1},
     )
+    made, real = [], clm.CausalLMObjective.prepare_batch
+
+    def spy(self, batch, student):
+        new = real(self, batch, student)
+        made.append(new is not batch)
+        if new is not batch:  # the student's continuation of each prompt, the loss only on what it generated
+            assert new["on_policy"] is True and (new["labels"] != -100).sum() <= 3 * len(new["labels"])
+        return new
+
+    monkeypatch.setattr(clm.CausalLMObjective, "prepare_batch", spy)
     res = api.distill(cfg)
     assert res.steps == 4 and res.parameters < res.teacher_parameters
+    assert len(made) == 4 and sum(made) >= 1  # on-policy batches happened (each batch with probability 0.5)
     losses = [r["loss/kd"] for r in res.history if "loss/kd" in r]
-    assert len(losses) == 4 and all(v == v and v >= 0 for v in losses)
+    assert len(losses) == 4 and all(math.isfinite(v) and v > 0 for v in losses)
 
 
 def test_student_with_another_tokenizer_is_refused_by_distill(tmp_path, llama_dir, text_csv):

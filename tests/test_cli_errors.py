@@ -98,8 +98,29 @@ def test_evaluate_without_data(tmp_path, capsys):
     assert "is not a loadable" in capsys.readouterr().err
 
 
-def test_cross_tokenizer_distillation(tmp_path, sentiment_csv, tiny_mpnet_dir, tiny_bert_dir):
-    """An MPNet teacher and a BERT student with different vocabularies: output-level KD works."""
+def test_cross_tokenizer_distillation(tmp_path, sentiment_csv, tiny_mpnet_dir, monkeypatch):
+    """An MPNet teacher and a BERT student with different vocabularies: output-level KD works, and the teacher
+    reads its own ids. The student's word ids all lie beyond the teacher's vocabulary, so a teacher fed the
+    student's ids would fail (index out of range) instead of passing silently."""
+    from lmdistill.signals.live import LiveTeacher
+
+    from .conftest import WORDS, bert_tokenizer, tiny_bert
+
+    student_dir = tmp_path / "bert"
+    student_dir.mkdir()
+    tok = bert_tokenizer(student_dir, [f"unused{i}" for i in range(60)] + WORDS)
+    tiny_bert(vocab=len(tok)).save_pretrained(student_dir)
+    tok.save_pretrained(student_dir)
+    teacher_vocab = len(WORDS) + 5
+    assert min(tok.convert_tokens_to_ids(WORDS)) >= teacher_vocab
+    seen = []
+    real = LiveTeacher.__call__
+
+    def spy(self, batch):
+        seen.append((batch["teacher"]["input_ids"].clone(), batch["student"]["input_ids"].clone()))
+        return real(self, batch)
+
+    monkeypatch.setattr(LiveTeacher, "__call__", spy)
     data = {"train": str(sentiment_csv), "max_length": 32}
     training = {"epochs": 3, "batch_size": 16, "learning_rate": 2e-3, "log_every": 2}
     path = tmp_path / "t.yaml"
@@ -119,7 +140,7 @@ def test_cross_tokenizer_distillation(tmp_path, sentiment_csv, tiny_mpnet_dir, t
             {
                 "data": data,
                 "teacher": {"name_or_path": str(tmp_path / "teacher" / "model")},
-                "student": {"init": "pretrained", "name_or_path": str(tiny_bert_dir)},
+                "student": {"init": "pretrained", "name_or_path": str(student_dir)},
                 "output_dir": str(tmp_path / "student"),
                 "training": training,
             }
@@ -128,6 +149,8 @@ def test_cross_tokenizer_distillation(tmp_path, sentiment_csv, tiny_mpnet_dir, t
     assert main(["distill", str(path)]) == 0
     res = json.loads((tmp_path / "student" / "results.json").read_text())
     assert res["test"]["accuracy"] > 0.5
+    teacher_ids, student_ids = seen[0]
+    assert int(teacher_ids.max()) < teacher_vocab <= int(student_ids[student_ids > 4].min())
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(tmp_path / "student" / "model").model_type == "bert"

@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from lmdistill.cli import main
@@ -70,7 +71,11 @@ def test_finetune_distill_evaluate(tmp_path, tiny_bert_dir, sentiment_csv, capsy
     from transformers import pipeline
 
     clf = pipeline("text-classification", model=student, tokenizer=tok)
-    assert clf("a great superb film")[0]["label"] in {"negative", "positive"}
+    texts = ["a great superb film", "an awful dull film", "the plot was really good", "weak and poor acting"]
+    with torch.no_grad():  # the pipeline gives the saved model's own prediction, named by the data's labels
+        logits = student(**tok(texts, return_tensors="pt", padding=True)).logits
+    want = [student.config.id2label[int(i)] for i in logits.argmax(-1)]
+    assert [r["label"] for r in clf(texts)] == want
 
     capsys.readouterr()
     out_json = tmp_path / "eval.json"
