@@ -201,6 +201,7 @@ ELEMENT_BASE: dict[str, dict] = {
     "MatchConfig": {"feature": "hidden"},
     "StageConfig": {"losses": {"kd": 1.0}},
     "ScheduleConfig": {"kind": "linear", "end": 1.0},
+    "UnlabeledConfig": {"source": "movie-review-sentences"},
 }
 
 WRONG: dict[str, list] = {

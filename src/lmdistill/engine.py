@@ -24,7 +24,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmdistill import checkpoint
 from lmdistill.config import TrainingConfig
-from lmdistill.data.sampler import LengthGroupedBatchSampler, ProcessShard, TokenBudgetBatchSampler
+from lmdistill.data.sampler import (
+    LengthGroupedBatchSampler,
+    Mix,
+    MixedBatchSampler,
+    ProcessShard,
+    TokenBudgetBatchSampler,
+)
 from lmdistill.data.text import BUCKETS, BucketPad
 from lmdistill.errors import LmdistillError
 from lmdistill.objective import Objective
@@ -172,6 +178,7 @@ def train(
     on_best: Callable[[nn.Module], None] | None = None,
     desc: str = "train",
     signature: dict | None = None,
+    mix: Mix | None = None,
 ) -> TrainOutcome:
     """Train ``student`` on ``objective``; returns what happened. ``evaluate`` returns validation metrics;
     ``cfg.metric_for_best`` among them picks the best student (higher is better unless ``greater_is_better``
@@ -180,7 +187,8 @@ def train(
     replaces the live teacher for every batch that ``objective.prepare_batch`` leaves as it is; new batches
     (on-policy samples, when ``objective.rewrites_batches``) still go to ``teacher``. ``signature`` (the task,
     the student's shape and the config keys that change the trajectory) is saved with every checkpoint, and a
-    checkpoint with another signature is refused by ``training.resume``. Checkpoints go to
+    checkpoint with another signature is refused by ``training.resume``. ``mix`` (a transfer set or augmented
+    copies in the training set) makes every batch hold labelled and unlabelled examples in a fixed ratio. Checkpoints go to
     ``out_dir/checkpoints``, the logs (metrics.csv, tensorboard) to ``log_dir`` (default: ``out_dir``)."""
     from accelerate import Accelerator
     from accelerate.data_loader import prepare_data_loader
@@ -221,7 +229,22 @@ def train(
     if teacher_signal is not None:
         collate = teacher_signal.wrap_collate(collate)  # cache look-ups run in the loader, not in the step
     lengths = train_set.lengths() if hasattr(train_set, "lengths") else [1] * len(train_set)
-    if cfg.max_tokens is not None:  # token-budget batches: the budget is per process
+    if mix is not None:  # labelled and unlabelled examples in a fixed ratio in every batch
+        if cfg.max_tokens is not None:
+            raise LmdistillError(
+                "training.max_tokens cannot be combined with a transfer set or augmentation (their batches mix "
+                "two pools in a fixed ratio); set training.batch_size instead"
+            )
+        sampler = MixedBatchSampler(
+            mix.labelled,
+            mix.unlabelled,
+            lengths,
+            cfg.batch_size * accelerator.num_processes,
+            mix.ratio,
+            seed,
+            sort=cfg.group_by_length,
+        )
+    elif cfg.max_tokens is not None:  # token-budget batches: the budget is per process
         if not hasattr(train_set, "lengths") or not getattr(train_set, "known_lengths", True):
             raise LmdistillError(
                 "training.max_tokens needs the examples' lengths up front: not with "
@@ -459,8 +482,9 @@ def train(
 def predict(
     model: nn.Module, dataset: Dataset, collate: Callable, batch_size: int, device: torch.device | None = None
 ) -> np.ndarray:
-    """Logits for every example of ``dataset`` in order: ``(N, C)`` float32 numpy."""
-    device = device or next(model.parameters()).device
+    """Logits for every example of ``dataset`` in order: ``(N, C)`` float32 numpy. ``model`` is a PyTorch model or
+    anything called the same way that returns ``.logits`` (an ONNX Runtime runner: its ``device`` attribute)."""
+    device = device or model_device(model)
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
@@ -470,3 +494,10 @@ def predict(
         chunks.append(model(**inputs).logits.float().cpu())
     model.train(was_training)
     return torch.cat(chunks).numpy()
+
+
+def model_device(model) -> torch.device:
+    """Where a model's inputs go: its ``device`` attribute (transformers models, ONNX Runtime runners), else the
+    device of its first parameter."""
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device

@@ -78,7 +78,10 @@ def _kd(obj: Objective, out, signal: TeacherSignal, batch: dict) -> torch.Tensor
 
 
 def _ce(obj: Objective, out, signal, batch: dict) -> torch.Tensor:
-    return masked_mean(cross_entropy(out.logits, batch["labels"]))
+    labels = batch[
+        "labels"
+    ]  # -100: an unlabelled example (transfer text, augmented copy): no hard-label term
+    return masked_mean(cross_entropy(out.logits, labels), labels != -100)
 
 
 def _kd_mse(obj: Objective, out, signal: TeacherSignal, batch: dict) -> torch.Tensor:
@@ -86,7 +89,9 @@ def _kd_mse(obj: Objective, out, signal: TeacherSignal, batch: dict) -> torch.Te
 
 
 def _mse(obj: Objective, out, signal, batch: dict) -> torch.Tensor:
-    return masked_mean(squared_error(out.logits.squeeze(-1), batch["labels"]))
+    labels = batch["labels"]  # NaN: an unlabelled example (transfer text, augmented copy): no regression term
+    known = ~torch.isnan(labels)
+    return masked_mean(squared_error(out.logits.squeeze(-1), torch.where(known, labels, 0.0)), known)
 
 
 OUTPUT_TERMS: dict[str, Term] = {

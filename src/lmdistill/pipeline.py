@@ -18,9 +18,8 @@ import yaml
 from lmdistill.config.schema import Config
 from lmdistill.errors import ConfigError, LmdistillError
 from lmdistill.fileio import write_text
+from lmdistill.reporting import ROLES, model_dir
 from lmdistill.tasks import TASKS, get_task, load_config
-
-ROLES = ("teacher", "student", "baseline")
 
 
 @dataclass
@@ -156,6 +155,7 @@ def compress(
             0.0,
             None,
         )  # no teacher at all
+        b_cfg.data.unlabeled = b_cfg.data.augment = None  # unlabelled text needs a teacher to score it
         b_cfg.training.max_steps = steps  # the same optimizer steps as the student took over all its stages
         _role_run("baseline", b_cfg, "distill", **flags)
 
@@ -179,195 +179,22 @@ def compress(
 # --------------------------------------------------------------------------------------------- report
 
 
-def _role_of(run: Path) -> str:
-    """teacher (a finetune run), student (a distill run that learns from the teacher) or baseline."""
-    results = json.loads((run / "results.json").read_text())
-    role = results.get("role")
-    if role in ROLES:
-        return role
-    info = json.loads((run / "run_info.json").read_text()) if (run / "run_info.json").is_file() else {}
-    if role == "finetune" or info.get("verb") == "finetune":
-        return "teacher"
-    terms = set(results.get("loss_terms", []))  # a run written before roles were recorded
-    return "baseline" if terms and terms <= {"ce", "mse", "lm"} else "student"
+def report(runs=(), **kwargs) -> tuple[dict, Path, Path]:
+    """:func:`lmdistill.reporting.report`, and the model card of the student (README.md in its folder)."""
+    from lmdistill.reporting import report as build
 
-
-def _model_dir(path: str | Path) -> Path:
-    p = Path(path).expanduser()
-    if (p / "model" / "config.json").is_file():
-        return p / "model"
-    if (p / "config.json").is_file():
-        return p
-    raise LmdistillError(
-        f"report: '{p}' is neither a run folder (with model/) nor a model folder (config.json)"
-    )
-
-
-def _measure(model_dir: Path, texts: list[str], max_length: int, cfg: Config) -> dict:
-    """Size, latency at batch 1 and 32 (CPU, and GPU when present), peak memory, inference energy."""
-    import torch
-
-    from lmdistill.report import measure
-
-    net, tok = get_task(cfg.task).load_saved(model_dir)
-    r = cfg.report
-    entry = {
-        "name": str(model_dir),
-        "parameters": measure.count_parameters(net),
-        "size": measure.size_on_disk(model_dir),
-        "latency": [],
-        "memory": [],
-    }
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
-        for batch in (1, 32):
-            entry["latency"].append(
-                measure.measure_latency(
-                    net,
-                    tok,
-                    texts,
-                    batch_size=batch,
-                    device=device,
-                    repeats=r.latency_repeats,
-                    warmup=r.warmup,
-                    max_length=max_length,
-                )
-            )
-        entry["memory"].append(
-            measure.inference_peak_memory(
-                net, tok, texts, batch_size=32, device=device, max_length=max_length
-            )
-        )
-    if r.energy:
-        batches = measure.prepare_batches(
-            tok, texts, batch_size=32, max_length=max_length, device=devices[-1]
-        )
-        entry["energy"] = measure.measure_energy(
-            lambda: measure.run_inference(net, batches),
-            label="inference",
-            country_iso_code=r.country_iso_code,
-            predictions=32 * len(batches),
-        )
-    return entry
-
-
-def _training(run: Path | None) -> dict:
-    if run is None or not (run / "results.json").is_file():
-        return {}
-    results = json.loads((run / "results.json").read_text())
-    out = {"wall_time_s": results.get("train_seconds"), "history": str(run / "metrics.csv")}
-    if (run / "energy.json").is_file():
-        out["energy"] = json.loads((run / "energy.json").read_text())
-        out["wall_time_s"] = out["energy"].get("wall_time_s", out["wall_time_s"])
-    return out
-
-
-def report(
-    runs: list[str | Path] = (),
-    *,
-    teacher: str | Path | None = None,
-    student: str | Path | None = None,
-    baseline: str | Path | None = None,
-    out_dir: str | Path | None = None,
-    config: str | Path | dict | Config | None = None,
-) -> tuple[dict, Path, Path]:
-    """Evaluate and measure teacher / student / baseline, write ``report.md`` and ``report.html``.
-
-    ``runs`` are run folders (of finetune, distill or compress; a compress folder holds all three);
-    their role is read from their results. ``teacher``/``student``/``baseline`` name folders explicitly.
-    The test split comes from ``config``, or the student's (else any run's) saved config.yaml.
-    """
-    from lmdistill.report.measure import environment_info
-    from lmdistill.report.render import render_report
-
-    roles: dict[str, Path | None] = {}
-    for run in runs:
-        run = Path(run).expanduser()
-        subs = [run / r for r in ROLES if (run / r / "results.json").is_file()]
-        for r in subs or [run]:
-            if not (r / "results.json").is_file():
-                raise LmdistillError(f"report: '{r}' is not a finished lmdistill run (no results.json)")
-            roles[_role_of(r)] = r
-    explicit = {"teacher": teacher, "student": student, "baseline": baseline}
-    models = {role: _model_dir(p) for role, p in explicit.items() if p is not None}
-    models.update({role: _model_dir(p) for role, p in roles.items() if role not in models})
-    if not models:
-        raise LmdistillError("report: give at least one run folder (or --teacher/--student/--baseline)")
-    if config is None:
-        source = roles.get("student") or next(iter(roles.values()), None)
-        if source is None or not (source / "config.yaml").is_file():
-            raise LmdistillError(
-                "report: no config.yaml found in the runs; give --config to name the test data"
-            )
-        config = source / "config.yaml"
-    cfg = load_config(config) if not isinstance(config, Config) else config
-    _same_task(roles, cfg.task)
-    out = _report_folder(Path(out_dir or cfg.output_dir))  # checked before anything is measured
-    task = get_task(cfg.task)
-    inputs = task.report_inputs(cfg)
-    texts = inputs.texts
-    notes = [f"Latency and energy are measured on {len(texts)} test texts, max_length {inputs.max_length}."]
-    notes += inputs.notes
-    data = {
-        "title": f"Distillation report: {Path(out_dir or cfg.output_dir).name}",
-        "task": cfg.task,
-        "evaluation": inputs.evaluation,
-        "environment": environment_info(),
-        "notes": notes,
-        "models": {},
-    }
-    for role in ROLES:
-        if role not in models:
-            continue
-        print(f"   {role}: evaluating and measuring {models[role]}", flush=True)
-        metrics, evaluation = task.report_quality(models[role], cfg, inputs)
-        data["evaluation"] = evaluation or data["evaluation"]
-        entry = _measure(models[role], texts, inputs.max_length, cfg)
-        entry.update(metrics=metrics, training=_training(roles.get(role)))
-        data["models"][role] = entry
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "report.json", json.dumps(data, indent=2, default=str), "--output")
-    md, html = render_report(data, out)
-    if "student" in models:
-        write_model_card(models["student"], data, cfg)
+    data, md, html = build(runs, **kwargs)
+    student = next((e for e in data["models"].values() if e.get("role") == "student"), None)
+    if student is not None:
+        config = kwargs.get("config")
+        cfg = load_config(config) if config is not None and not isinstance(config, Config) else config
+        if cfg is None:
+            cfg = load_config(Path(student["name"]).parent / "config.yaml")
+        write_model_card(Path(student["name"]), data, cfg)
     return data, md, html
 
 
-def _same_task(roles: dict[str, Path], task: str) -> None:
-    """Refuse runs of different tasks in one report (their metrics cannot be compared)."""
-    found = {}
-    for role, run in roles.items():
-        results = json.loads((run / "results.json").read_text())
-        saved = results.get("task")
-        if saved is None and (run / "config.yaml").is_file():
-            saved = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("task", "classification")
-        found[role] = saved or task
-    tasks = {t for t in found.values()} | {task}
-    if len(tasks) > 1:
-        which = ", ".join(f"{role}: {t}" for role, t in found.items())
-        raise LmdistillError(
-            f"report: the runs are of different tasks ({which}; the config's: {task}); a report compares models "
-            "of one task: give runs of the same task"
-        )
-
-
-def _report_folder(out: Path) -> Path:
-    """The report's folder, checked before any model is measured: creatable, writable, and not holding a
-    report.md that lmdistill did not write."""
-    from lmdistill.fileio import readable_folder, writable_file
-
-    if out.exists():
-        readable_folder(out, "--output", "report folder")
-        if (out / "report.md").exists() and not (out / "report.json").exists():
-            raise LmdistillError(
-                f"--output: '{out}' holds a report.md that lmdistill did not write; choose another folder"
-            )
-    else:
-        writable_file(out, "--output")  # its parent exists and is writable
-    for name in ("report.md", "report.html", "report.json"):
-        if (out / name).exists():
-            writable_file(out / name, "--output", overwrite=True)
-    return out
+_model_dir = model_dir  # the report's name for it, kept for callers of the earlier module
 
 
 # --------------------------------------------------------------------------------------------- card

@@ -342,6 +342,7 @@ def _run_stage(task: Task, parts: Parts, cfg: Config, verb: str, folder, objecti
         desc=verb if final else f"{verb} ({folder.path.name})",
         teacher_signal=signal,
         signature=signature(cfg, task, parts.student),
+        mix=parts.mix,
     )
     save_projections(objective, folder.staging)
     best = task.reload(staged, parts)

@@ -139,6 +139,18 @@ def check_data(d: DataConfig) -> list[str]:
         errors.append(f"data.block_size must be at least 8 tokens, got {d.block_size}")
     if not 0.0 < d.mlm_probability < 1.0:
         errors.append(f"data.mlm_probability must be between 0 and 1 (exclusive), got {d.mlm_probability}")
+    u, a = d.unlabeled, d.augment
+    if u is not None:
+        if u.ratio is not None and not 0.0 < u.ratio <= 1.0:
+            errors.append(
+                f"data.unlabeled.ratio must be in (0, 1] (the unlabelled share of a batch), got {u.ratio}"
+            )
+        if u.max_examples is not None and u.max_examples < 1:
+            errors.append(f"data.unlabeled.max_examples must be at least 1, got {u.max_examples}")
+        if not u.source.strip():
+            errors.append("data.unlabeled.source is empty: give a file, a built-in corpus or a datasets name")
+    if a is not None and a.max_examples is not None and a.max_examples < 1:
+        errors.append(f"data.augment.max_examples must be at least 1, got {a.max_examples}")
     if d.label_names is not None and len(set(d.label_names)) != len(d.label_names):
         errors.append(f"data.label_names has duplicates: {d.label_names}")
     return errors

@@ -13,6 +13,50 @@ Verb = Literal["finetune", "distill", "compress"]
 
 
 @dataclass
+class UnlabeledConfig:
+    """A transfer set (``data.unlabeled``): unlabelled in-domain text that the teacher scores once and the
+    student learns from by KD alone (DistilBERT's and Tang et al.'s transfer sets). Texts equal to a validation
+    or test text are dropped (and counted)."""
+
+    source: str
+    """A file (.txt: one text per line; .csv / .tsv / .jsonl / .parquet: its ``text_column``), a built-in corpus
+    (movie-review-sentences, bbc-news-sentences, vader), or a `datasets` name (its train split)."""
+    text_column: str = "text"
+    options: dict[str, Any] = field(default_factory=dict)
+    """Options of a built-in corpus (``vader``: ``{domains: [tweets, amazon, nyt]}``)."""
+    max_examples: int | None = None
+    """Keep at most this many texts (the first ones, after de-duplication)."""
+    ratio: float | None = None
+    """The share of unlabelled examples (transfer texts and augmented copies) in every training batch, in (0, 1];
+    null: in proportion to the two pools, so every example is seen once per epoch."""
+
+
+@dataclass
+class AugmentConfig:
+    """Augmented copies of the labelled training texts (``data.augment``), scored by the teacher and learned by KD
+    alone: Tang et al. 2019 (masking, POS-guided replacement, n-gram sampling) or TinyBERT's word replacement
+    (Jiao et al. 2020: nearest neighbours in the teacher's input embeddings, or a masked LM's predictions).
+    Generated once (seeded by the run's seed), saved in OUTPUT_DIR/augmented, reused while unchanged."""
+
+    method: str = "tang"
+    """tang | mask | pos | ngram | embedding | mlm (see docs/methods.md)."""
+    copies: int = 20
+    """Copies per labelled text (Tang's n_iter, TinyBERT's N_a); copies equal to their source are dropped."""
+    p_mask: float = 0.1
+    p_pos: float = 0.1
+    p_ng: float = 0.25
+    ngram_max: int = 5
+    p_replace: float = 0.4
+    """TinyBERT's p_t: the probability to replace a word that has candidates."""
+    top_k: int = 15
+    """TinyBERT's K: candidates per word."""
+    mlm: str | None = None
+    """method mlm: a masked-LM folder or hub id whose predictions are the candidates."""
+    max_examples: int | None = None
+    """Keep at most this many augmented copies (the first ones)."""
+
+
+@dataclass
 class DataConfig:
     """Where the examples come from and which columns hold what."""
 
@@ -45,6 +89,10 @@ class DataConfig:
     streaming: bool = False
     """mlm / general: read the corpus as a stream (.txt / .jsonl line by line, `datasets` streaming);
     needs training.max_steps."""
+    unlabeled: UnlabeledConfig | None = None
+    """A transfer set of unlabelled text learned by KD alone (classification, regression, embedding)."""
+    augment: AugmentConfig | None = None
+    """Augmented copies of the labelled training texts, learned by KD alone (classification, regression)."""
 
 
 @dataclass

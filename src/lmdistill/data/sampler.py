@@ -10,6 +10,7 @@ run replays exactly the batches an uninterrupted one would have seen.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Sampler
@@ -135,3 +136,82 @@ class ProcessShard(Sampler[list[int]]):
             share, extra = divmod(len(batch), self.n)
             start = self.index * share + min(self.index, extra)
             yield list(batch[start : start + share + (self.index < extra)])
+
+
+@dataclass
+class Mix:
+    """Which training examples are labelled and which are not (transfer texts, augmented copies), and the share
+    of the unlabelled ones in each batch (None: in proportion to the pools)."""
+
+    labelled: list[int]
+    unlabelled: list[int]
+    ratio: float | None = None
+
+
+class MixedBatchSampler(Sampler[list[int]]):
+    """Batches that mix two pools in a fixed ratio (a transfer set with the labelled data): every batch holds
+    ``k_u = round(ratio * batch_size)`` (at least 1) examples of the unlabelled pool and the rest of the labelled
+    one. An epoch lasts until the pool that needs more batches at this ratio has been seen once; the other pool
+    is reshuffled and repeated as often as that takes. Within each pool, examples of similar length are grouped as
+    in :class:`LengthGroupedBatchSampler`. Deterministic in the seed and the epoch (exact resume).
+    """
+
+    def __init__(
+        self,
+        labelled: list[int],
+        unlabelled: list[int],
+        lengths: list[int],
+        batch_size: int,
+        ratio: float | None,
+        seed: int = 0,
+        group: int = 50,
+        sort: bool = True,
+    ):
+        if not unlabelled:
+            raise LmdistillError("a mixed batch needs unlabelled examples (data.unlabeled or data.augment)")
+        n_l, n_u = len(labelled), len(unlabelled)
+        ratio = n_u / (n_l + n_u) if ratio is None else ratio
+        self.k_u = min(batch_size, max(1, round(ratio * batch_size)))
+        self.k_l = batch_size - self.k_u if n_l else 0
+        self.pools = [
+            torch.as_tensor(labelled, dtype=torch.long),
+            torch.as_tensor(unlabelled, dtype=torch.long),
+        ]
+        self.lengths = torch.as_tensor(lengths)
+        self.n = max(-(-n_u // self.k_u), -(-n_l // self.k_l) if self.k_l else 0)
+        self.seed, self.group, self.sort, self.epoch = seed, group, sort, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _chunks(self, pool: torch.Tensor, k: int, g: torch.Generator) -> list[torch.Tensor]:
+        """``self.n`` chunks of ``k`` examples of ``pool`` (as many passes as needed, each a fresh shuffle),
+        length-grouped, in a shuffled order."""
+        need = self.n * k
+        stream = torch.cat(
+            [pool[torch.randperm(len(pool), generator=g)] for _ in range(-(-need // len(pool)))]
+        )
+        stream = stream[:need]
+        chunks: list[torch.Tensor] = []
+        for mega in stream.split(k * self.group):
+            if self.sort:
+                mega = mega[torch.argsort(self.lengths[mega], descending=True, stable=True)]
+            chunks.extend(mega.split(k))
+        return [chunks[i] for i in torch.randperm(len(chunks), generator=g)]
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The index batches of one epoch (labelled examples first in each batch)."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        unlabelled = self._chunks(self.pools[1], self.k_u, g)
+        labelled = (
+            self._chunks(self.pools[0], self.k_l, g)
+            if self.k_l
+            else [torch.empty(0, dtype=torch.long)] * self.n
+        )
+        return [torch.cat([a, b]).tolist() for a, b in zip(labelled, unlabelled)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.batches(self.epoch)

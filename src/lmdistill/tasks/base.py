@@ -44,6 +44,8 @@ class Parts:
     teacher: nn.Module | None = None
     data: Any = None
     extra: dict = field(default_factory=dict)
+    mix: Any = None
+    """A :class:`lmdistill.data.sampler.Mix` when the training set holds unlabelled examples (batches mix them)."""
 
 
 class Task(ABC):
@@ -135,14 +137,22 @@ class Task(ABC):
             f"report: task {self.name} has no compression report; evaluate its runs on their own"
         )
 
-    def report_quality(self, model_dir: Path, cfg: Config, inputs: ReportInputs) -> tuple[dict, str | None]:
-        """Test metrics of a saved model with 95% intervals (``{metric: {value, low, high}}``), and what they
-        were computed on when it depends on the model (else None)."""
+    def report_quality(self, model, tokenizer, cfg: Config, inputs: ReportInputs) -> Quality:
+        """Test metrics of a loaded model with 95% intervals (``{metric: {value, low, high}}``), and the
+        per-example scores the paired comparisons use."""
         from lmdistill.errors import LmdistillError
 
         raise LmdistillError(
             f"report: task {self.name} has no compression report; evaluate its runs on their own"
         )
+
+    def report_compare(self, a: Quality, b: Quality, keys: tuple[str, str], cfg: Config) -> list[dict]:
+        """Paired comparisons of two models on the same test examples (one dict per metric)."""
+        return []
+
+    def report_extras(self, q: Quality, teacher: Quality | None, cfg: Config) -> dict:
+        """Task-specific fields of one model's report entry (e.g. calibration, agreement with the teacher)."""
+        return {}
 
     def evaluate_saved(self, model: str | Path, **kwargs) -> EvalResult:
         """Metrics of a saved model on a split of a config's data or on a whole file (``lmdistill evaluate``)."""
@@ -244,6 +254,21 @@ class ReportInputs:
     max_length: int
     evaluation: str | None
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Quality:
+    """A model's test quality for the report: metrics with 95% intervals (``{metric: {value, low, high}}``), what
+    they were computed on when that depends on the model (else None), and the per-example outputs that paired
+    comparisons, agreement and calibration need: ``pred`` / ``gold`` (n,), ``probs`` (n, classes), ``nll``
+    (per-sequence NLL sums and token counts)."""
+
+    metrics: dict
+    evaluation: str | None = None
+    pred: Any = None
+    gold: Any = None
+    probs: Any = None
+    nll: Any = None
 
 
 @dataclass

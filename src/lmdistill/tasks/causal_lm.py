@@ -223,7 +223,9 @@ def sequence_nll(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per item of ``dataset``: the summed next-token NLL (nats) over its targets, and their number; the
     inputs of :func:`~lmdistill.report.stats.perplexity_ci`. Exactly :func:`perplexity` when aggregated."""
-    device = next(model.parameters()).device
+    from lmdistill.engine import model_device
+
+    device = model_device(model)
     was_training = model.training
     model.eval()
     sums, counts = [], []
@@ -416,13 +418,15 @@ class CausalLMTask(Task):
         )
         return ReportInputs(None, texts[: cfg.report.speed_texts], length, None, [note])
 
-    def report_quality(self, model_dir: Path, cfg: Config, inputs) -> tuple[dict, str | None]:
+    def report_quality(self, model, tokenizer, cfg: Config, inputs):
         """Perplexity and mean next-token loss on the test split, 95% intervals resampling whole sequences."""
         from lmdistill.report.stats import bootstrap_ci, perplexity_ci
+        from lmdistill.tasks.base import Quality
 
-        net, tok = self.load_saved(model_dir)
-        test = build_datasets(cfg, tok, splits=("test",))["test"]
-        sums, counts = sequence_nll(net, test, LMCollator(pad_id_of(tok)), cfg.training.eval_batch_size)
+        test = build_datasets(cfg, tokenizer, splits=("test",))["test"]
+        sums, counts = sequence_nll(
+            model, test, LMCollator(pad_id_of(tokenizer)), cfg.training.eval_batch_size
+        )
         kw = {"n_resamples": cfg.report.bootstrap_resamples, "seed": cfg.seed}
         ppl = perplexity_ci(sums, counts, **kw)
         loss = bootstrap_ci((sums, counts.astype(float)), lambda s, n: s.sum(-1) / n.sum(-1), **kw)
@@ -430,7 +434,16 @@ class CausalLMTask(Task):
             "perplexity": {"value": ppl.point, "low": ppl.low, "high": ppl.high},
             "loss": {"value": loss.point, "low": loss.low, "high": loss.high},
         }
-        return metrics, f"test split, {len(test)} sequences, {int(counts.sum()):,} predicted tokens"
+        evaluation = f"test split, {len(test)} sequences, {int(counts.sum()):,} predicted tokens"
+        return Quality(metrics, evaluation, nll=(sums, counts))
+
+    def report_compare(self, a, b, keys: tuple[str, str], cfg: Config) -> list[dict]:
+        """The perplexity difference with a paired bootstrap over whole test sequences."""
+        from lmdistill.report.paired import comparison, paired_perplexity_bootstrap
+
+        kw = {"n_resamples": cfg.report.bootstrap_resamples, "seed": cfg.seed}
+        diff = paired_perplexity_bootstrap(*a.nll, *b.nll, **kw)
+        return [comparison(*keys, "perplexity", diff, greater_is_better=False, n=len(a.nll[0]))]
 
     def evaluate_saved(
         self,

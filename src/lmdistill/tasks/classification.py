@@ -22,7 +22,7 @@ from lmdistill.data.tables import Examples, TaskData, load_task_data
 from lmdistill.errors import ModelError
 from lmdistill.methods.presets import PRESETS
 from lmdistill.objective import Objective
-from lmdistill.tasks.base import Parts, Task, make_student, stage_key, stage_objective, stages_of
+from lmdistill.tasks.base import Parts, Quality, Task, make_student, stage_key, stage_objective, stages_of
 
 
 @dataclass
@@ -46,7 +46,33 @@ class SequenceTask(Task):
     def check(self, cfg: Config, verb) -> list[str]:
         from lmdistill.config.checks import check_label_columns
 
-        return check_label_columns(cfg.data)
+        errors = check_label_columns(cfg.data)
+        d = cfg.data
+        pool = [k for k, v in (("data.unlabeled", d.unlabeled), ("data.augment", d.augment)) if v is not None]
+        if pool and d.text_pair_column:
+            errors.append(
+                f"{pool[0]} applies to single texts, not to text pairs (data.text_pair_column is set)"
+            )
+        losses = self.default_losses if cfg.distill.losses is None else cfg.distill.losses
+        taught = any(w > 0 for k, w in losses.items() if k != self.hard_term) or cfg.distill.stages
+        if pool and verb == "distill" and not taught:
+            errors.append(
+                f"{pool[0]} is learned from the teacher alone: distill.losses needs a teacher term "
+                f"({', '.join(t for t in self.loss_terms if t != self.hard_term)})"
+            )
+        if pool and cfg.training.max_tokens is not None:
+            errors.append(
+                f"{pool[0]} mixes two pools in every batch: set training.batch_size, not training.max_tokens"
+            )
+        return errors
+
+    def resolve(self, cfg: Config) -> None:
+        if (
+            cfg.data.unlabeled is not None or cfg.data.augment is not None
+        ) and cfg.training.teacher_cache is None:
+            cfg.training.teacher_cache = (
+                "auto"  # the teacher scores the unlabelled pool once, not every epoch
+            )
 
     def check_data(self, cfg: Config) -> list[str]:
         from lmdistill.data.tables import check_files
@@ -84,6 +110,10 @@ class SequenceTask(Task):
         if data.label_names:  # the saved student names the data's classes, whatever the teacher called them
             student.config.id2label = dict(enumerate(data.label_names))
             student.config.label2id = {n: i for i, n in enumerate(data.label_names)}
+        mix = None
+        if cfg.data.unlabeled is not None or cfg.data.augment is not None:
+            data, mix, extra["unlabelled"] = self.with_unlabelled(cfg, data, teacher, t_tok)
+            extra["split_sizes"]["unlabelled"] = len(mix.unlabelled)
         sets, collate, separate = self.datasets(data, s_tok, t_tok, cfg, student, teacher)
         stages = stages_of(cfg)
         objectives = [
@@ -98,9 +128,27 @@ class SequenceTask(Task):
             objectives,
             stages,
             teacher=teacher,
+            mix=mix,
             data=self._splits(data, sets, collate, cfg),
             extra=extra,
         )
+
+    def with_unlabelled(self, cfg: Config, data: TaskData, teacher, t_tok):
+        """The data with the unlabelled pool (transfer texts, augmented copies) appended to its training split
+        (label -100, or NaN for regression: no hard-label term reads them), which examples are which, and where
+        the pool came from."""
+        from lmdistill.data.sampler import Mix
+        from lmdistill.tasks.unlabelled import unlabelled_pool
+
+        train = data.splits["train"]
+        exclude = {s: data.splits[s].texts for s in ("validation", "test") if s in data.splits}
+        texts, info = unlabelled_pool(cfg, train.texts, exclude, teacher, t_tok)
+        fill = float("nan") if self.regression else -100
+        labels = list(train.labels) + [fill] * len(texts)
+        splits = {**data.splits, "train": Examples(train.texts + texts, None, labels, source="train")}
+        ratio = cfg.data.unlabeled.ratio if cfg.data.unlabeled is not None else None
+        mix = Mix(list(range(len(train))), list(range(len(train), len(train) + len(texts))), ratio)
+        return TaskData(splits, data.label_names), mix, info
 
     @staticmethod
     def _splits(data: TaskData, sets: dict, collate, cfg: Config) -> Splits:
@@ -205,27 +253,63 @@ class SequenceTask(Task):
         texts = examples.texts[: cfg.report.speed_texts]
         return ReportInputs(examples, texts, cfg.data.max_length, f"test split, {len(examples)} examples")
 
-    def report_quality(self, model_dir: Path, cfg: Config, inputs) -> tuple[dict, str | None]:
-        """Metrics with 95% bootstrap intervals on the test split."""
+    def report_quality(self, model, tokenizer, cfg: Config, inputs) -> Quality:
+        """Metrics with 95% bootstrap intervals on the test split, the predictions and (classification) the
+        predicted probabilities."""
+        import torch
+
         from lmdistill.data.text import Collator, TextDataset, encode, max_length_for, pad_id
         from lmdistill.engine import predict
         from lmdistill.report.stats import metric_ci
 
         examples = inputs.examples
-        net, tok = self.load_saved(model_dir)
-        ds = TextDataset(
-            encode(tok, examples, max_length_for(cfg.data.max_length, net)),
-            examples.labels,
-            regression=self.regression,
-        )
-        logits = predict(net, ds, Collator(pad_id(tok)), cfg.training.eval_batch_size)
+        length = max_length_for(cfg.data.max_length, model if hasattr(model, "config") else None)
+        ds = TextDataset(encode(tokenizer, examples, length), examples.labels, regression=self.regression)
+        logits = predict(model, ds, Collator(pad_id(tokenizer)), cfg.training.eval_batch_size)
         pred = logits.reshape(-1) if self.regression else logits.argmax(-1)
         gold = np.asarray(examples.labels)
         metrics = {}
         for i, name in enumerate(self.report_metrics):
             ci = metric_ci(name, gold, pred, n_resamples=cfg.report.bootstrap_resamples, seed=cfg.seed + i)
             metrics[name] = {"value": ci.point, "low": ci.low, "high": ci.high}
-        return metrics, None
+        probs = None if self.regression else torch.softmax(torch.from_numpy(logits).double(), -1).numpy()
+        return Quality(metrics, None, pred, gold, probs)
+
+    def report_compare(self, a: Quality, b: Quality, keys: tuple[str, str], cfg: Config) -> list[dict]:
+        """The primary metric's paired bootstrap difference (and McNemar's exact test for accuracy)."""
+        from lmdistill.report.paired import comparison, mcnemar_exact, paired_bootstrap
+
+        kw = {"n_resamples": cfg.report.bootstrap_resamples, "seed": cfg.seed}
+        metric, n = self.primary_metric, len(a.gold)
+        up = self.metrics[metric]
+        out = [
+            comparison(
+                *keys,
+                metric,
+                paired_bootstrap(metric, a.gold, a.pred, b.pred, **kw),
+                greater_is_better=up,
+                n=n,
+            )
+        ]
+        if metric == "accuracy":
+            test = mcnemar_exact(a.pred == a.gold, b.pred == b.gold)
+            out.append(comparison(*keys, metric, test, greater_is_better=True, n=n))
+        return out
+
+    def report_extras(self, q: Quality, teacher: Quality | None, cfg: Config) -> dict:
+        """ECE of the predicted probabilities (classification) and the share of predictions equal to the
+        teacher's (classification), with 95% intervals."""
+        from lmdistill.report.paired import agreement_ci, ece_ci
+
+        out = {}
+        kw = {"n_resamples": cfg.report.bootstrap_resamples, "seed": cfg.seed}
+        if q.probs is not None:
+            ci = ece_ci(q.probs, q.gold, **kw)
+            out["calibration"] = {"ece": {"value": ci.point, "low": ci.low, "high": ci.high}}
+        if teacher is not None and not self.regression and teacher is not q:
+            ci = agreement_ci(q.pred, teacher.pred, **kw)
+            out["agreement"] = {"value": ci.point, "low": ci.low, "high": ci.high}
+        return out
 
     def load_saved(self, path, key: str = "model"):
         from lmdistill.models.load import load_saved_classifier
@@ -242,6 +326,7 @@ class ClassificationTask(SequenceTask):
     primary_metric = "accuracy"
     pipeline = "text-classification"
     report_metrics = ("accuracy", "macro_f1")
+    hard_term = "ce"
 
     def owns(self, config: dict) -> bool:
         return _outputs(config) not in (None, 1)
@@ -257,6 +342,7 @@ class RegressionTask(SequenceTask):
     regression = True
     pipeline = "text-classification"
     report_metrics = ("pearson", "spearman", "mse")
+    hard_term = "mse"
 
     def owns(self, config: dict) -> bool:
         return _outputs(config) == 1
