@@ -238,3 +238,19 @@ def test_mcnemar_by_hand_on_report_shaped_inputs():
     b = np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, 1])
     test = mcnemar_exact(a == 1, b == 1)  # a alone right 7 times, b alone once: p = 2 * (1 + 8) / 256
     assert (test.a_only, test.b_only) == (7, 1) and test.p_value == pytest.approx(18 / 256)
+
+
+def test_corpus_sentences_are_cut_at_line_ends_as_well_as_after_capitals():
+    from lmdistill.data.transfer import _sentences
+
+    review = (
+        "films adapted from comic books have had plenty of success .\n"
+        "for starters , it was created by alan moore .\n"
+        "too short .\n"
+        "The Book is long. It has five hundred pages in all."
+    )
+    assert _sentences([review]) == [
+        "films adapted from comic books have had plenty of success .",
+        "for starters , it was created by alan moore .",
+        "It has five hundred pages in all.",
+    ]

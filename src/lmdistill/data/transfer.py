@@ -35,7 +35,15 @@ def split_sentences(text: str) -> list[str]:
 
 
 def _sentences(documents: Iterable[str], low: int = 5, high: int = 50) -> list[str]:
-    return [s for d in documents for s in split_sentences(d) if low <= len(s.split()) <= high]
+    """The sentences of 5 to 50 words of ``documents``: each line cut by :func:`split_sentences` (the movie
+    reviews hold one lower-cased sentence a line, which the capital-letter rule alone would never cut)."""
+    return [
+        s
+        for d in documents
+        for line in d.splitlines()
+        for s in split_sentences(line)
+        if low <= len(s.split()) <= high
+    ]
 
 
 def _movie_review_sentences(options: dict) -> list[str]:

@@ -1,0 +1,183 @@
+"""What a teacher adds beyond the labelled data: no KD, KD, KD + transfer set, KD + augmentation, at one budget.
+
+Usage (after `make demo`, whose teacher is reused):
+    python benchmarks/transfer.py --teacher runs/demo/teacher/model --out runs/transfer --seeds 1 2 3
+    python benchmarks/transfer.py --teacher T --config configs/bbc-topics.yaml --out runs/transfer-bbc
+
+Every variant trains the same 3-layer student (the config's) from the same teacher for the same number of
+optimizer steps (``--steps``, default: one pass over the labelled sentences plus the largest transfer set), with
+the same seeds; only what the student learns from changes. Each saved student is scored on the whole test split
+and compared with no KD on the same examples and seeds: the two-level (seed x example) paired bootstrap of
+:func:`lmdistill.report.paired.seed_example_bootstrap`, 95%. Results: OUT/transfer.json (per seed: accuracy,
+steps, wall time; per variant: mean and the paired interval against no KD) and OUT/transfer.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from lmdistill import api
+from lmdistill.report.paired import seed_example_bootstrap
+from lmdistill.tasks import get_task, load_config
+
+KD = {"kd": 0.5, "ce": 0.5}
+NO_TRANSFER = ["data.unlabeled=null", "data.augment=null"]
+
+
+def transfer(n: int, source: str) -> list[str]:
+    return [f'data.unlabeled={{"source": "{source}", "max_examples": {n}}}']
+
+
+def augment(method: str, copies: int) -> list[str]:
+    return [f'data.augment={{"method": "{method}", "copies": {copies}}}']
+
+
+def variants(source: str, small: int, large: int, copies: int) -> dict[str, list[str]]:
+    """name -> overrides. ``losses`` apply to labelled examples; unlabelled ones always get KD alone."""
+    kd = [f"distill.losses={json.dumps(KD)}"]
+    return {
+        "no KD": ['distill.losses={"ce": 1.0}', "training.teacher_cache=null", *NO_TRANSFER],
+        "KD (labelled only)": [*kd, *NO_TRANSFER],
+        f"KD + transfer {small:,}": [*kd, *transfer(small, source), "data.augment=null"],
+        f"KD + transfer {large:,}": [*kd, *transfer(large, source), "data.augment=null"],
+        "KD + augment tang": [*kd, "data.unlabeled=null", *augment("tang", copies)],
+        "KD + augment embedding": [*kd, "data.unlabeled=null", *augment("embedding", copies)],
+        f"KD + transfer {large:,} + augment tang": [*kd, *transfer(large, source), *augment("tang", copies)],
+    }
+
+
+def score(model_dir: Path, cfg, task, inputs) -> tuple[np.ndarray, np.ndarray]:
+    model, tok = task.load_saved(model_dir)
+    q = task.report_quality(model, tok, cfg, inputs)
+    return np.asarray(q.pred), np.asarray(q.gold)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--out", default="runs/transfer")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--source", default="movie-review-sentences", help="the transfer corpus")
+    p.add_argument("--small", type=int, default=5000, help="the smaller transfer set")
+    p.add_argument("--large", type=int, default=15000, help="the larger transfer set")
+    p.add_argument("--copies", type=int, default=4, help="augmented copies per labelled text")
+    p.add_argument("--steps", type=int, help="optimizer steps of every run (default: see the docstring)")
+    p.add_argument("--only", nargs="*", help="run only these variants (no KD always runs)")
+    p.add_argument(
+        "--low-label", type=int, help="also run no KD and KD + the large transfer set with this many labels"
+    )
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "transfer.json"
+    record = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    cfg = load_config(args.config, args.overrides, verb="distill")
+    labelled = cfg.data.max_train_examples or 0
+    steps = args.steps or -(-(labelled + args.large) // cfg.training.batch_size)
+    record["setup"] = {
+        "command": "python benchmarks/transfer.py " + " ".join(_argv()),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+        "config": args.config,
+        "steps_per_run": steps,
+        "batch_size": cfg.training.batch_size,
+        "teacher": args.teacher,
+    }
+    task = get_task(cfg.task)
+    inputs = task.report_inputs(cfg)
+    grid = variants(args.source, args.small, args.large, args.copies)
+    chosen = {k: v for k, v in grid.items() if not args.only or k in args.only or k == "no KD"}
+    if args.low_label:
+        low = [f"data.max_train_examples={args.low_label}"]
+        chosen[f"no KD, {args.low_label} labels"] = [*grid["no KD"], *low]
+        chosen[f"KD + transfer {args.large:,}, {args.low_label} labels"] = [
+            *grid[f"KD + transfer {args.large:,}"],
+            *low,
+        ]
+    gold = None
+    for name, extra in chosen.items():
+        for seed in args.seeds:
+            key = f"{name} | seed {seed}"
+            run_dir = out / _slug(name) / f"seed{seed}"
+            if key in record["runs"]:
+                continue
+            overrides = [
+                f"teacher.name_or_path={args.teacher}",
+                f"output_dir={run_dir}",
+                f"seed={seed}",
+                "distill.stages=[]",
+                f"training.max_steps={steps}",
+                "training.eval_every=100000",
+                *args.overrides,
+                *extra,
+            ]
+            start = time.perf_counter()
+            res = api.distill(args.config, overrides, overwrite=True)
+            wall = time.perf_counter() - start
+            pred, gold = score(res.model_dir, cfg, task, inputs)
+            record["runs"][key] = {
+                "variant": name,
+                "seed": seed,
+                "accuracy": float((pred == gold).mean()),
+                "steps": res.steps,
+                "wall_s": round(wall, 1),
+                "pred": pred.tolist(),
+            }
+            record["gold"] = gold.tolist()
+            path.write_text(json.dumps(record))
+            print(f"{key}: accuracy {record['runs'][key]['accuracy']:.4f} ({wall:.0f} s)", flush=True)
+    summarise(record, chosen, args.seeds, out)
+
+
+def summarise(record: dict, chosen: dict, seeds: list[int], out: Path) -> None:
+    gold = np.asarray(record["gold"])
+    runs = record["runs"]
+
+    def preds(name: str) -> np.ndarray:
+        return np.stack([np.asarray(runs[f"{name} | seed {s}"]["pred"]) for s in seeds])
+
+    rows = ["| variant | accuracy, mean over seeds | vs no KD (paired 95% interval) | verdict | wall (s) |"]
+    rows.append("|---|---|---|---|---|")
+    summary = {}
+    for name in chosen:
+        base = f"no KD, {name.rsplit(', ', 1)[1]}" if name.endswith(" labels") else "no KD"
+        a = preds(name)
+        acc = float((a == gold).mean())
+        wall = sum(runs[f"{name} | seed {s}"]["wall_s"] for s in seeds) / len(seeds)
+        entry = {"accuracy": acc, "wall_s": round(wall, 1), "against": base}
+        cell, verdict = "", ""
+        if name != base:
+            ci = seed_example_bootstrap("accuracy", gold, a, preds(base), n_resamples=2000, seed=0)
+            entry |= {"difference": ci.point, "low": ci.low, "high": ci.high}
+            cell = f"{100 * ci.point:+.1f} [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]"
+            verdict = "better" if ci.low > 0 else "worse" if ci.high < 0 else "not distinguishable"
+        summary[name] = entry | {"verdict": verdict}
+        rows.append(f"| {name} | {100 * acc:.1f} | {cell} | {verdict} | {wall:.0f} |")
+    record["summary"] = summary
+    (out / "transfer.json").write_text(json.dumps(record))
+    table = "\n".join(rows) + "\n"
+    (out / "transfer.md").write_text(table)
+    print(table)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]
+
+
+if __name__ == "__main__":
+    main()
