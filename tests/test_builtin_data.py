@@ -304,7 +304,7 @@ def test_unknown_dataset_name(registry):
         match=r"unknown built-in data set 'vadr' \(did you mean 'vader'\?\); choose from: vader, bbc-news",
     ):
         load_builtin("vadr")
-    assert set(BUILTIN_DATASETS) == {"vader", "bbc-news"}
+    assert set(BUILTIN_DATASETS) == {"vader", "bbc-news", "oanc-pos"}
 
 
 def test_parsed_tables_are_cached_as_parquet_and_reused_offline(registry, cache):

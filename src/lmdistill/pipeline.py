@@ -255,8 +255,7 @@ def write_model_card(model_dir: Path, data: dict, cfg: Config) -> Path:
         "Measured by `lmdistill report` (see report.html next to the run). Load it with:",
         "",
         "```python",
-        "from transformers import pipeline",
-        f'model = pipeline("{task.pipeline}", model="{model_dir}")',
+        *task.usage(model_dir),
         "```",
         "",
     ]

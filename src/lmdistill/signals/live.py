@@ -16,7 +16,8 @@ from torch import nn
 class TeacherSignal:
     """What the losses may read from the teacher for one batch.
 
-    logits: ``(B, C)`` for classification / regression heads; ``(B, T, V)`` (or a top-k signal) for LMs.
+    logits: ``(B, C)`` for classification / regression heads; ``(B, T, V)`` (or a top-k signal) for LMs;
+    ``(B, T, C)`` for token classifiers; ``(B, T, 2)`` start and end logits for span heads (question answering).
     hidden_states: per layer ``(B, T, H)`` (embedding output first), when a loss asked for them.
     features: tapped inside the model, e.g. ``{"q11": (B, T, H), "v11": ...}`` for attention and relations.
     """
@@ -24,6 +25,16 @@ class TeacherSignal:
     logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def output_logits(out) -> torch.Tensor | None:
+    """A model output's logits: ``out.logits``, or for span heads (question answering, which return
+    ``start_logits`` and ``end_logits``, ``(B, T)`` each) both stacked as ``(B, T, 2)``; None for base encoders
+    (task general), which have no head."""
+    logits = getattr(out, "logits", None)
+    if logits is None and getattr(out, "start_logits", None) is not None:
+        logits = torch.stack([out.start_logits, out.end_logits], dim=-1)
+    return logits
 
 
 class SignalSource(Protocol):
@@ -57,7 +68,7 @@ class LiveTeacher:
         inputs = batch.get("teacher") or batch["student"]
         out = self.model(**inputs, output_hidden_states=self.hidden_states or None)
         return TeacherSignal(
-            logits=getattr(out, "logits", None),  # base encoders (task general) have no head
+            logits=output_logits(out),
             hidden_states=tuple(out.hidden_states) if self.hidden_states else None,
             features=self.tap.pop() if self.tap is not None else {},
         )

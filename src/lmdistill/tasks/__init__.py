@@ -23,6 +23,7 @@ TASKS: dict[str, str] = {
     "mlm": "lmdistill.tasks.mlm:MLMTask",
     "general": "lmdistill.tasks.general:GeneralTask",
     "embedding": "lmdistill.tasks.embedding:EmbeddingTask",
+    "token_classification": "lmdistill.tasks.token_classification:TokenClassificationTask",
 }
 """Task name (``task:`` in a config) -> ``module:class``; modules are imported when first used."""
 
@@ -208,8 +209,8 @@ def resolve(cfg: Config, task: Task) -> None:
     """Fill defaults that depend on other keys, so the saved config states exactly what ran."""
     if cfg.distill.losses is None:
         cfg.distill.losses = dict(task.default_losses)
-    if cfg.training.metric_for_best is None:
-        cfg.training.metric_for_best = task.primary_metric
     for key in ("divergence", "beta", "alpha"):  # lm.* names the same keys as distill.*
         setattr(cfg.lm, key, getattr(cfg.distill, key))
-    task.resolve(cfg)
+    task.resolve(cfg)  # first: a task may choose the metric_for_best that its own keys imply
+    if cfg.training.metric_for_best is None:
+        cfg.training.metric_for_best = task.primary_metric

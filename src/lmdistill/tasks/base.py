@@ -164,6 +164,13 @@ class Task(ABC):
             "lmdistill.evaluate_retrieval"
         )
 
+    def usage(self, model_dir: str | Path) -> list[str]:
+        """Python lines that load a saved model of this task and use it (the model card's example)."""
+        return [
+            "from transformers import pipeline",
+            f'model = pipeline("{self.pipeline}", model="{model_dir}")',
+        ]
+
     def __repr__(self) -> str:
         return f"<task {self.name}>"
 
