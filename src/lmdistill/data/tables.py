@@ -169,6 +169,24 @@ def load_frames(cfg: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
     return _carve(frames, cfg, seed)
 
 
+ROW, SOURCE = "__row__", "__source__"
+"""Columns :func:`numbered` adds: a row's position in the file (or data set split) it was read from, and that
+split's name, so that a message about a row of a carved split names the row the user can find."""
+
+
+def numbered(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Each table with its rows' positions and split name (:data:`ROW`, :data:`SOURCE`) before carving."""
+    return {s: df.assign(**{ROW: np.arange(len(df)), SOURCE: s}) for s, df in frames.items()}
+
+
+def row_name(df: pd.DataFrame, row: int, split: str) -> str:
+    """How a message names row ``row`` of the ``split`` table: ``row 7 of the train data`` (its position in the
+    file it came from, when :func:`numbered` marked it)."""
+    if ROW in df.columns:
+        return f"row {int(df[ROW].iloc[row])} of the {df[SOURCE].iloc[row]} data"
+    return f"row {row} of the {split} data"
+
+
 def _carve(frames: dict[str, pd.DataFrame], cfg: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
     """Carve missing validation/test splits out of train, reproducibly."""
     train = frames["train"]

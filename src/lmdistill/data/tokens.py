@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lmdistill.config.schema import DataConfig, TokensConfig
-from lmdistill.data.tables import SPLITS, _carve, read_table
+from lmdistill.data.tables import ROW, SOURCE, SPLITS, _carve, numbered, read_table, row_name
 from lmdistill.data.text import pad_block
 from lmdistill.errors import DataError
 from lmdistill.fileio import clip, guard, readable_file, short_list
@@ -155,7 +155,7 @@ def load_tagged_frames(d: DataConfig, tcfg: TokensConfig, seed: int) -> dict[str
         frames = {s: _dataset_split(d, tcfg, name, f"data.{s}") for s, name in given.items() if name}
     else:
         frames = {s: read_tagged_file(getattr(d, s), f"data.{s}", tcfg) for s in SPLITS if getattr(d, s)}
-    return _carve(frames, d, seed)
+    return _carve(numbered(frames), d, seed)
 
 
 def check_tagged_files(d: DataConfig, tcfg: TokensConfig) -> list[str]:
@@ -185,27 +185,25 @@ def check_tagged_files(d: DataConfig, tcfg: TokensConfig) -> list[str]:
 # --------------------------------------------------------------------------------------------- tags -> ids
 
 
-def _as_list(value, what: str, split: str, row: int) -> list:
+def _as_list(value, what: str, place: str) -> list:
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if not isinstance(value, (list, tuple)):
         raise DataError(
-            f"tokens.{what}: row {row} of the {split} data holds a {type(value).__name__}, not a list; "
+            f"tokens.{what}: {place} holds a {type(value).__name__}, not a list; "
             "each row has a list of words and a list of tags"
         )
     return list(value)
 
 
-def _tag_name(tag, names: list[str] | None, split: str, row: int, word: int) -> str:
+def _tag_name(tag, names: list[str] | None, place: str, word: int) -> str:
     """A tag as its name: an int indexes data.label_names when given."""
     if isinstance(tag, (bool, float)) or not isinstance(tag, (str, int, np.integer)):
-        raise DataError(
-            f"tokens.tags_column: tag {tag!r} of the {split} data (row {row}, word {word}) is not a name or id"
-        )
+        raise DataError(f"tokens.tags_column: tag {tag!r} of {place} (word {word}) is not a name or id")
     if isinstance(tag, (int, np.integer)) and names:
         if not 0 <= int(tag) < len(names):
             raise DataError(
-                f"data.label_names: tag id {int(tag)} of the {split} data (row {row}, word {word}) is outside "
+                f"data.label_names: tag id {int(tag)} of {place} (word {word}) is outside "
                 f"the {len(names)} names in data.label_names"
             )
         return names[int(tag)]
@@ -213,53 +211,54 @@ def _tag_name(tag, names: list[str] | None, split: str, row: int, word: int) -> 
 
 
 def _rows(df: pd.DataFrame, tcfg: TokensConfig, split: str, names: list[str] | None):
-    """``(words, tag names)`` per row, checked: lists of equal, non-zero length."""
+    """``(words, tag names, where the row came from)`` per row, checked: lists of equal, non-zero length."""
     for col_key in ("tokens_column", "tags_column"):
         col = getattr(tcfg, col_key)
         if col not in df.columns:
             raise DataError(
                 f"tokens.{col_key}: column '{col}' not found in the {split} data (columns: "
-                f"{short_list(df.columns, 12)}); set tokens.{col_key}"
+                f"{short_list([c for c in df.columns if c not in (ROW, SOURCE)], 12)}); set tokens.{col_key}"
             )
     out = []
     for row, (w, t) in enumerate(zip(df[tcfg.tokens_column], df[tcfg.tags_column])):
-        words, tags = _as_list(w, "tokens_column", split, row), _as_list(t, "tags_column", split, row)
+        place = row_name(df, row, split)
+        words, tags = _as_list(w, "tokens_column", place), _as_list(t, "tags_column", place)
         if len(words) != len(tags) or not words:
             raise DataError(
-                f"tokens: row {row} of the {split} data has {len(words)} words and {len(tags)} tags; every "
+                f"tokens: {place} has {len(words)} words and {len(tags)} tags; every "
                 "word needs one tag (and a sentence at least one word)"
             )
         out.append(
-            ([str(x) for x in words], [_tag_name(x, names, split, row, j) for j, x in enumerate(tags)])
+            ([str(x) for x in words], [_tag_name(x, names, place, j) for j, x in enumerate(tags)], place)
         )
     return out
 
 
 def build_tagged(frames: dict[str, pd.DataFrame], d: DataConfig, tcfg: TokensConfig) -> TokenData:
-    """Tables -> :class:`TokenData`: tag names (``data.label_names``, else the sorted tags of the train
-    split) and ids; a tag outside them is refused naming its split, row and word."""
+    """Tables -> :class:`TokenData`: tag names (``data.label_names``, else the sorted tags of every split, so
+    a rare tag that falls only in the test split is a tag the models have, never a failure) and ids; a tag
+    outside data.label_names is refused naming its file row and word."""
     given = [str(n) for n in d.label_names] if d.label_names else None
     rows = {}
     for split, df in frames.items():
         limit = d.max_train_examples if split == "train" else d.max_eval_examples
         rows[split] = _rows(df.iloc[:limit] if limit is not None else df, tcfg, split, given)
-    names = given or sorted({t for _, tags in rows["train"] for t in tags})
+    names = given or sorted({t for sentences in rows.values() for _, tags, _ in sentences for t in tags})
     index = {n: i for i, n in enumerate(names)}
     splits = {}
     for split, sentences in rows.items():
         ids = []
-        for row, (_, tags) in enumerate(sentences):
+        for _, tags, place in sentences:
             bad = next((j for j, t in enumerate(tags) if t not in index), None)
             if bad is not None:
-                where = "data.label_names" if given else "the tags of the train data"
                 raise DataError(
                     clip(
-                        f"data.label_names: tag '{tags[bad]}' of the {split} data (row {row}, word {bad}) is not "
-                        f"among {where} ({short_list(names, 10)}); fix the row or list every tag in data.label_names"
+                        f"data.label_names: tag '{tags[bad]}' of {place} (word {bad}) is not among "
+                        f"data.label_names ({short_list(names, 10)}); fix the row or list every tag in data.label_names"
                     )
                 )
             ids.append([index[t] for t in tags])
-        splits[split] = TaggedSentences([w for w, _ in sentences], ids, split)
+        splits[split] = TaggedSentences([w for w, _, _ in sentences], ids, split)
     if len(names) < 2:
         raise DataError(
             f"tokens.tags_column: the train data has only the tag {names}; tagging needs two or more"

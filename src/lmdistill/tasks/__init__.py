@@ -24,6 +24,7 @@ TASKS: dict[str, str] = {
     "general": "lmdistill.tasks.general:GeneralTask",
     "embedding": "lmdistill.tasks.embedding:EmbeddingTask",
     "token_classification": "lmdistill.tasks.token_classification:TokenClassificationTask",
+    "question_answering": "lmdistill.tasks.question_answering:QuestionAnsweringTask",
 }
 """Task name (``task:`` in a config) -> ``module:class``; modules are imported when first used."""
 
