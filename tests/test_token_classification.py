@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 import yaml
 
 from lmdistill.cli import main
+from lmdistill.errors import DataError
 
 from .conftest import bert_tokenizer
 
@@ -255,10 +257,27 @@ def test_a_tag_outside_the_label_names_is_one_line_exit_2(tmp_path, capsys, ner)
     data = {"train": str(ner["data"]), "label_names": ["O", "B-PER", "I-PER"]}
     cfg = {**ner["cfg"], "data": data, "output_dir": str(tmp_path / "o")}
     line = cli_error(tmp_path, capsys, "finetune", cfg)
-    assert (
-        "data.label_names: tag 'B-LOC' of the" in line
-        and "is not among data.label_names (O, B-PER, I-PER)" in line
+    assert re.search(
+        r"data.label_names: tag 'B-LOC' of row \d+ of the train data \(word 3\) is not among", line
     )
+    assert "data.label_names (O, B-PER, I-PER)" in line
+
+
+def test_tag_names_are_the_tags_of_every_split_and_rows_are_named_by_their_file_row():
+    import pandas as pd
+
+    from lmdistill.config.schema import DataConfig, TokensConfig
+    from lmdistill.data.tables import numbered
+    from lmdistill.data.tokens import build_tagged
+
+    train = pd.DataFrame({"tokens": [["a", "b"], ["c"]], "tags": [["NN", "VB"], ["NN"]]})
+    test = pd.DataFrame({"tokens": [["d"]], "tags": [["SYM"]]})  # a tag only the test split has
+    data = build_tagged({"train": train, "test": test}, DataConfig(), TokensConfig())
+    assert data.label_names == ["NN", "SYM", "VB"] and data.splits["test"].tags == [[1]]
+    bad = numbered({"train": pd.DataFrame({"tokens": [["a"], ["b", "c"]], "tags": [["NN"], ["NN"]]})})
+    carved = {"train": bad["train"].iloc[[1, 0]].reset_index(drop=True)}  # as a shuffle leaves it
+    with pytest.raises(DataError, match=r"tokens: row 1 of the train data has 2 words and 1 tags"):
+        build_tagged(carved, DataConfig(), TokensConfig())
 
 
 # --------------------------------------------------------------------------------------------- runs
