@@ -305,6 +305,12 @@ def test_distilled_student_tags_in_the_pipeline_and_evaluates_again(ner, tmp_pat
     expected = {i: t for i, t in expected.items() if enc.word_ids()[i] is not None}
     found = {e["index"]: e["entity"] for e in pipeline("token-classification", model=str(model_dir))(text)}
     assert found == expected and found  # the pipeline's tags are the model's own
+    # word level, as trained (first piece): each word's tag is its first piece's, words come back whole
+    words = pipeline("token-classification", model=str(model_dir), aggregation_strategy="first")(text)
+    assert words
+    for g in words:
+        s, e = g["start"], g["end"]
+        assert text[s:e] == g["word"] and text[s - 1 : s] in ("", " ") and text[e : e + 1] in ("", " ")
     capsys.readouterr()
     assert main(["evaluate", str(model_dir), "--config", str(tmp_path / "s.yaml")]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

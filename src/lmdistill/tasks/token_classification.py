@@ -161,6 +161,14 @@ class TokenClassificationTask(Task):
     presets = PRESETS
     pipeline = "token-classification"
 
+    def usage(self, model_dir) -> list[str]:
+        # aggregation "first": a word's tag is its first piece's, as the model was trained (tokens.label_pieces)
+        return [
+            "from transformers import pipeline",
+            f'tagger = pipeline("token-classification", model="{model_dir}", aggregation_strategy="first")',
+            'tagger("A sentence to tag.")',
+        ]
+
     def check(self, cfg: Config, verb: Verb | None) -> list[str]:
         t = cfg.tokens
         if t.tokens_column == t.tags_column:
