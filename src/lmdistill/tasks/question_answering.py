@@ -49,7 +49,7 @@ from lmdistill.losses.logits import cross_entropy
 from lmdistill.losses.reduce import masked_mean
 from lmdistill.methods.presets import PRESETS
 from lmdistill.objective import Objective, Term
-from lmdistill.tasks.base import Parts, Task, make_student, stage_key, stage_objective, stages_of
+from lmdistill.tasks.base import Parts, Quality, Task, make_student, stage_key, stage_objective, stages_of
 from lmdistill.tasks.metrics import squad_scores
 
 OUTSIDE = -1e4
@@ -427,17 +427,35 @@ class QuestionAnsweringTask(Task):
             examples, texts, cfg.data.max_length, f"test split, {len(test)} questions", [note]
         )
 
-    def report_quality(self, model_dir: Path, cfg: Config, inputs) -> tuple[dict, str | None]:
-        """Exact match and F1 with 95% bootstrap intervals over the test questions."""
+    def report_quality(self, model, tokenizer, cfg: Config, inputs) -> Quality:
+        """F1 and exact match with 95% bootstrap intervals over the test questions; per question
+        ``(exact match, F1)`` (``pred``, (n, 2)) for the paired comparisons."""
         from lmdistill.report.stats import bootstrap_ci
 
         examples = inputs.examples
         allow_null = allows_no_answer(cfg.qa, examples)  # decided on every split, as in training
-        net, s = self.saved_splits(model_dir, cfg, {"test": examples["test"]}, allow_null)
-        scores = self.scores(net, s, "test")
+        s = self.splits({"test": examples["test"]}, tokenizer, cfg, allow_null, model)
+        scores = self.scores(model, s, "test")
         kw = {"n_resamples": cfg.report.bootstrap_resamples, "seed": cfg.seed}
         out = {}
         for name, col in (("f1", 1), ("exact_match", 0)):
             ci = bootstrap_ci(scores[:, col], **kw)
             out[name] = {"value": ci.point, "low": ci.low, "high": ci.high}
-        return out, None
+        return Quality(out, None, pred=scores)
+
+    def report_compare(self, a: Quality, b: Quality, keys: tuple[str, str], cfg: Config) -> list[dict]:
+        """F1 and exact match differences with a paired bootstrap over questions."""
+        from lmdistill.report.paired import comparison, paired_bootstrap_values
+
+        kw = {"n_resamples": cfg.report.bootstrap_resamples, "seed": cfg.seed}
+        n = len(a.pred)
+        return [
+            comparison(
+                *keys,
+                name,
+                paired_bootstrap_values(a.pred[:, col], b.pred[:, col], **kw),
+                greater_is_better=True,
+                n=n,
+            )
+            for name, col in (("f1", 1), ("exact_match", 0))
+        ]

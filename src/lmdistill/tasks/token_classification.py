@@ -48,7 +48,7 @@ from lmdistill.losses.logits import cross_entropy
 from lmdistill.losses.reduce import masked_mean
 from lmdistill.methods.presets import PRESETS
 from lmdistill.objective import Objective, Term
-from lmdistill.tasks.base import Parts, Task, make_student, stage_key, stage_objective, stages_of
+from lmdistill.tasks.base import Parts, Quality, Task, make_student, stage_key, stage_objective, stages_of
 from lmdistill.tasks.metrics import entity_counts, entity_scores
 
 # --------------------------------------------------------------------------------------------- objective
@@ -409,23 +409,55 @@ class TokenClassificationTask(Task):
             data, texts, cfg.data.max_length, f"test split, {len(test)} sentences, {words:,} words", [note]
         )
 
-    def report_quality(self, model_dir: Path, cfg: Config, inputs) -> tuple[dict, str | None]:
-        """Word accuracy (and entity precision / recall / F1) with 95% bootstrap intervals over sentences."""
+    def report_quality(self, model, tokenizer, cfg: Config, inputs) -> Quality:
+        """Word accuracy (and entity precision / recall / F1) with 95% bootstrap intervals over sentences; the
+        per-sentence numerators and denominators of each metric (``pred``) for the paired comparisons."""
         from lmdistill.report.stats import bootstrap_ci
 
-        net, tok = self.load_saved(model_dir)
         arrays, _, _, headline = self.score_saved(
-            net, tok, inputs.examples, "test", cfg, cfg.training.eval_batch_size
+            model, tokenizer, inputs.examples, "test", cfg, cfg.training.eval_batch_size
         )
         kw = {"n_resamples": cfg.report.bootstrap_resamples, "seed": cfg.seed}
-        cis = {"accuracy": bootstrap_ci((arrays["correct"], arrays["words"]), _ratio, **kw)}
-        if "entities" in arrays:
-            tp, n_pred, n_gold = (arrays["entities"][:, i].astype(float) for i in range(3))
-            cis["entity_f1"] = bootstrap_ci((2 * tp, n_pred + n_gold), _ratio, **kw)
-            cis["entity_precision"] = bootstrap_ci((tp, n_pred), _ratio, **kw)
-            cis["entity_recall"] = bootstrap_ci((tp, n_gold), _ratio, **kw)
+        parts = ratio_parts(arrays)
+        cis = {name: bootstrap_ci(pair, _ratio, **kw) for name, pair in parts.items()}
         order = [headline] + [k for k in cis if k != headline]
-        return {k: {"value": cis[k].point, "low": cis[k].low, "high": cis[k].high} for k in order}, None
+        metrics = {k: {"value": cis[k].point, "low": cis[k].low, "high": cis[k].high} for k in order}
+        return Quality(metrics, None, pred=parts)
+
+    def report_compare(self, a: Quality, b: Quality, keys: tuple[str, str], cfg: Config) -> list[dict]:
+        """The headline metric's difference (and word accuracy's, when the headline is entity F1) with a paired
+        bootstrap over sentences: each resample scores both models on the same sentences."""
+        from lmdistill.report.paired import comparison
+
+        kw = {"n_resamples": cfg.report.bootstrap_resamples, "seed": cfg.seed}
+        names = dict.fromkeys([next(iter(a.metrics)), "accuracy"])
+        n = len(a.pred["accuracy"][0])
+        return [
+            comparison(*keys, m, paired_ratio(a.pred[m], b.pred[m], **kw), greater_is_better=True, n=n)
+            for m in names
+        ]
+
+
+def ratio_parts(arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each metric as per-sentence ``(numerator, denominator)`` (n,) arrays: the metric is sum / sum."""
+    parts = {"accuracy": (arrays["correct"], arrays["words"])}
+    if "entities" in arrays:
+        tp, n_pred, n_gold = (arrays["entities"][:, i].astype(float) for i in range(3))
+        parts.update(
+            entity_f1=(2 * tp, n_pred + n_gold), entity_precision=(tp, n_pred), entity_recall=(tp, n_gold)
+        )
+    return parts
+
+
+def paired_ratio(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], **kw):
+    """``sum(num_a) / sum(den_a) - sum(num_b) / sum(den_b)`` with a paired bootstrap over sentences (both models
+    resampled on the same sentences): :func:`lmdistill.report.paired.paired_bootstrap` on sentence indices."""
+    from lmdistill.report.paired import paired_bootstrap
+
+    num, den = np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])
+    n = len(a[0])
+    index = np.arange(n)
+    return paired_bootstrap(lambda _, rows: _ratio(num[rows], den[rows]), index, index, index + n, **kw)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
