@@ -354,7 +354,9 @@ def test_compress_question_answering_end_to_end(squad, tmp_path):
         for m in entry["metrics"].values():
             assert m["low"] <= m["value"] <= m["high"]
     compared = [(c["a"], c["b"], c["metric"]) for c in report["comparisons"]]
-    assert compared == [("student", "baseline", m) for m in ["f1", "exact_match"]]  # paired over the same test examples
+    assert compared == [
+        ("student", "baseline", m) for m in ["f1", "exact_match"]
+    ]  # paired over the same test examples
     for c in report["comparisons"]:
         assert c["difference"]["low"] <= c["difference"]["value"] <= c["difference"]["high"]
     assert json.loads((tmp_path / "run" / "baseline" / "results.json").read_text())["loss_terms"] == ["ce"]

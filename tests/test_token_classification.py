@@ -406,7 +406,9 @@ def test_compress_token_classification_end_to_end(ner, tmp_path):
         for m in entry["metrics"].values():
             assert m["low"] <= m["value"] <= m["high"]
     compared = [(c["a"], c["b"], c["metric"]) for c in report["comparisons"]]
-    assert compared == [("student", "baseline", m) for m in ["entity_f1", "accuracy"]]  # paired over the same test examples
+    assert compared == [
+        ("student", "baseline", m) for m in ["entity_f1", "accuracy"]
+    ]  # paired over the same test examples
     for c in report["comparisons"]:
         assert c["difference"]["low"] <= c["difference"]["value"] <= c["difference"]["high"]
     assert json.loads((tmp_path / "run" / "baseline" / "results.json").read_text())["loss_terms"] == ["ce"]
