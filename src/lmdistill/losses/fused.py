@@ -35,9 +35,14 @@ class HeadRows:
     bias: torch.Tensor | None = None
 
     def logits(self, rows: torch.Tensor) -> torch.Tensor:
-        """Float32 logits of ``rows`` ``(c,) -> (c, V_t)``."""
-        bias = None if self.bias is None else self.bias.float()
-        return F.linear(self.hidden[rows].float(), self.weight.float(), bias)
+        """Float32 (or wider) logits of ``rows`` ``(c,) -> (c, V_t)``."""
+        return _linear(self.hidden[rows], self.weight, self.bias)
+
+
+def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``h W^T + b`` in float32, or float64 for float64 inputs."""
+    dtype = torch.promote_types(h.dtype, torch.float32)
+    return F.linear(h.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
 @dataclass
@@ -61,12 +66,12 @@ def _teacher_chunk(teacher, rows: torch.Tensor, size: int, spec: FusedSpec):
         return teacher.take_rows(rows)
     t = teacher.logits(rows) if isinstance(teacher, HeadRows) else teacher[rows]
     t = t[..., :size]
-    return topk_signal(t.float(), spec.top_k, spec.temperature) if spec.top_k else t
+    return topk_signal(t, spec.top_k, spec.temperature) if spec.top_k else t
 
 
 def _chunk_loss(h, weight, bias, targets, teacher, rows, spec: FusedSpec, size: int, scale: torch.Tensor):
     """``scale[0] * sum(kd) + scale[1] * sum(lm)`` of one chunk, and the two sums."""
-    z = F.linear(h.float(), weight.float(), None if bias is None else bias.float())  # (c, V) float32
+    z = _linear(h, weight, bias)  # (c, V) float32
     kd = lm = z.new_zeros(())
     if spec.kd:
         kd = spec.divergence(
@@ -83,11 +88,12 @@ class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, teacher, spec, size):  # type: ignore[override]
         n = hidden.shape[0]
-        sums = torch.zeros(2, dtype=torch.float32, device=hidden.device)
-        ones = torch.ones(2, device=hidden.device)
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        sums = torch.zeros(2, dtype=dtype, device=hidden.device)
+        ones = torch.ones(2, dtype=dtype, device=hidden.device)
         for rows in torch.arange(n, device=hidden.device).split(spec.chunk_size):
             _, kd, lm = _chunk_loss(hidden[rows], weight, bias, targets, teacher, rows, spec, size, ones)
-            sums += torch.stack([kd, lm]).float()
+            sums += torch.stack([kd, lm]).to(dtype)
         ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.teacher, ctx.spec, ctx.size = teacher, spec, size
         return sums / max(n, 1)
@@ -96,10 +102,11 @@ class _FusedHeadLoss(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         hidden, weight, bias, targets = ctx.saved_tensors
         n = hidden.shape[0]
-        scale = grad_out.float() / max(n, 1)
+        scale = grad_out / max(n, 1)
+        acc = torch.promote_types(weight.dtype, torch.float32)
         grad_h = torch.zeros_like(hidden)
-        grad_w = torch.zeros_like(weight, dtype=torch.float32)
-        grad_b = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
+        grad_w = torch.zeros_like(weight, dtype=acc)
+        grad_b = None if bias is None else torch.zeros_like(bias, dtype=acc)
         w = weight.detach().requires_grad_(True)
         b = None if bias is None else bias.detach().requires_grad_(True)
         for rows in torch.arange(n, device=hidden.device).split(ctx.spec.chunk_size):
@@ -127,7 +134,8 @@ def fused_kd_lm(
     over ``n`` target rows, the student's logits made chunk by chunk from ``hidden`` ``(n, H)``, ``weight``
     ``(V, H)``, ``bias`` ``(V,)`` or None; ``targets`` ``(n,)`` (the next tokens); ``teacher`` rows
     ``(n, V_t)``, a :class:`TopKSignal` ``(n, k)`` or :class:`HeadRows` (ignored when ``spec.kd`` is false).
-    Returns a ``(2,)`` float32 tensor (0 for a term that is off, and for no rows); no ``T**2``."""
+    Returns a ``(2,)`` float32 (float64 for float64 inputs) tensor (0 for a term that is off, and for no
+    rows); no ``T**2``."""
     if isinstance(spec.divergence, str):
         spec = FusedSpec(**{**spec.__dict__, "divergence": DIVERGENCES[spec.divergence]})
     t_size = (
