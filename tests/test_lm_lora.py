@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from lmdistill.errors import ModelError
-from lmdistill.models.lora import apply_lora, export_merged, load_lora
+from lmdistill.models.lora import apply_lora, load_lora, merge_and_save
 
 from .test_causal_lm import _cfg, tiny_llama, word_tokenizer
 
@@ -77,7 +77,7 @@ def test_merged_export_equals_base_plus_adapters(tmp_path, dirs):
     from lmdistill import api
 
     api.distill(_lora_cfg(tmp_path, dirs, "run"))
-    merged_dir = export_merged(tmp_path / "run" / "model", tmp_path / "merged")
+    merged_dir = merge_and_save(tmp_path / "run" / "model", tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     peft_model, _ = load_lora(tmp_path / "run" / "model")
     peft_model.eval()
@@ -90,8 +90,22 @@ def test_merged_export_equals_base_plus_adapters(tmp_path, dirs):
         assert (
             plain(input_ids=ids).logits - merged(input_ids=ids).logits
         ).abs().max() > 1e-4  # adapters count
+    # weight by weight: W = W0 + (alpha / r) B A on q_proj and v_proj, every other weight W0 exactly
+    merged_w = load_file(merged_dir / "model.safetensors")
+    base = load_file(dirs / "student" / "model.safetensors")
+    lora = load_file(tmp_path / "run" / "model" / "adapter_model.safetensors")
+    changed = set()
+    for key, w0 in base.items():
+        a_key = "base_model.model." + key.replace(".weight", ".lora_A.weight")
+        if a_key in lora:
+            b = lora[a_key.replace("lora_A", "lora_B")]
+            torch.testing.assert_close(merged_w[key], w0 + (8 / 4) * b @ lora[a_key], atol=1e-6, rtol=1e-5)
+            changed.add(key.split(".")[-2])
+        else:
+            assert torch.equal(merged_w[key], w0), key
+    assert changed == {"q_proj", "v_proj"}
     with pytest.raises(ModelError, match="exists and is not empty"):
-        export_merged(tmp_path / "run" / "model", tmp_path / "merged")
+        merge_and_save(tmp_path / "run" / "model", tmp_path / "merged")
 
 
 def test_resume_restores_the_adapters(tmp_path, dirs, monkeypatch):

@@ -7,7 +7,8 @@ tokenizer). Its frozen base is the student's ``name_or_path`` for ``student.init
 from the teacher's layers or a fresh config exists nowhere else, so its base is saved beside the adapter in
 ``base/`` (once: it never changes). ``adapter_config.json`` names the base by absolute path, so
 ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), FOLDER)`` (or transformers' own PEFT
-loading of the folder) works; :func:`export_merged` writes a plain model with the adapters merged in.
+loading of the folder) works; :func:`merge_and_save` writes a plain model with the adapters merged in (there is no
+``lmdistill export --merge`` verb: the CLI has no export verb yet).
 """
 
 from __future__ import annotations
@@ -118,14 +119,14 @@ def load_lora(path: str | Path, key: str = "model"):
     return model, load_tokenizer(str(path), f"{key}.tokenizer")
 
 
-def export_merged(model_dir: str | Path, dest: str | Path) -> Path:
+def merge_and_save(model_dir: str | Path, dest: str | Path) -> Path:
     """A plain transformers model folder ``dest`` with the LoRA adapter of ``model_dir`` merged into its base
     (``W0 + (alpha / r) B A``), and the tokenizer. Returns ``dest``."""
     dest = Path(dest)
     if not (Path(model_dir) / ADAPTER).is_file():
-        raise ModelError(f"export --merge: '{model_dir}' is not a LoRA adapter folder (no {ADAPTER})")
+        raise ModelError(f"merge_and_save: '{model_dir}' is not a LoRA adapter folder (no {ADAPTER})")
     if dest.exists() and any(dest.iterdir()):
-        raise ModelError(f"export --merge: '{dest}' exists and is not empty; give a new folder")
+        raise ModelError(f"merge_and_save: '{dest}' exists and is not empty; give a new folder")
     model, tokenizer = load_lora(model_dir)
     merged = model.merge_and_unload()
     merged.save_pretrained(dest, safe_serialization=True)

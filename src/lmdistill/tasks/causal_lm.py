@@ -211,7 +211,7 @@ class CausalLMTask(Task):
         if cfg.lm.cross_tokenizer:
             return self._cross_parts(cfg, student, s_tok, teacher, t_tok, (s_name, t_name))
         vocab = check_vocabularies(student, s_tok, teacher, t_tok, s_name, t_name)
-        sets = build_datasets(cfg, s_tok)
+        sets = build_datasets(cfg, s_tok, names=(s_name, t_name))
         objective = self.objective(cfg, cfg.distill.losses, student, teacher, vocab, s_tok)
         if cfg.lm.seq_kd:
             gen = Generation(cfg.lm.max_new_tokens, 0.0, pad_id_of(s_tok), s_tok.eos_token_id)
