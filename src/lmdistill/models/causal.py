@@ -134,7 +134,7 @@ def check_vocabularies(student, s_tok, teacher, t_tok, s_name: str, t_name: str)
         raise ModelError(
             f"student tokenizer '{s_name}' ({type(s_tok).__name__}, {len(s_tok)} tokens) and teacher tokenizer "
             f"'{t_name}' ({type(t_tok).__name__}, {len(t_tok)} tokens) differ: token-level distillation needs "
-            "one tokenizer; use student.init from_teacher or config, or a student with the teacher's tokenizer"
+            "one tokenizer; set lm.cross_tokenizer (uld or aligned), or use a student with the teacher's tokenizer"
         )
     s_size, t_size = student.config.vocab_size, teacher.config.vocab_size
     try:
