@@ -15,7 +15,7 @@ from lmdistill.losses.topk import topk_signal
 from lmdistill.signals.live import LiveTeacher
 from lmdistill.tasks.lm_objective import CausalLMObjective
 
-from .test_causal_lm import PARAMS, tiny_llama, word_tokenizer
+from .test_causal_lm import PARAMS, _cfg, tiny_llama, word_tokenizer
 
 
 def _unfused(h, w, b, targets, teacher_logits, name, temperature, size, top_k=None):
@@ -141,3 +141,56 @@ def test_a_model_with_rescaled_logits_cannot_be_fused():
         match=r"lm.fused: the student \(LlamaForCausalLM\) cannot be fused: its logits are rescaled \(final_logit_softcapping\)",
     ):
         CausalLMObjective({"lm": 1.0}, 1.0, fused=True).attach(student, None)
+
+
+@pytest.fixture(scope="module")
+def teacher_and_text(tmp_path_factory):
+    """A tiny Llama teacher folder and a CSV of 60 sentences."""
+    import pandas as pd
+
+    from .conftest import make_sentences
+
+    d = tmp_path_factory.mktemp("fused_run")
+    tok = word_tokenizer()
+    tiny_llama(len(tok)).save_pretrained(d / "teacher")
+    tok.save_pretrained(d / "teacher")
+    pd.DataFrame({"text": [r[0] + " ." for r in make_sentences(60, seed=3)]}).to_csv(
+        d / "text.csv", index=False
+    )
+    return d
+
+
+def test_fused_run_with_a_hidden_state_match_logs_the_unfused_losses(tmp_path, teacher_and_text, monkeypatch):
+    """Through api.distill: lm.fused with distill.matches (hidden states) logs the same kd, lm and match
+    losses, step by step, as the unfused run."""
+    import lmdistill.tasks.lm_objective as lo
+    from lmdistill import api
+
+    calls = []
+    real = lo.fused_kd_lm
+    monkeypatch.setattr(lo, "fused_kd_lm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    histories, fused_calls = {}, {}
+    for fused in (False, True):
+        cfg = _cfg(
+            tmp_path,
+            f"fused_{fused}",
+            data={
+                "train": str(teacher_and_text / "text.csv"),
+                "max_train_examples": 40,
+                "max_eval_examples": 8,
+            },
+            teacher={"name_or_path": str(teacher_and_text / "teacher")},
+            student={"layers": [0, 3]},
+            lm={"block_size": 16, "fused": fused, "chunk_size": 5},
+            distill={"matches": [{"feature": "hidden", "strategy": "uniform"}]},
+            training={"max_steps": 3, "log_every": 1, "batch_size": 4},
+        )
+        histories[fused] = [r for r in api.distill(cfg).history if "loss" in r]
+        fused_calls[fused], calls[:] = len(calls), []
+    assert fused_calls == {False: 0, True: 3}  # one fused loss per training step, only when asked
+    keys = [k for k in histories[False][0] if k.startswith("loss")]
+    assert set(keys) == {"loss", "loss/kd", "loss/lm", "loss/hidden_mse_s0_t1", "loss/hidden_mse_s1_t3"}
+    assert len(histories[True]) == len(histories[False]) == 3
+    for plain, fused in zip(histories[False], histories[True]):
+        for k in keys:
+            assert fused[k] == pytest.approx(plain[k], rel=1e-4), k
