@@ -11,7 +11,7 @@ Output-level knowledge distillation is ONE path for every task, :meth:`Objective
 ``distill.divergence`` (:mod:`lmdistill.losses.divergences`: forward KL, reverse KL, JSD, skew KLs, TVD) between
 the teacher's and the student's distributions at temperature T, averaged over the valid positions, times T^2
 when ``distill.kd_scale_t2`` (Hinton et al. 2015: keeps the soft term's gradient scale independent of T when a
-hard-label term is mixed in). T^2 is applied there and nowhere else.
+hard-label term is mixed in). T^2 is applied there (:meth:`Objective.scale_kd`) and nowhere else.
 
 The objective is an ``nn.Module`` so that projections train and save with the student. Weights and the
 temperature may follow schedules; the engine sets :attr:`Objective.progress` (0 -> 1) before each step.
@@ -268,7 +268,13 @@ class Objective(nn.Module):
                     else teacher[mask]
                 )
             value = masked_mean(DIVERGENCES[self.divergence](student_logits, teacher, t, **self.params))
-        return value * t**2 if self.kd_scale_t2 else value
+        return self.scale_kd(value, t)
+
+    def scale_kd(self, value: torch.Tensor, temperature: float) -> torch.Tensor:
+        """A KD value computed at ``temperature``, times ``T**2`` when ``kd_scale_t2``: the one place of that
+        factor (:meth:`kd`, and KD terms that cannot take its path, e.g. across tokenizers or fused with the
+        LM head)."""
+        return value * temperature**2 if self.kd_scale_t2 else value
 
     def forward(self, out, signal: TeacherSignal | None, batch: dict, feats: dict | None = None) -> dict:
         terms = {name: self.terms[name].fn(self, out, signal, batch) for name in self.weights}

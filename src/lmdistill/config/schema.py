@@ -107,6 +107,22 @@ class ModelConfig:
 
 
 @dataclass
+class LoraSection:
+    """A LoRA student (Hu et al. 2022, "LoRA: Low-Rank Adaptation of Large Language Models"), through PEFT: the
+    student's weights are frozen and low-rank adapters ``W + (alpha / r) B A`` on ``target_modules`` train."""
+
+    r: int = 8
+    """The rank of each adapter."""
+    alpha: float = 16.0
+    """The scale numerator: the update is multiplied by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input."""
+    target_modules: list[str] | None = None
+    """Module names (or name suffixes) that get adapters, e.g. [q_proj, v_proj]; null: PEFT's default for the
+    architecture."""
+
+
+@dataclass
 class StudentConfig:
     """How the student is made: from teacher layers, a pretrained model, or a fresh config."""
 
@@ -126,6 +142,8 @@ class StudentConfig:
     num_attention_heads: int | None = None
     intermediate_size: int | None = None
     trust_remote_code: bool = False
+    lora: LoraSection | None = None
+    """causal_lm: train LoRA adapters on the student instead of all its weights (saved as a PEFT adapter)."""
 
 
 @dataclass
@@ -288,6 +306,19 @@ class CausalLMConfig:
     prompt_column: str | None = None
     """Prompt/response data: the prompt column (no loss on its tokens); set with response_column."""
     response_column: str | None = None
+    messages_column: str | None = None
+    """Chat data: the column of conversations (lists of {role, content}), rendered with each tokenizer's chat
+    template."""
+    train_on: Literal["assistant", "all", "last"] = "assistant"
+    """Chat data: which tokens carry the loss and KD: every assistant turn, every token, or the last
+    assistant turn."""
+    cross_tokenizer: Literal["uld", "aligned"] | None = None
+    """Teacher and student with different tokenizers: uld (Boizard et al. 2024, sorted-probability L1 at
+    index-paired positions) or aligned (character-offset spans: the exact divergence on one-token spans of a
+    shared token, ULD on the rest); null: one tokenizer is required."""
+    fused: bool = False
+    """Compute the LM head with kd and lm chunk by chunk from the hidden states: the (B, T, V) logits are never
+    made (values and gradients equal the unfused loss)."""
 
 
 @dataclass

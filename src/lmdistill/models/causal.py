@@ -45,8 +45,9 @@ def load_causal_lm(spec: ModelConfig | str, key: str):
                 "folder with config.json (or a .gguf file, with the gguf package installed)"
             ) from None
         model = _plain_copy(model)
-        tok_spec = spec if spec.tokenizer else ModelConfig(where, None, spec.revision, spec.trust_remote_code)
-        return model, load_tokenizer(tok_spec, f"{key}.tokenizer")
+        if spec.tokenizer:
+            return model, load_tokenizer(spec, f"{key}.tokenizer")
+        return model, _gguf_tokenizer(where, name, spec, key)
     config = load_config_of(path, f"{key}.name_or_path", spec.revision, spec.trust_remote_code)
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
@@ -57,6 +58,19 @@ def load_causal_lm(spec: ModelConfig | str, key: str):
     check_tokenizer_files(spec, key)
     model = load_weights(AutoModelForCausalLM, spec, key, dtype=torch.float32)
     return model, load_tokenizer(spec, f"{key}.tokenizer")
+
+
+def _gguf_tokenizer(where: str, name: str, spec: ModelConfig, key: str):
+    """The tokenizer stored inside a ``.gguf`` file (transformers reads it with ``gguf_file``)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(where, gguf_file=name, revision=spec.revision)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(
+            f"{key}.tokenizer: no tokenizer could be read from '{spec.name_or_path}' ({_short(e)}); set "
+            f"{key}.tokenizer to a folder or id that has one"
+        ) from None
 
 
 def _plain_copy(model):
@@ -120,7 +134,7 @@ def check_vocabularies(student, s_tok, teacher, t_tok, s_name: str, t_name: str)
         raise ModelError(
             f"student tokenizer '{s_name}' ({type(s_tok).__name__}, {len(s_tok)} tokens) and teacher tokenizer "
             f"'{t_name}' ({type(t_tok).__name__}, {len(t_tok)} tokens) differ: token-level distillation needs "
-            "one tokenizer; use student.init from_teacher or config, or a student with the teacher's tokenizer"
+            "one tokenizer; set lm.cross_tokenizer (uld or aligned), or use a student with the teacher's tokenizer"
         )
     s_size, t_size = student.config.vocab_size, teacher.config.vocab_size
     try:

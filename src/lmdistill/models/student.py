@@ -19,7 +19,9 @@ _LAYER_PATHS = ("encoder.layer", "transformer.layer", "layers", "h", "decoder.la
 
 
 def layer_list(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
-    """The ModuleList of transformer blocks: ``(parent, attribute, list)``."""
+    """The ModuleList of transformer blocks: ``(parent, attribute, list)`` (inside a PEFT wrapper too)."""
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):  # a LoRA student
+        model = model.get_base_model()
     base = getattr(model, "base_model", model)
     for dotted in _LAYER_PATHS:
         *parents, last = dotted.split(".")

@@ -1,21 +1,22 @@
 """Distillation of causal (GPT / Llama-style) language models: ``task: causal_lm``.
 
-Data (:mod:`lmdistill.data.lm`): raw text packed into blocks of ``lm.block_size`` tokens, or prompt/response
-rows with no loss on the prompt.
+Data (:mod:`lmdistill.data.lm`): raw text packed into blocks of ``lm.block_size`` tokens, prompt/response rows
+with no loss on the prompt, or chat rows (``lm.messages_column``) with the loss on assistant turns.
 
-Objective (:class:`CausalLMObjective`), two terms, weighted by ``distill.losses``:
+Objective (:mod:`lmdistill.tasks.lm_objective`), two terms, weighted by ``distill.losses``:
 
 * ``kd``: a token-level divergence (``distill.divergence``, also named ``lm.divergence``;
   :mod:`lmdistill.losses.divergences`) between the teacher's and the student's next-token distributions at
-  temperature ``distill.temperature``, averaged over the positions whose next token is a target, through the
-  one output-level KD path of every task (:meth:`lmdistill.objective.Objective.kd`, times ``T**2`` when
-  ``distill.kd_scale_t2``; at the usual T = 1 it changes nothing). Computed chunk by chunk over positions, so
-  no full float32 ``(B, T, V)`` tensor is made; with ``lm.top_k`` the teacher is reduced to its k most likely
-  tokens plus the tail mass, also chunk by chunk.
+  temperature ``distill.temperature``, averaged over the positions whose next token is a target, through
+  the one output-level KD path of every task (times ``T**2`` when ``distill.kd_scale_t2``). Chunked over
+  positions; ``lm.top_k`` reduces the teacher to its k most likely tokens plus the tail mass;
+  ``lm.cross_tokenizer`` distils across tokenizers (ULD, or span-aligned); ``lm.fused`` never makes the
+  student's logits.
 * ``lm``: next-token cross-entropy on the same positions (chunked the same way).
 
 Teacher-generated data (:mod:`lmdistill.tasks.lm_generation`): sequence-level KD (``lm.seq_kd``) and on-policy
-distillation (``lm.on_policy``). See docs/causal_lm.md for formulas, directions and defaults.
+distillation (``lm.on_policy``). LoRA students (``student.lora``): :mod:`lmdistill.models.lora`. See
+docs/causal_lm.md for formulas, directions and defaults.
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ from lmdistill.data.lm import (  # noqa: F401 - the task's data, re-exported
     text_blocks,
 )
 from lmdistill.errors import LmdistillError
-from lmdistill.losses.divergences import chunked_divergence
-from lmdistill.losses.topk import TopKSignal, topk_signal
 from lmdistill.methods.presets import PRESETS
 from lmdistill.models.causal import (  # noqa: F401 - re-exported
     check_vocabularies,
@@ -51,151 +50,16 @@ from lmdistill.models.causal import (  # noqa: F401 - re-exported
     same_tokenization,
     smollm2_folder,
 )
-from lmdistill.objective import Objective, Term
-from lmdistill.tasks import lm_generation
+from lmdistill.tasks import lm_generation, lm_setup
 from lmdistill.tasks.base import Parts, Task, stage_objective
 from lmdistill.tasks.base import make_student as _make_student
 from lmdistill.tasks.lm_generation import Generation, continued, generate, prompt_of  # noqa: F401
-
-# --------------------------------------------------------------------------------------------- objective
-
-
-def next_targets(labels: torch.Tensor) -> torch.Tensor:
-    """The token each position must predict: ``labels`` shifted left by one, ``-100`` at the end. ``(B, T)``."""
-    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE)], dim=1)
-
-
-def _nll(student_rows: torch.Tensor, target_rows: torch.Tensor) -> torch.Tensor:
-    """``-log softmax(logits)[target]`` per row in float32: ``(n, V), (n, 1) -> (n,)``."""
-    return F.cross_entropy(student_rows.float(), target_rows[:, 0], reduction="none")
-
-
-def next_token_ce(logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 512) -> torch.Tensor:
-    """Mean next-token cross-entropy over ``targets != -100`` (``(B, T, V), (B, T)``), chunked like the
-    divergences: no float32 copy of the whole ``(B, T, V)``; 0 when there is no target."""
-    mask = targets != IGNORE
-    return chunked_divergence(_nll, logits, targets.clamp_min(0).unsqueeze(-1), mask, chunk_size=chunk_size)
-
-
-def chunked_topk(
-    teacher_logits: torch.Tensor, mask: torch.Tensor, k: int, temperature: float, chunk_size: int = 512
-) -> TopKSignal:
-    """:func:`topk_signal` of the positions where ``mask`` is true, ``chunk_size`` rows at a time (other
-    positions hold filler values that no divergence reads). ``(B, T, V) -> (B, T, k)``."""
-    lead, vocab = teacher_logits.shape[:-1], teacher_logits.shape[-1]
-    flat = teacher_logits.reshape(-1, vocab)
-    rows = mask.reshape(-1).nonzero().squeeze(-1)
-    n = flat.shape[0]
-    indices = torch.zeros((n, k), dtype=torch.long, device=flat.device)
-    logprobs = torch.full(
-        (n, k), -math.log(k), dtype=torch.promote_types(flat.dtype, torch.float32), device=flat.device
-    )
-    tail = torch.full((n,), float("-inf"), dtype=logprobs.dtype, device=flat.device)
-    for chunk in rows.split(chunk_size):
-        sig = topk_signal(flat[chunk], k, temperature)  # not index_select: slow on CPU for wide rows
-        indices[chunk] = sig.indices
-        logprobs[chunk] = sig.logprobs.to(logprobs.dtype)
-        tail[chunk] = sig.tail_logprob.to(tail.dtype)
-    return TopKSignal(indices.view(*lead, k), logprobs.view(*lead, k), tail.view(lead), float(temperature))
-
-
-def _kd(obj: CausalLMObjective, out, signal, batch: dict) -> torch.Tensor:
-    mask = next_targets(batch["labels"]) != IGNORE
-    return obj.lm_kd(out.logits, signal.logits, mask)
-
-
-def _lm(obj: CausalLMObjective, out, signal, batch: dict) -> torch.Tensor:
-    if batch.get("on_policy", False):  # the student's own samples are not targets
-        return out.logits.new_zeros((), dtype=torch.float32)
-    return next_token_ce(out.logits, next_targets(batch["labels"]), obj.chunk_size)
-
-
-class CausalLMObjective(Objective):
-    """The ``kd`` and ``lm`` terms of a causal LM (and any intermediate ``matches``), weighted.
-
-    Everything :class:`lmdistill.objective.Objective` offers keeps working (weights and their schedules,
-    temperature schedule, matches with projections, the divergences, ``total``); the output terms differ.
-
-    Args:
-        weights: ``{"kd": w, "lm": w}`` (either may be absent).
-        temperature: softens teacher and student alike in ``kd`` (not in ``lm``).
-        chunk_size: positions per chunk (default 512).
-        on_policy: GKD's lambda; needs ``generation``.
-        generation: how :meth:`prepare_batch` samples from the student.
-        **kwargs: as :class:`~lmdistill.objective.Objective` (divergence, beta, alpha, top_k, vocab_size, ...).
-    """
-
-    terms = {"kd": Term(_kd, teacher_logits=True, teacher=True), "lm": Term(_lm)}
-
-    def __init__(
-        self,
-        weights: dict[str, float],
-        temperature: float = 1.0,
-        *,
-        chunk_size: int = 512,
-        on_policy: float = 0.0,
-        generation: Generation | None = None,
-        **kwargs,
-    ):
-        unknown = [k for k, w in weights.items() if w > 0 and k not in self.terms]
-        if unknown:
-            raise LmdistillError(
-                f"distill.losses.{unknown[0]} is not a loss for task causal_lm (use: kd, lm)"
-            )
-        super().__init__(weights, temperature, chunk_size=chunk_size, **kwargs)
-        if on_policy > 0 and ("kd" not in self.weights or generation is None):
-            raise LmdistillError(
-                "lm.on_policy needs distill.losses.kd above 0: the teacher scores the student's "
-                "samples, and the lm term is 0 on them"
-            )
-        self.on_policy = on_policy
-        self.generation = generation
-
-    @property
-    def rewrites_batches(self) -> bool:
-        return self.on_policy > 0
-
-    def lm_kd(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | TopKSignal, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """:meth:`kd` over the shared vocabulary at the ``mask`` positions: ``(B, T, V), (B, T, V'), (B, T)
-        -> ()``; the teacher may also come as a :class:`TopKSignal` (``(B, T, k)``, from a teacher cache), or
-        is reduced to one here with ``top_k``."""
-        if isinstance(teacher_logits, TopKSignal):  # from a teacher cache: reduced already, same vocabulary
-            size = self.vocab_size or student_logits.shape[-1]
-            teacher = teacher_logits
-        else:
-            size = self.vocab_size or min(student_logits.shape[-1], teacher_logits.shape[-1])
-            t = teacher_logits if teacher_logits.shape[-1] == size else teacher_logits[..., :size]
-            temp = self.temperature_now()
-            teacher = chunked_topk(t, mask, self.top_k, temp, self.chunk_size) if self.top_k else t
-        s = student_logits if student_logits.shape[-1] == size else student_logits[..., :size]
-        return self.kd(s, teacher, mask)
-
-        value = chunked_divergence(
-            self.divergence, s, teacher, mask, chunk_size=self.chunk_size, temperature=temp, **self.params
-        )
-        return value * temp**2 if self.kd_scale_t2 else value
-
-    def prepare_batch(self, batch: dict, student: nn.Module) -> dict:
-        """GKD: with probability ``on_policy`` replace the batch by the student's continuations of its prompts
-        (loss only on the generated tokens); otherwise return it unchanged. The engine calls this before
-        the teacher runs, so the teacher scores whatever this returns."""
-        if self.on_policy <= 0 or torch.rand(()).item() >= self.on_policy:
-            return batch
-        gen = self.generation
-        ids, labels = batch["student"]["input_ids"].tolist(), batch["labels"].tolist()
-        lengths = batch["student"]["attention_mask"].sum(1).tolist()
-        prompts = [prompt_of(i[:n], lab[:n], gen.max_new_tokens) for i, lab, n in zip(ids, labels, lengths)]
-        items = continued(prompts, lm_generation.generate(student, prompts, gen))
-        new = LMCollator(gen.pad_id)(items)
-        device = batch["labels"].device
-        return {
-            "student": {k: v.to(device) for k, v in new["student"].items()},
-            "labels": new["labels"].to(device),
-            "index": batch.get("index"),
-            "on_policy": True,
-        }
+from lmdistill.tasks.lm_objective import (  # noqa: F401 - re-exported
+    CausalLMObjective,
+    chunked_topk,
+    next_targets,
+    next_token_ce,
+)
 
 
 @torch.no_grad()
@@ -246,8 +110,10 @@ def sequence_nll(
 
 
 def make_student(cfg: Config, teacher, t_tok):
-    """``(student, tokenizer)`` as configured in ``student`` (from teacher layers, a config, or pretrained)."""
-    return _make_student(cfg, teacher, t_tok, load_causal_lm)
+    """``(student, tokenizer)`` as configured in ``student`` (from teacher layers, a config, or pretrained; a
+    fresh one sized for its own tokenizer; with LoRA adapters when ``student.lora``)."""
+    student, s_tok = _make_student(cfg, teacher, t_tok, load_causal_lm)
+    return lm_setup.finish_student(cfg, student, s_tok, t_tok), s_tok
 
 
 class CausalLMTask(Task):
@@ -292,19 +158,23 @@ class CausalLMTask(Task):
             errors.append(
                 "distill.stages is not supported for task causal_lm: use distill.losses and matches"
             )
-        return errors
+        return errors + lm_setup.check_extras(cfg, verb)
 
     def check_data(self, cfg: Config) -> list[str]:
         from lmdistill.data.tables import check_files
 
         lm = cfg.lm
+        if lm.messages_column:
+            return check_files(cfg.data, {"lm.messages_column": lm.messages_column})
         if lm.prompt_column:
             return check_files(
                 cfg.data, {"lm.prompt_column": lm.prompt_column, "lm.response_column": lm.response_column}
             )
         return check_files(cfg.data, {"data.text_column": cfg.data.text_column}, lines_ok=True)
 
-    def objective(self, cfg: Config, weights: dict[str, float], student, teacher, vocab_size, tokenizer):
+    def objective(
+        self, cfg: Config, weights: dict[str, float], student, teacher, vocab_size, tokenizer, cross=None
+    ):
         lm = cfg.lm
         gen = Generation(
             lm.max_new_tokens, lm.generation_temperature, pad_id_of(tokenizer), tokenizer.eos_token_id
@@ -324,6 +194,8 @@ class CausalLMTask(Task):
             vocab_size=vocab_size,
             on_policy=lm.on_policy if teacher is not None else 0.0,
             generation=gen,
+            cross=cross,
+            fused=lm.fused,
         )
 
     def parts(self, cfg: Config, verb: str) -> Parts:
@@ -335,10 +207,11 @@ class CausalLMTask(Task):
         teacher, t_tok = load_causal_lm(cfg.teacher, "teacher")
         student, s_tok = make_student(cfg, teacher, t_tok)
         s_name = cfg.student.tokenizer or cfg.student.name_or_path or cfg.teacher.name_or_path
-        vocab = check_vocabularies(
-            student, s_tok, teacher, t_tok, s_name, cfg.teacher.tokenizer or cfg.teacher.name_or_path
-        )
-        sets = build_datasets(cfg, s_tok)
+        t_name = cfg.teacher.tokenizer or cfg.teacher.name_or_path
+        if cfg.lm.cross_tokenizer:
+            return self._cross_parts(cfg, student, s_tok, teacher, t_tok, (s_name, t_name))
+        vocab = check_vocabularies(student, s_tok, teacher, t_tok, s_name, t_name)
+        sets = build_datasets(cfg, s_tok, names=(s_name, t_name))
         objective = self.objective(cfg, cfg.distill.losses, student, teacher, vocab, s_tok)
         if cfg.lm.seq_kd:
             gen = Generation(cfg.lm.max_new_tokens, 0.0, pad_id_of(s_tok), s_tok.eos_token_id)
@@ -357,7 +230,27 @@ class CausalLMTask(Task):
             )
         return self._parts(cfg, student, s_tok, teacher, objective, sets)
 
-    def _parts(self, cfg: Config, model, tok, teacher, objective, sets: dict) -> Parts:
+    def _cross_parts(self, cfg: Config, student, s_tok, teacher, t_tok, names: tuple[str, str]) -> Parts:
+        """Teacher and student with their own tokenizers: training items carry both tokenizations and their KD
+        pairs (:mod:`lmdistill.data.alignment`); held-out splits are the student's."""
+        from lmdistill.data.alignment import CrossCollator
+
+        mode = cfg.lm.cross_tokenizer
+        if mode == "aligned":
+            s_ids, t_to_s = lm_setup.shared_vocabulary(s_tok, t_tok, student, teacher)
+        else:
+            s_ids, t_to_s = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        sets = build_datasets(cfg, s_tok, teacher_tokenizer=t_tok, names=names)
+        objective = self.objective(
+            cfg, cfg.distill.losses, student, teacher, None, s_tok, cross=(mode, s_ids, t_to_s)
+        )
+        train_collate = CrossCollator(pad_id_of(s_tok), pad_id_of(t_tok))
+        parts = self._parts(cfg, student, s_tok, teacher, objective, sets, train_collate)
+        parts.data["teacher_tokenizer"] = t_tok
+        parts.extra["cross_tokenizer"] = {"mode": mode, "shared_tokens": int(s_ids.numel())}
+        return parts
+
+    def _parts(self, cfg: Config, model, tok, teacher, objective, sets: dict, train_collate=None) -> Parts:
         extra = {
             "task": self.name,
             "split_sizes": {k: len(v) for k, v in sets.items()},
@@ -367,7 +260,15 @@ class CausalLMTask(Task):
         data = {"sets": sets, "collate": collate, "batch_size": cfg.training.eval_batch_size}
         stage = StageConfig(name="distill" if teacher is not None else "finetune")
         return Parts(
-            model, tok, sets["train"], collate, [objective], [stage], teacher=teacher, data=data, extra=extra
+            model,
+            tok,
+            sets["train"],
+            train_collate or collate,
+            [objective],
+            [stage],
+            teacher=teacher,
+            data=data,
+            extra=extra,
         )
 
     def has_split(self, parts: Parts, split: str) -> bool:
@@ -377,18 +278,48 @@ class CausalLMTask(Task):
         d = parts.data
         return perplexity(model, d["sets"][split], d["collate"], d["batch_size"], objective.chunk_size)
 
+    def save(self, model: nn.Module, tokenizer, path: Path, cfg: Config) -> None:
+        """A LoRA student as its PEFT adapter (and its base when it exists nowhere else); others whole."""
+        from lmdistill.models.lora import is_lora, save_lora
+
+        if is_lora(model):
+            save_lora(model, tokenizer, path, Path(cfg.output_dir) / "model")
+        else:
+            super().save(model, tokenizer, path, cfg)
+
     def reload(self, path: Path, parts: Parts) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(path).to(next(parts.student.parameters()).device)
+        from lmdistill.models.lora import ADAPTER, load_lora
+
+        device = next(parts.student.parameters()).device
+        if (Path(path) / ADAPTER).is_file():
+            return load_lora(path)[0].to(device)
+        return AutoModelForCausalLM.from_pretrained(path).to(device)
 
     def results(self, parts: Parts, best: nn.Module, cfg: Config) -> dict:
         teacher, objective = parts.teacher, parts.objectives[-1]
         used = teacher is not None and (objective.needs_teacher or cfg.lm.seq_kd)
-        test = used and self.has_split(parts, "test")
-        return {"teacher_test": self.evaluate(teacher, parts, "test", objective) if test else None}
+        if not (used and self.has_split(parts, "test")):
+            return {"teacher_test": None}
+        t_tok = parts.data.get("teacher_tokenizer")
+        if t_tok is None:
+            return {"teacher_test": self.evaluate(teacher, parts, "test", objective)}
+        test = build_datasets(cfg, t_tok, splits=("test",))[
+            "test"
+        ]  # the teacher's own tokens (not comparable)
+        collate = LMCollator(pad_id_of(t_tok))
+        return {
+            "teacher_test": perplexity(
+                teacher, test, collate, cfg.training.eval_batch_size, cfg.lm.chunk_size
+            )
+        }
 
     def load_saved(self, path, key: str = "model"):
+        from lmdistill.models.lora import ADAPTER, load_lora
+
+        if (Path(path) / ADAPTER).is_file():
+            return load_lora(path, key)
         return load_causal_lm(str(path), key)
 
     def owns(self, config: dict) -> bool:

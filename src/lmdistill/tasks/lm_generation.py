@@ -39,6 +39,15 @@ def prompt_of(ids: list[int], labels: list[int], max_new_tokens: int) -> list[in
     return ids[:first]
 
 
+def item_prompts(item: dict, max_new_tokens: int) -> list[list[int]]:
+    """The prompts of one training item: the conversation up to each target assistant turn of a chat item
+    (``turns``), else :func:`prompt_of`."""
+    turns = [t for t in item.get("turns", ()) if t > 0]
+    if turns:
+        return [item["input_ids"][:t] for t in turns]
+    return [prompt_of(item["input_ids"], item["labels"], max_new_tokens)]
+
+
 @torch.no_grad()
 def generate(model: nn.Module, prompts: list[list[int]], gen: Generation) -> list[list[int]]:
     """Continue each prompt (left-padded into one batch): up to ``max_new_tokens`` tokens, cut after the
@@ -89,14 +98,15 @@ def continued(prompts: list[list[int]], conts: list[list[int]]) -> list[dict[str
 def sequence_kd(
     teacher: nn.Module, train: LMDataset, gen: Generation, cache_dir: Path, identity: dict, batch_size: int
 ) -> LMDataset:
-    """Kim & Rush (2016) sequence-level KD data: each training prompt continued greedily by the teacher.
+    """Kim & Rush (2016) sequence-level KD data: each training prompt continued greedily by the teacher (a chat
+    item gives one prompt per target assistant turn: the conversation up to it, :func:`item_prompts`).
 
     Generated once: the continuations are stored in ``cache_dir/targets.json`` with a key over the
     teacher, the training tokens and the generation settings; a re-run with the same key reads them back.
     """
     from tqdm.auto import tqdm
 
-    prompts = [prompt_of(it["input_ids"], it["labels"], gen.max_new_tokens) for it in train.items]
+    prompts = [p for it in train.items for p in item_prompts(it, gen.max_new_tokens)]
     digest = hashlib.sha256(json.dumps([identity, asdict(gen), prompts]).encode()).hexdigest()[:16]
     path = Path(cache_dir) / "targets.json"
     if path.is_file():
