@@ -228,3 +228,42 @@ def test_causal_lm_perplexity_in_bf16_is_close_to_fp32(tmp_path):
     assert (full.dtype, half.dtype) == ("fp32", "bf16") and half.metrics["tokens"] == full.metrics["tokens"]
     assert math.isfinite(half.metrics["loss"])
     assert half.metrics["loss"] == pytest.approx(full.metrics["loss"], rel=0.02)
+
+
+def test_report_dtype_bf16_adds_the_student_in_bf16(trained_classifier, tmp_path, monkeypatch):
+    """`lmdistill report --dtype bf16`: the student is scored and timed a second time with bf16 weights, as
+    the entry student_bf16 (runtime "PyTorch bf16") next to the student as trained."""
+    scored = []
+    real = engine.predict
+
+    def predict(model, *args, **kwargs):
+        scored.append({p.dtype for p in model.parameters()})
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "predict", predict)
+    cfg = json.loads((trained_classifier / "eval.yaml").read_text())
+    cfg["report"] = {"latency_repeats": 2, "warmup": 1, "speed_texts": 16, "energy": False}
+    (tmp_path / "report.yaml").write_text(json.dumps(cfg))
+    args = ["report", "--student", str(trained_classifier), "--config", str(tmp_path / "report.yaml")]
+    assert main(args + ["--output", str(tmp_path / "out"), "--dtype", "bf16"]) == 0
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert list(data["models"]) == ["student", "student_bf16"]
+    assert scored == [{torch.float32}, {torch.bfloat16}]
+    full, half = data["models"]["student"], data["models"]["student_bf16"]
+    assert (half["role"], half["runtime"]) == ("student", "PyTorch bf16")
+    assert half["metrics"]["accuracy"]["value"] == pytest.approx(
+        full["metrics"]["accuracy"]["value"], abs=0.1
+    )
+    assert {x["batch_size"] for x in half["latency"]} == {1, 32}
+    assert all(math.isfinite(x["median_s"]) for x in half["latency"])
+    assert "PyTorch bf16" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_report_adds_bf16_by_default_only_where_the_cpu_has_it(monkeypatch):
+    from lmdistill.reporting import bf16_point
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert (bf16_point(None), bf16_point(False)) == (True, False)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert (bf16_point(None), bf16_point(True)) == (False, True)

@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="config whose data section gives the test split (default: the student run's)"
     )
     p.add_argument("--output", help="folder for report.md / report.html (default: the config's output_dir)")
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        help="bf16: also evaluate and time the student with bf16 weights (one more point on the plots; "
+        "report.bf16=true); fp32: only as trained. Default: report.bf16 of the config (bf16 where the CPU "
+        "multiplies bf16 natively)",
+    )
 
     p = verbs.add_parser(
         "evaluate",
@@ -230,6 +237,7 @@ def _run(args: argparse.Namespace) -> int:
             baseline=args.baseline,
             out_dir=args.output,
             config=args.config,
+            bf16=None if args.dtype is None else args.dtype == "bf16",
         )
         print(f"report: {html}\n        {md}")
         return 0
