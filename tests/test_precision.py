@@ -40,7 +40,7 @@ def test_native_bf16_found_by_its_flag(flags, found):
     "flags",
     [
         {"avx512f", "avx512bw", "avx512vl", "avx512dq"},  # Skylake-SP: oneDNN runs bf16, but emulated
-        {"avx2", "fma", "f16c"},  # this project's AMD EPYC (Zen 3)
+        {"avx2", "fma", "f16c"},  # the AMD EPYC of this session (AVX2, no AVX-512)
         {"fp", "asimd", "sve", "i8mm"},  # ARM without BF16 (Graviton 2 has no sve either)
         set(),
     ],

@@ -3,11 +3,9 @@
 bf16 pays on a CPU only where the instruction set multiplies bf16 matrices itself: x86 AVX512-BF16
 (``VDPBF16PS``: Intel Cooper Lake, Sapphire Rapids and later; AMD Zen 4 and later) or AMX-BF16 (tile matrix
 products: Sapphire Rapids and later), ARM BF16 (``BFMMLA``, Armv8.6: Graviton 3, Neoverse V1/V2) or SVE-BF16.
-Elsewhere oneDNN converts bf16 to fp32 around every product and bf16 runs slower than fp32
-(``benchmarks/RESULTS.md`` has the measured GEMM rates of both). torch's own answers are not enough:
-``torch.backends.cpu.get_cpu_capability()`` says ``AVX512`` for every AVX-512 CPU with or without bf16, and
-``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is true wherever the bf16 path merely works (any AVX512-BW/VL/
-DQ core, emulated); the feature flags themselves are read instead.
+Elsewhere bf16 products are emulated and run far slower than fp32 (docs/performance.md, "bf16 on CPUs", has
+measured rates of both). ``torch.backends.cpu.get_cpu_capability()`` cannot tell: its levels are vector widths
+(``AVX2``, ``AVX512``), the same for AVX-512 CPUs with and without bf16; the feature flags are read instead.
 """
 
 from __future__ import annotations
