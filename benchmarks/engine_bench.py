@@ -7,20 +7,26 @@ lengths are log-normal (median 40 tokens, capped at --max-len), batch size --bs.
 
 Modes (each in its own process, so peak memory is its own):
   plain             a plain PyTorch loop: shuffled batches padded to their longest example, eager, SDPA,
-                    bf16 autocast on a GPU (fp32 on a CPU)
-  textbrewer        TextBrewer 0.2.1 GeneralDistiller, batches padded to --max-len (as in its examples)
+                    in --precision (auto: bf16 autocast on a GPU and on a CPU with native bf16, else fp32)
+  textbrewer        TextBrewer 0.2.1 GeneralDistiller, batches padded to --max-len (as in its examples); fp32
+                    (its only CPU mode; its GPU fp16 needs apex)
   textbrewer_dyn    the same with the plain loop's batches (padded to their longest example)
-  lmdistill_live    lmdistill.engine.train with the teacher running live
+  lmdistill_live    lmdistill.engine.train with the teacher running live, training.mixed_precision from
+                    --precision (auto: lmdistill's own choice, lmdistill.engine.choose_mixed_precision)
   lmdistill_cached  lmdistill.engine.train from a teacher cache (its one-off build is timed apart)
   lmdistill_cached_compile   the same with training.compile (meant for GPUs)
 
 Measured per mode: examples/s, real (non-pad) tokens/s, useful model-FLOP utilisation (6 N_student + 2
 N_teacher FLOPs per real token, N = encoder parameters, attention FLOPs not counted; the cached modes do no
-teacher work while training) against a matmul peak measured here (bf16 8192^3 on a GPU, fp32 2048^3 on a
-CPU, as in shared/anchors/gpu_probe.py), and peak memory (GPU: max allocated; CPU: peak RSS of the process).
+teacher work while training) against the matmul peak measured here IN THE PRECISION THE MODE COMPUTES IN
+(bf16 8192^3 on a GPU as in shared/anchors/gpu_probe.py; on a CPU 2048^3 in fp32, and in bf16 for the modes
+that run under bf16 autocast: a bf16 mode is not credited against the lower fp32 peak), and peak memory (GPU:
+max allocated; CPU: peak RSS of the process).
 
     # CPU, MiniLM-sized (hidden 384, 6 -> 3 layers): a few minutes on 2 cores
     python benchmarks/engine_bench.py --size minilm --n 384 --epochs 2
+    # the same with plain and lmdistill forced to bf16 autocast (slower than fp32 where bf16 is emulated)
+    python benchmarks/engine_bench.py --size minilm --n 384 --epochs 2 --precision bf16
     # GPU, BERT-base teacher, 6-layer student, batch 256 (the setting of shared/anchors/gpu_probe.py)
     PYTHONPATH=src python benchmarks/engine_bench.py --size bert-base --n 20480 --epochs 2 --bs 256 \\
         --cache-bs 512 --rounds 2 --out benchmarks/results/engine_gpu_bert_base.json \\
@@ -150,7 +156,7 @@ def run_plain(args, dev, teacher, student, ids, labels) -> dict:
         for idx in torch.randperm(len(ids), generator=g).split(args.bs):
             x, mask = pad([ids[i] for i in idx])
             x, mask, y = x.to(dev), mask.to(dev), torch.tensor([labels[i] for i in idx], device=dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.mixed == "bf16"):
                 with torch.no_grad():
                     t_out = teacher(input_ids=x, attention_mask=mask, output_hidden_states=True)
                 s_out = student(input_ids=x, attention_mask=mask, output_hidden_states=True)
@@ -160,7 +166,11 @@ def run_plain(args, dev, teacher, student, ids, labels) -> dict:
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             opt.step()
     sync(dev)
-    return {"train_s": time.perf_counter() - start, "loss": float(loss)}
+    return {
+        "train_s": time.perf_counter() - start,
+        "loss": float(loss),
+        "precision": precision_name(args.mixed),
+    }
 
 
 def textbrewer_module(path: str):
@@ -235,6 +245,7 @@ def run_textbrewer(args, dev, teacher, student, ids, labels, dynamic: bool) -> d
         "train_s": time.perf_counter() - start,
         "textbrewer": tb.__version__,
         "padded_to": "batch longest" if dynamic else f"{args.max_len}",
+        "precision": "fp32",
     }
 
 
@@ -261,18 +272,20 @@ def lmdistill_parts(args, dev, teacher, student, ids, labels, compile_: bool = F
         max_grad_norm=1.0,
         compile=compile_,
         eval_batch_size=args.cache_bs,
+        mixed_precision=args.mixed,
     )
     return objective, TextDataset({"input_ids": ids}, labels), Collator(0), cfg
 
 
 def run_lmdistill(args, dev, teacher, student, ids, labels, cached: bool, compile_: bool = False) -> dict:
-    from lmdistill.engine import resolve_mixed_precision, train
+    from lmdistill.engine import train
     from lmdistill.signals.cache import open_or_build
 
     objective, data, collate, cfg = lmdistill_parts(args, dev, teacher, student, ids, labels, compile_)
     out = Path(tempfile.mkdtemp(prefix="lmd_bench"))
     result: dict = {
-        "mixed_precision": resolve_mixed_precision(cfg.mixed_precision, cfg.cpu),
+        "mixed_precision": args.mixed,
+        "precision": precision_name(args.mixed),
         "attn": student.config._attn_implementation,
     }
     signal = None
@@ -287,7 +300,7 @@ def run_lmdistill(args, dev, teacher, student, ids, labels, cached: bool, compil
             [objective],
             batch_size=args.cache_bs,
             device=dev,
-            autocast=amp if dev.type == "cuda" else None,
+            autocast=amp,  # as lmdistill's own cache build (run.teacher_cache): bf16 also on a CPU
             log=lambda m: None,
         )
         sync(dev)
@@ -341,28 +354,50 @@ def gpu_peak(dev: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
 
 
-def matmul_peak(dev: torch.device) -> tuple[float, str]:
-    """FLOP/s of a large matmul: bf16 8192^3 on a GPU, fp32 2048^3 on a CPU (the method of gpu_probe.py)."""
-    n, dtype = (8192, torch.bfloat16) if dev.type == "cuda" else (2048, torch.float32)
+def resolve_precision(choice: str, dev: torch.device) -> str:
+    """``training.mixed_precision`` (no / bf16) of --precision: auto is lmdistill's own choice for ``dev``."""
+    from lmdistill.engine import choose_mixed_precision
+
+    if choice == "auto":
+        return choose_mixed_precision("auto", cpu=dev.type == "cpu")[0]
+    return {"fp32": "no", "bf16": "bf16"}[choice]
+
+
+def precision_name(mixed: str) -> str:
+    return "bf16" if mixed == "bf16" else "fp32"
+
+
+def matmul_peak(dev: torch.device, precision: str = "fp32", cpu_size: int = 2048) -> tuple[float, str]:
+    """FLOP/s of a large square matmul in ``precision`` (``fp32``, or ``bf16`` inputs as autocast feeds them):
+    8192^3 on a GPU (gpu_probe.py's method), ``cpu_size``^3 on a CPU (benchmarks/gemm_peak.py: the best of
+    three timed windows after a warm-up product)."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    if dev.type == "cpu":
+        from gemm_peak import time_product
+
+        return time_product(
+            cpu_size, cpu_size, cpu_size, dtype, seconds=0.5
+        ), f"{precision} {cpu_size}^3 matmul"
+    n = 8192
     a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
     for _ in range(2):
         a @ b
     sync(dev)
     best = 0.0
     for _ in range(3):
-        reps = 10 if dev.type == "cuda" else 3
         t = time.perf_counter()
-        for _ in range(reps):
+        for _ in range(10):
             a @ b
         sync(dev)
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
-    return best, f"{str(dtype)[6:]} {n}^3 matmul"
+        best = max(best, 2 * n**3 * 10 / (time.perf_counter() - t))
+    return best, f"{precision} {n}^3 matmul"
 
 
 def worker(args) -> None:
     """One mode in this process; prints one JSON line."""
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
+    args.mixed = resolve_precision(args.precision, dev)
     teacher, student = models(args.size)
     ids, labels = examples(args.n, args.max_len)
     mode = args.worker
@@ -436,6 +471,20 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument(
+        "--peak-size",
+        type=int,
+        default=2048,
+        help="CPU: side of the square matmul whose rate is the peak (2048; smaller where bf16 is emulated: "
+        "an emulated bf16 2048^3 product takes over a minute)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="of the plain and lmdistill modes (TextBrewer: fp32). auto: lmdistill's training.mixed_precision "
+        "auto (bf16 on a GPU that supports it or a CPU with native bf16, else fp32)",
+    )
     p.add_argument("--modes", default="plain,textbrewer,textbrewer_dyn,lmdistill_live,lmdistill_cached")
     p.add_argument(
         "--rounds",
@@ -454,7 +503,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    peak, how = matmul_peak(dev)
+    used = {"fp32", precision_name(resolve_precision(args.precision, dev))}  # TextBrewer: always fp32
+    peaks, how = measure_peaks(dev, sorted(used), args.peak_size)
     env = {
         "date": time.strftime("%Y-%m-%d"),
         "device": torch.cuda.get_device_name()
@@ -462,8 +512,9 @@ def main() -> None:
         else f"CPU ({platform.processor() or platform.machine()}, {args.threads} threads of {os.cpu_count()} cores, "
         f"load average {os.getloadavg()[0]:.1f})",
         "versions": versions(),
-        "peak_tflops": peak / 1e12,
+        "peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
         "peak_method": how,
+        "cpu_bf16": cpu_bf16(),
         "command": " ".join(sys.argv),
         "args": vars(args),
     }
@@ -481,25 +532,41 @@ def main() -> None:
                 print(json.dumps({"mode": mode, "error": (done.stderr or done.stdout)[-2000:]}), flush=True)
                 continue
             r = json.loads(line[7:])
-            r["mfu"] = r["useful_tflops"] * 1e12 / peak
+            r["mfu"] = r["useful_tflops"] * 1e12 / peaks[r["precision"]]
             print(json.dumps(r), flush=True)
             if mode not in best or r["train_s"] < best[mode]["train_s"]:
                 best[mode] = r
-    again, _ = matmul_peak(dev)  # measured again at the end; the higher (less disturbed) figure counts
-    if again > peak:
-        env["peak_tflops"], peak = again / 1e12, again
-        for r in best.values():
-            r["mfu"] = r["useful_tflops"] * 1e12 / peak
+    # measured again at the end; the higher (less disturbed) figure counts
+    again, _ = measure_peaks(dev, sorted(used), args.peak_size)
+    peaks = {k: max(v, again[k]) for k, v in peaks.items()}
+    env["peak_tflops"] = {k: v / 1e12 for k, v in peaks.items()}
+    for r in best.values():
+        r["mfu"] = r["useful_tflops"] * 1e12 / peaks[r["precision"]]
     print(table(best, env))
     if args.out:
         Path(args.out).write_text(json.dumps({"env": env, "results": best}, indent=2))
 
 
+def measure_peaks(
+    dev: torch.device, precisions: list[str], size: int = 2048
+) -> tuple[dict[str, float], dict[str, str]]:
+    """:func:`matmul_peak` in each precision: FLOP/s and how each was measured."""
+    found = {p: matmul_peak(dev, p, size) for p in precisions}
+    return {p: v[0] for p, v in found.items()}, {p: v[1] for p, v in found.items()}
+
+
+def cpu_bf16() -> str:
+    """Whether this CPU multiplies bf16 natively, in words (lmdistill.models.precision)."""
+    from lmdistill.models.precision import cpu_native_bf16
+
+    return cpu_native_bf16()[1]
+
+
 def table(best: dict[str, dict], env: dict) -> str:
     rows = [
-        "| mode | examples/s | real tokens/s | MFU | peak memory (GB) | vs textbrewer | vs textbrewer_dyn | "
-        "vs plain |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mode | precision | examples/s | real tokens/s | MFU (vs its precision's peak) | peak memory (GB) | "
+        "vs textbrewer | vs textbrewer_dyn | vs plain |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ratio(mode: str, base: str) -> str:
@@ -508,7 +575,8 @@ def table(best: dict[str, dict], env: dict) -> str:
     for mode, r in best.items():
         peak = f"{r['peak_gb']:.2f}" if r.get("peak_gb") is not None else "-"
         rows.append(
-            f"| {mode} | {r['examples_s']:.1f} | {r['real_tokens_s']:.0f} | {r['mfu']:.1%} | {peak} | "
+            f"| {mode} | {r['precision']} | {r['examples_s']:.1f} | {r['real_tokens_s']:.0f} | {r['mfu']:.1%} | "
+            f"{peak} | "
             f"{ratio(mode, 'textbrewer')} | {ratio(mode, 'textbrewer_dyn')} | {ratio(mode, 'plain')} |"
         )
     for mode, r in best.items():
@@ -518,6 +586,8 @@ def table(best: dict[str, dict], env: dict) -> str:
                 f"including that build, {r['examples_s_incl_build']:.1f} examples/s over "
                 f"{env['args']['epochs']} epochs"
             )
+    peaks = (f"{k} {v:.3f} TFLOP/s ({env['peak_method'][k]})" for k, v in env["peak_tflops"].items())
+    rows.append("\nmatmul peaks: " + ", ".join(peaks))
     return "\n".join(rows)
 
 

@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="config whose data section gives the test split (default: the student run's)"
     )
     p.add_argument("--output", help="folder for report.md / report.html (default: the config's output_dir)")
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        help="bf16: also evaluate and time the student with bf16 weights (one more point on the plots; "
+        "report.bf16=true); fp32: only as trained. Default: report.bf16 of the config (bf16 where the CPU "
+        "multiplies bf16 natively)",
+    )
 
     p = verbs.add_parser(
         "evaluate",
@@ -128,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-pair-column", help="second text column for pair tasks")
     p.add_argument("--label-column", help="label column of --data (default: label)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="weights and compute in fp32 (default) or bf16 (fast on CPUs with native bf16: AVX512-BF16, "
+        "AMX, ARM BF16)",
+    )
     p.add_argument("--output", help="also write the metrics as JSON to this file")
     p.add_argument("--predictions", help="also write predictions (as label names) to this CSV file")
     p.add_argument("--overwrite", action="store_true", help="replace existing --output / --predictions files")
@@ -223,6 +237,7 @@ def _run(args: argparse.Namespace) -> int:
             baseline=args.baseline,
             out_dir=args.output,
             config=args.config,
+            bf16=None if args.dtype is None else args.dtype == "bf16",
         )
         print(f"report: {html}\n        {md}")
         return 0
@@ -252,6 +267,11 @@ def _run(args: argparse.Namespace) -> int:
                 "--predictions: a causal LM is evaluated by its perplexity; it has no "
                 "predictions to write (leave --predictions out)"
             )
+        if args.dtype == "bf16":
+            from lmdistill.models.precision import cpu_native_bf16
+
+            _, why = cpu_native_bf16()
+            print(f"dtype bf16: {why}", flush=True)
         res = api.evaluate(
             args.model,
             config=args.config,
@@ -261,13 +281,20 @@ def _run(args: argparse.Namespace) -> int:
             text_pair_column=args.text_pair_column,
             label_column=args.label_column,
             batch_size=args.batch_size,
+            dtype=args.dtype,
         )
         print(res.table())
         print(json.dumps(res.metrics))
         if args.output:
             from lmdistill.fileio import write_text
 
-            summary = {"model": res.model, "split": res.split, "n": res.n, "metrics": res.metrics}
+            summary = {
+                "model": res.model,
+                "split": res.split,
+                "n": res.n,
+                "dtype": res.dtype,
+                "metrics": res.metrics,
+            }
             write_text(args.output, json.dumps(summary, indent=2), "--output")
         if args.predictions:
             import pandas as pd

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from lmdistill.data.sampler import (
 )
 from lmdistill.data.text import BUCKETS, BucketPad
 from lmdistill.errors import LmdistillError
+from lmdistill.models import precision
 from lmdistill.objective import Objective
 from lmdistill.signals.live import LiveTeacher, SignalSource, TeacherSignal
 
@@ -70,7 +71,9 @@ class StudentStep(nn.Module):
     def forward(self, batch: dict, signal: TeacherSignal | None) -> dict[str, torch.Tensor]:
         out = self.run_student(**batch["student"], output_hidden_states=self.objective.needs_hidden or None)
         tap = self.objective.student_tap
-        return self.objective(out, signal, batch, tap.pop() if tap is not None else None)
+        # loss math in fp32: under autocast the losses' own matmuls (attention relations) would run in bf16
+        with torch.autocast(next(self.student.parameters()).device.type, enabled=False):
+            return self.objective(out, signal, batch, tap.pop() if tap is not None else None)
 
 
 @dataclass
@@ -116,19 +119,33 @@ def _has_accelerator() -> bool:
     )
 
 
-def resolve_mixed_precision(choice: str, cpu: bool) -> str:
-    """auto -> bf16 on a CUDA GPU that supports it, else no (bf16 autocast on CPU is slower, not faster)."""
-    if choice == "fp16" and (cpu or not _has_accelerator()):
+def choose_mixed_precision(choice: str, cpu: bool, flags: Iterable[str] | None = None) -> tuple[str, str]:
+    """``training.mixed_precision`` for this machine (``no``, ``bf16`` or ``fp16``) and the reason in words.
+    ``auto`` -> bf16 on a CUDA GPU that supports it, or on a CPU that multiplies bf16 natively (AVX512-BF16,
+    AMX-BF16, ARM BF16: :func:`lmdistill.models.precision.native_bf16` of ``flags``, default this CPU's), else
+    no (fp32; emulated bf16 is slower than fp32). Autocast only: weights, optimizer states and loss math stay
+    fp32."""
+    on_cpu = cpu or not _has_accelerator()
+    if choice == "fp16" and on_cpu:
         # accelerate would silently train in fp32 (no fp16 autocast or loss scaling on a CPU)
         raise LmdistillError(
             "training.mixed_precision=fp16 needs a GPU (fp16 autocast and loss scaling run on "
             "CUDA, XPU or MPS devices); on a CPU use bf16 or no"
         )
+    native, why = precision.native_bf16(precision.cpu_flags() if flags is None else flags)
     if choice != "auto":
-        return choice
-    if not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
+        late = f", although {why}" if choice == "bf16" and on_cpu and not native else ""
+        return choice, f"training.mixed_precision={choice} as set{late}"
+    if on_cpu:
+        return ("bf16" if native else "no"), f"auto: {why}"
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16", f"auto: the GPU ({torch.cuda.get_device_name()}) supports bf16"
+    return "no", "auto: bf16 is chosen on CUDA GPUs that support it and CPUs that multiply bf16 natively"
+
+
+def resolve_mixed_precision(choice: str, cpu: bool) -> str:
+    """The mode of :func:`choose_mixed_precision` alone."""
+    return choose_mixed_precision(choice, cpu)[0]
 
 
 def make_optimizer(params: list[tuple[str, nn.Parameter]], cfg: TrainingConfig, device: torch.device):
@@ -205,8 +222,9 @@ def train(
     GradientState._reset_state()
     # the sampler draws GLOBAL batches (batch_size x processes) and each process takes its share
     # (ProcessShard), so N processes see exactly the batches one process with N x batch_size would see
+    mixed, why = choose_mixed_precision(cfg.mixed_precision, cfg.cpu)
     accelerator = Accelerator(
-        mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.cpu),
+        mixed_precision=mixed,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         cpu=cfg.cpu,
         # split_batches also tells the prepared scheduler to step once per optimizer step, not once per process
@@ -314,6 +332,8 @@ def train(
             f"resume: no checkpoint in {Path(out_dir) / 'checkpoints'}; training starts at step 0", flush=True
         )
     main = accelerator.is_main_process
+    if main:
+        print(f"precision: {'fp32' if mixed == 'no' else mixed + ' autocast'} ({why})", flush=True)
     log_dir = Path(log_dir or out_dir)
     writer = _tensorboard(log_dir) if main else None
     progress = tqdm(
@@ -404,7 +424,8 @@ def train(
                         ):  # a new batch: no cache holds it, the live teacher scores it
                             batch, source = prepared, None
                     source = signal_of if source is None else source
-                    signal = source(batch) if source is not None else None
+                    with accelerator.autocast():  # the live teacher in the student's precision
+                        signal = source(batch) if source is not None else None
                     terms = model(batch, signal)
                     loss = objective.total(terms)
                     if cfg.on_nonfinite == "skip" and not torch.isfinite(loss):  # a host sync per step

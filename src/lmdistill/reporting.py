@@ -61,9 +61,9 @@ def load_model(spec: ModelSpec, task):
 
         model = torch_dynamic_int8(model)
     elif spec.runtime == "PyTorch bf16":
-        import torch
+        from lmdistill.models.precision import for_inference
 
-        model = model.to(torch.bfloat16)
+        model = for_inference(model, "bf16")
     return model, tok
 
 
@@ -242,6 +242,17 @@ def _measure(spec: ModelSpec, model, tok, texts: list[str], max_length: int, cfg
 # --------------------------------------------------------------------------------------------- the report
 
 
+def bf16_point(choice: bool | None) -> bool:
+    """Whether the report adds the student in bf16: as set, else where bf16 is native (CPU) or supported (GPU)."""
+    import torch
+
+    from lmdistill.models.precision import cpu_native_bf16
+
+    if choice is not None:
+        return choice
+    return cpu_native_bf16()[0] or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
 def report(
     runs: list[str | Path] = (),
     *,
@@ -251,12 +262,15 @@ def report(
     out_dir: str | Path | None = None,
     config: str | Path | dict | Config | None = None,
     extra: list[ModelSpec] = (),
+    bf16: bool | None = None,
 ) -> tuple[dict, Path, Path]:
     """Evaluate and measure teacher / student / baseline (and ``extra`` models), write the report.
 
     ``runs`` are run folders (of finetune, distill or compress; a compress folder holds all three); their role
     is read from their results. ``teacher`` / ``student`` / ``baseline`` name folders explicitly. The test split
-    comes from ``config``, or the student's (else any run's) saved config.yaml.
+    comes from ``config``, or the student's (else any run's) saved config.yaml. ``bf16`` (default: the config's
+    ``report.bf16``) adds the student with its weights cast to bf16 as the entry ``student_bf16`` (runtime
+    "PyTorch bf16"): its quality and speed, one more point on the plots.
     """
     from lmdistill.report.measure import environment_info
     from lmdistill.report.render import render_report
@@ -274,6 +288,11 @@ def report(
             )
         config = source / "config.yaml"
     cfg = load_config(config) if not isinstance(config, Config) else config
+    student_spec = next((s for s in specs if s.key == "student"), None)
+    if student_spec is not None and bf16_point(cfg.report.bf16 if bf16 is None else bf16):
+        specs.append(
+            ModelSpec("student_bf16", "student", student_spec.path, "PyTorch bf16", step="bf16 weights")
+        )
     _same_task(roles, cfg.task)
     out = _report_folder(Path(out_dir or cfg.output_dir))  # checked before anything is measured
     task = get_task(cfg.task)

@@ -74,12 +74,15 @@ def seed_everything(seed: int) -> None:
 
 
 def run_record(cfg: Config, verb: str) -> tuple[str, dict]:
-    """The resolved config as YAML text (headed by the seed and library versions) and run_info.json."""
+    """The resolved config as YAML text (headed by the seed and library versions) and run_info.json (with the
+    mixed precision the run uses and why)."""
     import yaml
 
     from lmdistill.config.load import to_dict
+    from lmdistill.engine import choose_mixed_precision
 
     v = versions()
+    used, why = choose_mixed_precision(cfg.training.mixed_precision, cfg.training.cpu)
     header = f"lmdistill {verb}: resolved config (seed {cfg.seed}); " + ", ".join(
         f"{k} {x}" for k, x in v.items()
     )
@@ -91,6 +94,7 @@ def run_record(cfg: Config, verb: str) -> tuple[str, dict]:
         "versions": v,
         "command": sys.argv,
         "platform": platform.platform(),
+        "mixed_precision": {"configured": cfg.training.mixed_precision, "used": used, "reason": why},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return text, info
@@ -197,7 +201,8 @@ def teacher_cache(cfg: Config, teacher, train_set, collate, objectives):
     cuda = torch.cuda.is_available() and not t.cpu
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
     precision = resolve_mixed_precision(t.mixed_precision, t.cpu)
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision) if cuda else None
+    # as the live teacher runs (bf16 also on a CPU: auto picks it where the CPU multiplies bf16 natively)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16 if cuda else None}.get(precision)
     alone = int(os.environ.get("WORLD_SIZE", "1")) == 1  # distributed runs read a cache built beforehand
     return open_or_build(
         path,

@@ -408,6 +408,10 @@ class ReportConfig:
     """How many test texts are used for the speed, memory and energy measurements."""
     energy: bool = True
     bootstrap_resamples: int = 1000
+    bf16: bool | None = None
+    """Also evaluate and time the student with its weights in bf16 (one more point on the quality-vs-latency
+    plot): true, false, or null (default) = where this CPU multiplies bf16 natively (AVX512-BF16, AMX, ARM
+    BF16: :func:`lmdistill.models.precision.cpu_native_bf16`) or the CUDA GPU supports bf16."""
 
 
 @dataclass

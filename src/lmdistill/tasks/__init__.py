@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import NamedTuple
 
 from lmdistill.config.checks import check_common, check_distill, check_report, check_student, check_verb
 from lmdistill.config.load import build_config, deep_merge, raw_config, suggest
@@ -52,6 +53,27 @@ def task_for_saved(model: str | Path) -> Task:
         config = {}
     found = next((get_task(n) for n in TASKS if isinstance(config, dict) and get_task(n).owns(config)), None)
     return found or get_task("classification")
+
+
+class InferenceModel(NamedTuple):
+    """A saved model loaded for inference in ``dtype``, and whether this CPU multiplies bf16 natively."""
+
+    model: object
+    tokenizer: object
+    dtype: str
+    native_bf16: bool
+    reason: str
+
+
+def load_for_inference(model: str | Path, dtype: str = "bf16", task: str | None = None) -> InferenceModel:
+    """The saved model at ``model`` (by ``task``'s loader, default the task its config.json names) with its
+    weights cast to ``dtype`` (``bf16`` or ``fp32``) in evaluation mode, and what
+    :func:`lmdistill.models.precision.cpu_native_bf16` says of this CPU (bf16 is fast only where it is true)."""
+    from lmdistill.models.precision import cpu_native_bf16, for_inference
+
+    net, tok = (get_task(task) if task else task_for_saved(model)).load_saved(model)
+    native, why = cpu_native_bf16()
+    return InferenceModel(for_inference(net, dtype), tok, dtype, native, why)
 
 
 def unknown_task(name) -> str:

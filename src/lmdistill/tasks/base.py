@@ -288,10 +288,12 @@ class EvalResult:
     metrics: dict[str, float]
     predictions: list = field(default_factory=list, repr=False)
     labels: list = field(default_factory=list, repr=False)
+    dtype: str = "fp32"
 
     def table(self) -> str:
         """A small text table of the metrics."""
         width = max(len(k) for k in self.metrics) if self.metrics else 6
-        lines = [f"{self.model} on {self.split} ({self.n} examples)", f"{'metric':<{width}}  value"]
+        cast = "" if self.dtype == "fp32" else f" ({self.dtype})"
+        lines = [f"{self.model}{cast} on {self.split} ({self.n} examples)", f"{'metric':<{width}}  value"]
         lines += [f"{k:<{width}}  {v:.4f}" for k, v in self.metrics.items()]
         return "\n".join(lines)

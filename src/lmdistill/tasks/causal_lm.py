@@ -386,10 +386,13 @@ class CausalLMTask(Task):
         text_column=None,
         batch_size=64,
         overrides=(),
+        dtype="fp32",
         **_,
     ):
-        """Perplexity (mean next-token NLL over the targets, and its exp) of a saved causal LM."""
+        """Perplexity (mean next-token NLL over the targets, and its exp) of a saved causal LM, its weights in
+        ``dtype`` (fp32 or bf16; the NLL is computed in fp32)."""
         from lmdistill.errors import DataError
+        from lmdistill.models.precision import for_inference
         from lmdistill.tasks import load_config
         from lmdistill.tasks.base import EvalResult
 
@@ -412,6 +415,7 @@ class CausalLMTask(Task):
             if text_column is not None:
                 cfg.data.text_column = text_column
         net, tok = load_causal_lm(str(model), "model")
+        net = for_inference(net, dtype)
         sets = build_datasets(cfg, tok)
         if split_name not in sets:
             raise DataError(f"split '{split}' is not in the data (available: {', '.join(sets)})")
@@ -421,4 +425,5 @@ class CausalLMTask(Task):
             split=split if data is None else str(data),
             n=len(sets[split_name]),
             metrics=metrics,
+            dtype=dtype,
         )

@@ -360,19 +360,22 @@ def _evaluate_saved(
     label_column=None,
     batch_size: int = 64,
     overrides=(),
+    dtype: str = "fp32",
     **_,
 ):
-    """A saved classifier / regressor on ``split`` of a config's data or on a whole file: metrics and
-    predictions (label names for classification)."""
+    """A saved classifier / regressor on ``split`` of a config's data or on a whole file, its weights in
+    ``dtype`` (fp32 or bf16): metrics and predictions (label names for classification)."""
     from lmdistill.config.schema import DataConfig
     from lmdistill.data.tables import build_task_data, load_frames
     from lmdistill.data.text import Collator, TextDataset, encode, max_length_for, pad_id
     from lmdistill.engine import predict
     from lmdistill.errors import DataError
+    from lmdistill.models.precision import for_inference
     from lmdistill.tasks import load_config
     from lmdistill.tasks.base import EvalResult
 
     net, tok = task.load_saved(model)
+    net = for_inference(net, dtype)
     if config is None and data is None:
         raise DataError("evaluate needs data: give --data FILE or --config CONFIG")
     regression = net.config.num_labels == 1
@@ -413,6 +416,7 @@ def _evaluate_saved(
         metrics=metrics,
         predictions=preds,
         labels=gold,
+        dtype=dtype,
     )
 
 

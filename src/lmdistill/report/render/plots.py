@@ -72,7 +72,8 @@ def _errors(centre: float, low: Any, high: Any, scale: float) -> list[list[float
 
 
 def _marker(runtime: str) -> str:
-    return "s" if "onnx" in runtime.lower() else "D" if "int8" in runtime.lower() else "o"
+    name = runtime.lower()
+    return "s" if "onnx" in name else "D" if "int8" in name else "^" if "bf16" in name else "o"
 
 
 def _panel(ax, ctx: Context, axis: str, points: list) -> None:
