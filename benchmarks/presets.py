@@ -4,7 +4,8 @@ Usage (after fine-tuning a teacher, e.g. with configs/minilm-vader-teacher.yaml)
     python benchmarks/presets.py --teacher runs/minilm-vader/teacher/model --out runs/presets
 
 Each variant distills the same 3-layer student (teacher layers 0, 2, 5) with the same data, seed and budget
-and reports its test accuracy; results go to OUT/presets.md (a Markdown table) and OUT/presets.json.
+(the same total number of optimizer steps: the two-stage presets run half the epochs in each stage) and reports
+its test accuracy; results go to OUT/presets.md (a Markdown table) and OUT/presets.json.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import time
 from pathlib import Path
 
 from lmdistill import api
+from lmdistill.tasks import load_config
+
+TWO_STAGES = {"tinybert", "minilm", "minilmv2"}
+"""Presets whose recipe runs two stages: each gets half the epochs, so every variant takes the same steps."""
 
 VARIANTS = {
     "no KD (hard labels)": {"losses": {"ce": 1.0}},
@@ -36,6 +41,10 @@ def main() -> None:
     p.add_argument("--only", nargs="*", help="run only these variants")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
+    epochs = load_config(
+        args.config, [f"teacher.name_or_path={args.teacher}", *args.overrides], verb="distill"
+    )
+    epochs = epochs.training.epochs
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = json.loads((out / "presets.json").read_text()) if (out / "presets.json").is_file() else {}
@@ -51,6 +60,8 @@ def main() -> None:
             f"distill={json.dumps(distill)}",
             *args.overrides,
         ]
+        if distill.get("method") in TWO_STAGES:
+            overrides.append(f"training.epochs={epochs / 2}")  # two stages of half the epochs: equal steps
         start = time.perf_counter()
         res = api.distill(args.config, overrides)
         rows[name] = {

@@ -74,13 +74,23 @@ def main() -> None:
     p.add_argument(
         "--low-label", type=int, help="also run no KD and KD + the large transfer set with this many labels"
     )
+    p.add_argument(
+        "--reuse",
+        nargs="*",
+        default=[],
+        metavar="VARIANT=MODEL_DIR",
+        help="score an already trained model as this variant (one seed only), e.g. the students of `make demo`",
+    )
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
+    reuse = dict(r.split("=", 1) for r in args.reuse)
+    if reuse and len(args.seeds) != 1:
+        p.error("--reuse needs exactly one --seeds value (the seed the reused model was trained with)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "transfer.json"
     record = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-    cfg = load_config(args.config, args.overrides, verb="distill")
+    cfg = load_config(args.config, [f"teacher.name_or_path={args.teacher}", *args.overrides], verb="distill")
     labelled = cfg.data.max_train_examples or 0
     steps = args.steps or -(-(labelled + args.large) // cfg.training.batch_size)
     record["setup"] = {
@@ -96,6 +106,9 @@ def main() -> None:
     inputs = task.report_inputs(cfg)
     grid = variants(args.source, args.small, args.large, args.copies)
     chosen = {k: v for k, v in grid.items() if not args.only or k in args.only or k == "no KD"}
+    unknown = set(reuse) - set(grid)
+    if unknown:
+        p.error(f"--reuse: unknown variants {sorted(unknown)}; variants: {list(grid)}")
     if args.low_label:
         low = [f"data.max_train_examples={args.low_label}"]
         chosen[f"no KD, {args.low_label} labels"] = [*grid["no KD"], *low]
@@ -120,16 +133,21 @@ def main() -> None:
                 *args.overrides,
                 *extra,
             ]
-            start = time.perf_counter()
-            res = api.distill(args.config, overrides, overwrite=True)
-            wall = time.perf_counter() - start
-            pred, gold = score(res.model_dir, cfg, task, inputs)
+            if name in reuse:
+                model_dir, steps_done, wall = Path(reuse[name]), _steps_of(Path(reuse[name])), 0.0
+            else:
+                start = time.perf_counter()
+                res = api.distill(args.config, overrides, overwrite=True)
+                model_dir, steps_done, wall = res.model_dir, res.steps, time.perf_counter() - start
+            pred, gold = score(model_dir, cfg, task, inputs)
             record["runs"][key] = {
                 "variant": name,
                 "seed": seed,
                 "accuracy": float((pred == gold).mean()),
-                "steps": res.steps,
+                "steps": steps_done,
                 "wall_s": round(wall, 1),
+                "model": str(model_dir),
+                "reused": name in reuse,
                 "pred": pred.tolist(),
             }
             record["gold"] = gold.tolist()
@@ -167,6 +185,12 @@ def summarise(record: dict, chosen: dict, seeds: list[int], out: Path) -> None:
     table = "\n".join(rows) + "\n"
     (out / "transfer.md").write_text(table)
     print(table)
+
+
+def _steps_of(model_dir: Path) -> int | None:
+    """The optimizer steps of the run that saved ``model_dir`` (its results.json, one folder up)."""
+    results = model_dir.parent / "results.json"
+    return json.loads(results.read_text()).get("steps") if results.is_file() else None
 
 
 def _slug(name: str) -> str:
