@@ -23,6 +23,14 @@ a non-relevant ``p-``, ``L = MSE(M_s(q, p+) - M_s(q, p-), M_t(q, p+) - M_t(q, p-
 the cross-encoder teacher's relevance scores (its single logit; or ``logit_1 - logit_0`` for a two-class
 head), not the scores, whose scale a dot product cannot reach. The teacher's margins are computed once.
 
+``compress`` (bi mode): the teacher is the given sentence encoder, used as it is; the student learns it as
+above; the no-KD baseline (``distill.losses: {mnrl: 1.0}``) is the same student trained on the same rows'
+(``embedding.query_column``, ``embedding.positive_column``) pairs with no teacher signal, by in-batch negatives
+(:func:`~lmdistill.losses.embedding.mnrl`, sentence-transformers' MultipleNegativesRankingLoss) for as many
+optimizer steps. A transfer set (``data.unlabeled``) adds unpaired texts whose teacher embeddings the student
+learns like those of the training texts. The report (:mod:`lmdistill.tasks.embedding_report`) searches
+``embedding.retrieval`` with every model and compares student and baseline over the same queries.
+
 Saved students are ordinary transformers folders (``AutoModel.from_pretrained``) that are ALSO
 sentence-transformers folders (``modules.json``, ``1_Pooling/config.json``, ``sentence_bert_config.json``,
 ``2_Dense/`` when projected, a Normalize module when normalised), loadable with
