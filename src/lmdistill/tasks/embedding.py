@@ -82,13 +82,13 @@ from lmdistill.tasks.embedding_data import (  # noqa: F401 - re-exported
 )
 from lmdistill.tasks.embedding_prepare import (  # noqa: F401 - re-exported
     Prepared,
-    _device,
-    _say,
     load_bi_teacher,
     make_bi_student,
     no_kd,
     prepare_bi,
     prepare_cross,
+    progress,
+    run_device,
 )
 
 # ------------------------------------------------------------------------------------------------ objective
@@ -288,7 +288,7 @@ class EmbeddingTask(Task):
         retrieval: dict = {}
         t_emb = None
         if rs is not None and not no_kd(cfg):
-            _say(
+            progress(
                 f"retrieval on {rs.name}: {len(rs)} queries, {len(rs.documents)} documents; teacher and "
                 "undistilled student first"
             )
@@ -296,7 +296,7 @@ class EmbeddingTask(Task):
                 retrieval["teacher"], *t_emb = evaluate_encoder(
                     prep.teacher, prep.t_tok, rs, batch_size=eb, max_length=L
                 )
-            prep.student.to(_device(cfg))
+            prep.student.to(run_device(cfg))
             retrieval["undistilled_student"], *b_emb = evaluate_encoder(
                 prep.student, prep.s_tok, rs, batch_size=eb, max_length=L
             )
@@ -317,7 +317,7 @@ class EmbeddingTask(Task):
         ev: Evaluation = parts.data
         if split == "validation":
             return ev.metrics(model)
-        _say(f"retrieval on {ev.retrieval_set.name}: the trained student")
+        progress(f"retrieval on {ev.retrieval_set.name}: the trained student")
         scores, *s_emb = evaluate_encoder(
             model, parts.tokenizer, ev.retrieval_set, batch_size=ev.batch_size, max_length=ev.max_length
         )

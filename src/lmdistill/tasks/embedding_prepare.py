@@ -42,12 +42,13 @@ def no_kd(cfg: Config) -> bool:
 # ------------------------------------------------------------------------------------------------ models
 
 
-def _say(message: str) -> None:
+def progress(message: str) -> None:
     """Progress of the steps before and after training (the engine shows its own bar)."""
     print(message, file=sys.stderr, flush=True)
 
 
-def _device(cfg: Config) -> torch.device:
+def run_device(cfg: Config) -> torch.device:
+    """Where the teacher and the student run: the GPU unless training.cpu (or none is present)."""
     return torch.device("cuda" if torch.cuda.is_available() and not cfg.training.cpu else "cpu")
 
 
@@ -138,7 +139,7 @@ def prepare_bi(cfg: Config) -> Prepared:
     rs = retrieval_set(cfg, frames) if e.retrieval else None
     if no_kd(cfg):
         return _bi_pairs(cfg, teacher, t_tok, student, s_tok, frames, rs)
-    teacher.to(_device(cfg))
+    teacher.to(run_device(cfg))
     cols = [d.text_column, *e.extra_text_columns]
     keys = ["data.text_column"] + ["embedding.extra_text_columns"] * len(e.extra_text_columns)
     texts = {
@@ -149,7 +150,7 @@ def prepare_bi(cfg: Config) -> Prepared:
     transfer, mix, info = _transfer(cfg, texts, frames, rs)
     eb, L = cfg.training.eval_batch_size, d.max_length
     n_texts = sum(map(len, texts.values())) + len(transfer)
-    _say(f"embedding: the teacher encodes {n_texts} texts once (its embeddings are the targets)")
+    progress(f"embedding: the teacher encodes {n_texts} texts once (its embeddings are the targets)")
     started = time.perf_counter()
     targets = {
         s: teacher.encode(
@@ -264,11 +265,11 @@ def prepare_cross(cfg: Config) -> Prepared:
         base, s_tok = _student_base(cfg, teacher, t_tok)
         student = SentenceEncoder(base, "mean" if e.pooling == "auto" else e.pooling, bool(e.normalize))
     _check_lengths(cfg, teacher, student)
-    teacher.to(_device(cfg))
+    teacher.to(run_device(cfg))
     frames = load_text_frames(d, cfg.seed)
     eb, L = cfg.training.eval_batch_size, d.max_length
     parts, margins = {}, {}
-    _say(
+    progress(
         "embedding: the cross-encoder teacher scores every (query, positive) and (query, negative) pair once"
     )
     started = time.perf_counter()
