@@ -73,7 +73,7 @@ def test_retrieval_metrics_match_a_hand_computed_example():
     ranks = ranks_of(queries, docs * 3.0, np.array([0, 2, 2]))  # scale does not matter: cosine
     assert ranks.tolist() == [1, 3, 2]
     assert retrieval_metrics(ranks) == pytest.approx(
-        {"recall@1": 1 / 3, "recall@10": 1.0, "mrr@10": (1 + 1 / 3 + 1 / 2) / 3}
+        {"recall@1": 1 / 3, "recall@5": 1.0, "recall@10": 1.0, "mrr@10": (1 + 1 / 3 + 1 / 2) / 3}
     )
     assert recall_at_k(np.array([1, 2, 11]), 10) == pytest.approx(2 / 3)
     assert mrr_at_k(np.array([1, 2, 11]), 10) == pytest.approx((1 + 0.5 + 0) / 3)  # below rank 10 counts 0

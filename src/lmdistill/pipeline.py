@@ -93,6 +93,20 @@ def _stage_steps(run: Path) -> int:
     return steps
 
 
+def baseline_config(s_cfg: Config, task, folder: Path, steps: int | None) -> Config:
+    """The no-KD baseline's config: the student's, trained on the task's ``baseline_losses`` alone, with no teacher
+    signal (no matches, stages, recipe, sequence KD, teacher cache, transfer set or augmentation), for ``steps``
+    optimizer steps (the student's over all its stages)."""
+    b_cfg = copy.deepcopy(s_cfg)
+    b_cfg.output_dir = str(folder)
+    b_cfg.distill.losses = dict(task.baseline_losses)
+    b_cfg.distill.matches, b_cfg.distill.stages, b_cfg.distill.method = [], [], None
+    b_cfg.lm.seq_kd, b_cfg.lm.on_policy, b_cfg.training.teacher_cache = False, 0.0, None  # no teacher at all
+    b_cfg.data.unlabeled = b_cfg.data.augment = None  # unlabelled text needs a teacher to score it
+    b_cfg.training.max_steps = steps  # the same optimizer steps as the student took over all its stages
+    return b_cfg
+
+
 def compress(
     config: str | Path | dict | Config,
     overrides: list[str] | tuple[str, ...] = (),
@@ -117,7 +131,10 @@ def compress(
             f"task: compress supports {', '.join(supported)}, not {cfg.task} (run finetune / distill and "
             "evaluate it on its own)"
         )
-    problems = task.check_data(cfg)  # the data files and columns, before any model is loaded
+    # the data files and columns of the student's and the baseline's runs, before any model is loaded
+    b_check = baseline_config(cfg, task, Path(cfg.output_dir) / "baseline", None)
+    load_config(copy.deepcopy(b_check))  # the baseline's own keys (e.g. the pairs it trains on)
+    problems = list(dict.fromkeys(task.check_data(cfg) + task.check_data(b_check)))
     if problems:
         raise ConfigError(problems)
     out = Path(cfg.output_dir)
@@ -146,17 +163,7 @@ def compress(
         _say(
             f"3/4 baseline: the same student trained on {what} only (no distillation), {steps} steps as the student"
         )
-        b_cfg = copy.deepcopy(s_cfg)
-        b_cfg.output_dir = str(runs["baseline"])
-        b_cfg.distill.losses = dict(task.baseline_losses)
-        b_cfg.distill.matches, b_cfg.distill.stages, b_cfg.distill.method = [], [], None
-        b_cfg.lm.seq_kd, b_cfg.lm.on_policy, b_cfg.training.teacher_cache = (
-            False,
-            0.0,
-            None,
-        )  # no teacher at all
-        b_cfg.data.unlabeled = b_cfg.data.augment = None  # unlabelled text needs a teacher to score it
-        b_cfg.training.max_steps = steps  # the same optimizer steps as the student took over all its stages
+        b_cfg = baseline_config(s_cfg, task, runs["baseline"], steps)
         _role_run("baseline", b_cfg, "distill", **flags)
 
         for role, result in energy.items():
@@ -213,12 +220,12 @@ def write_model_card(model_dir: Path, data: dict, cfg: Config) -> Path:
     models = data["models"]
     student, teacher, baseline = models.get("student"), models.get("teacher"), models.get("baseline")
     task = get_task(cfg.task)
-    metric = task.primary_metric
+    metric = task.report_metric or task.primary_metric
     method = cfg.distill.method or ", ".join(f"{k} x{w}" for k, w in (cfg.distill.losses or {}).items())
     data_src = cfg.data.dataset or cfg.data.train
     lines = [
         "---",
-        "library_name: transformers",
+        f"library_name: {'transformers' if task.pipeline else 'sentence-transformers'}",
         "tags: [distillation, lmdistill]",
         "---",
         "",

@@ -77,7 +77,7 @@ def role_of(run: Path) -> str:
     if role == "finetune" or info.get("verb") == "finetune":
         return "teacher"
     terms = set(results.get("loss_terms", []))  # a run written before roles were recorded
-    return "baseline" if terms and terms <= {"ce", "mse", "lm"} else "student"
+    return "baseline" if terms and terms <= {"ce", "mse", "lm", "mnrl"} else "student"
 
 
 def model_dir(path: str | Path) -> Path:
@@ -306,7 +306,7 @@ def report(
         "title": f"Distillation report: {Path(out_dir or cfg.output_dir).name}",
         "task": cfg.task,
         "evaluation": inputs.evaluation,
-        "primary_metric": task.primary_metric,
+        "primary_metric": task.report_metric or task.primary_metric,
         "greater_is_better": dict(GREATER_IS_BETTER),
         "environment": environment_info(),
         "notes": notes + inputs.notes,

@@ -56,3 +56,36 @@ def margin_mse(
     """
     student_margin = similarity(query, positive, kind) - similarity(query, negative, kind)
     return (student_margin - teacher_margin.float()).pow(2)
+
+
+MNRL_SCALE = 20.0
+"""sentence-transformers' default ``scale`` of MultipleNegativesRankingLoss (an inverse temperature of 0.05)."""
+
+
+def mnrl(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None = None,
+    scale: float = MNRL_SCALE,
+) -> torch.Tensor:
+    """In-batch-negatives contrastive loss per anchor (Henderson et al. 2017, "Efficient Natural Language
+    Response Suggestion for Smart Reply", sec. 4.4; sentence-transformers' ``MultipleNegativesRankingLoss``):
+    ``(B, D) x2 [, (B, D)] -> (B,)``.
+
+    ``L_i = -log softmax_j(scale * cos(a_i, c_j))_i`` over the candidates ``c = [positives; negatives]``: the
+    i-th positive is anchor i's answer, every other positive (and every given hard negative) of the batch a
+    wrong one. The mean over the batch is sentence-transformers' loss (its ``compute_loss_from_embeddings``
+    with the default cosine similarity, scale 20 and one direction). No teacher: the no-KD baseline of
+    ``compress`` for sentence-embedding students. Reduce with ``masked_mean``.
+    """
+    if anchor.shape != positive.shape or (negative is not None and negative.shape != anchor.shape):
+        raise ModelError(
+            f"mnrl: anchors {tuple(anchor.shape)}, positives {tuple(positive.shape)} and negatives "
+            f"{None if negative is None else tuple(negative.shape)} must have one shape (B, D)"
+        )
+    candidates = positive if negative is None else torch.cat([positive, negative])  # (C, D)
+    a = F.normalize(anchor.float(), dim=-1, eps=1e-8)
+    c = F.normalize(candidates.float(), dim=-1, eps=1e-8)
+    scores = scale * a @ c.T  # (B, C)
+    target = torch.arange(len(anchor), device=anchor.device)
+    return F.cross_entropy(scores, target, reduction="none")

@@ -198,7 +198,9 @@ def _check_distill(cfg: Config, task: Task) -> list[str]:
         )
     errors += check_distill(cfg)
     if d.losses is not None:
-        errors += check_losses(d.losses, task, "distill.losses", need_one=not d.matches and not d.stages)
+        # a task without default terms (embedding) trains its own objective when distill.losses is empty
+        need_one = not d.matches and not d.stages and bool(task.default_losses)
+        errors += check_losses(d.losses, task, "distill.losses", need_one=need_one)
     errors += check_matches(d.matches, "distill.matches")
     for i, st in enumerate(d.stages):
         key = f"distill.stages[{i}]"

@@ -60,6 +60,9 @@ class Task(ABC):
     """Validation / test metrics the task measures -> greater is better."""
     primary_metric: ClassVar[str] = "loss"
     """The default ``training.metric_for_best`` and the report's headline metric."""
+    report_metric: ClassVar[str | None] = None
+    """The report's headline metric when it is not ``primary_metric`` (embedding: validation by loss, the
+    report by retrieval MRR@10)."""
     cacheable: ClassVar[bool] = False
     """``training.teacher_cache`` applies (the teacher sees the same inputs every epoch)."""
     baseline_losses: ClassVar[dict[str, float] | None] = None

@@ -23,6 +23,14 @@ a non-relevant ``p-``, ``L = MSE(M_s(q, p+) - M_s(q, p-), M_t(q, p+) - M_t(q, p-
 the cross-encoder teacher's relevance scores (its single logit; or ``logit_1 - logit_0`` for a two-class
 head), not the scores, whose scale a dot product cannot reach. The teacher's margins are computed once.
 
+``compress`` (bi mode): the teacher is the given sentence encoder, used as it is; the student learns it as
+above; the no-KD baseline (``distill.losses: {mnrl: 1.0}``) is the same student trained on the same rows'
+(``embedding.query_column``, ``embedding.positive_column``) pairs with no teacher signal, by in-batch negatives
+(:func:`~lmdistill.losses.embedding.mnrl`, sentence-transformers' MultipleNegativesRankingLoss) for as many
+optimizer steps. A transfer set (``data.unlabeled``) adds unpaired texts whose teacher embeddings the student
+learns like those of the training texts. The report (:mod:`lmdistill.tasks.embedding_report`) searches
+``embedding.retrieval`` with every model and compares student and baseline over the same queries.
+
 Saved students are ordinary transformers folders (``AutoModel.from_pretrained``) that are ALSO
 sentence-transformers folders (``modules.json``, ``1_Pooling/config.json``, ``sentence_bert_config.json``,
 ``2_Dense/`` when projected, a Normalize module when normalised), loadable with
@@ -32,23 +40,23 @@ sentence-transformers folders (``modules.json``, ``1_Pooling/config.json``, ``se
 
 from __future__ import annotations
 
-import copy
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from lmdistill.config.schema import Config, StageConfig, Verb
-from lmdistill.errors import ModelError
-from lmdistill.losses.embedding import embedding_cosine, embedding_mse, margin_mse, similarity  # noqa: F401
+from lmdistill.losses.embedding import (  # noqa: F401 - re-exported
+    embedding_cosine,
+    embedding_mse,
+    margin_mse,
+    mnrl,
+    similarity,
+)
 from lmdistill.losses.reduce import masked_mean
 from lmdistill.methods.presets import PRESETS
-from lmdistill.models.projection import Projection
 from lmdistill.models.sentence import (  # noqa: F401 - re-exported
     POOLINGS,
     DenseLayer,
@@ -59,25 +67,40 @@ from lmdistill.models.sentence import (  # noqa: F401 - re-exported
     read_sentence_format,
 )
 from lmdistill.objective import Objective, Term
-from lmdistill.tasks.base import Parts, Task, make_student
+from lmdistill.tasks.base import Parts, Task
 from lmdistill.tasks.embedding_data import (  # noqa: F401 - re-exported
     EmbeddingCollator,
     EmbeddingDataset,
     bi_metrics,
     cross_metrics,
     cross_scores,
+    pair_metrics,
+    pairs,
     retrieval_set,
     tokenize,
     triples,
 )
+from lmdistill.tasks.embedding_prepare import (  # noqa: F401 - re-exported
+    Prepared,
+    load_bi_teacher,
+    make_bi_student,
+    no_kd,
+    prepare_bi,
+    prepare_cross,
+    progress,
+    run_device,
+)
 
 # ------------------------------------------------------------------------------------------------ objective
 
-TERM = {"mse": "embedding_mse", "cosine": "embedding_cosine", "margin_mse": "margin_mse"}
+TERM = {"mse": "embedding_mse", "cosine": "embedding_cosine", "margin_mse": "margin_mse", "mnrl": "mnrl"}
 
 
 def _pair_term(obj: EmbeddingObjective, out, signal, batch: dict) -> torch.Tensor:
     e = out.embedding
+    if obj.loss == "mnrl":
+        anchors, positives = e.chunk(2)  # (B, D) each: the batch stacks anchors, then positives
+        return masked_mean(mnrl(anchors, positives))
     if obj.loss == "margin_mse":
         q, p, n = e.chunk(3)  # (B, D) each
         return masked_mean(margin_mse(q, p, n, batch["teacher_margin"], obj.similarity_fn))
@@ -87,205 +110,16 @@ def _pair_term(obj: EmbeddingObjective, out, signal, batch: dict) -> torch.Tenso
 
 class EmbeddingObjective(Objective):
     """One term: ``embedding_mse`` / ``embedding_cosine`` against ``batch["target"]`` (the teacher's
-    embeddings), or ``margin_mse`` against ``batch["teacher_margin"]`` with the batch's embeddings stacked as
-    ``[queries; positives; negatives]``. The teacher's signal is precomputed: no live teacher."""
+    embeddings), ``margin_mse`` against ``batch["teacher_margin"]`` with the batch's embeddings stacked as
+    ``[queries; positives; negatives]``, or (the no-KD baseline) ``mnrl`` of ``[anchors; positives]``. The
+    teacher's signal is precomputed: no live teacher."""
 
     terms = {name: Term(_pair_term) for name in TERM.values()}
 
-    def __init__(self, loss: str = "mse", similarity_fn: str = "dot"):
-        super().__init__({TERM[loss]: 1.0})
+    def __init__(self, loss: str = "mse", similarity_fn: str = "dot", weight: float = 1.0):
+        super().__init__({TERM[loss]: weight})
         self.loss = loss
         self.similarity_fn = similarity_fn
-
-
-# ------------------------------------------------------------------------------------------------ models
-
-
-def _say(message: str) -> None:
-    """Progress of the steps before and after training (the engine shows its own bar)."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def _device(cfg: Config) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() and not cfg.training.cpu else "cpu")
-
-
-def _student_base(cfg: Config, teacher_model: nn.Module, t_tok):
-    """The transformer of a student from teacher layers or a fresh config (pretrained sentence students are
-    read by :meth:`SentenceEncoder.load`)."""
-    model, tok = make_student(cfg, teacher_model, t_tok, load_pretrained=None)
-    return getattr(model, "base_model", model), tok
-
-
-def load_bi_teacher(cfg: Config) -> tuple[SentenceEncoder, object]:
-    """The teacher as a :class:`SentenceEncoder`; ``embedding.pooling`` may not contradict its folder."""
-    e = cfg.embedding
-    teacher, tok = SentenceEncoder.load(cfg.teacher, "teacher.name_or_path", normalize=e.normalize)
-    own = teacher.own_pooling
-    if e.pooling != "auto":
-        if own is not None and own != e.pooling:
-            raise ModelError(
-                f"embedding.pooling: {e.pooling} differs from the teacher's {own} pooling (its "
-                "1_Pooling/config.json); remove embedding.pooling (auto) to pool as the teacher"
-            )
-        teacher.pooling = e.pooling
-    return teacher, tok
-
-
-def make_bi_student(cfg: Config, teacher: SentenceEncoder, t_tok) -> tuple[SentenceEncoder, object]:
-    """The student pools and normalises as the teacher; from teacher layers it also copies the teacher's
-    Dense layers; a projection to the teacher's width is added when the widths differ (or asked for)."""
-
-    e, s = cfg.embedding, cfg.student
-    if s.init == "pretrained":
-        student, tok = SentenceEncoder.load(s.name_or_path, "student.name_or_path")
-        student.pooling, student.normalize, student.dense = (
-            teacher.pooling,
-            teacher.normalize,
-            nn.ModuleList(),
-        )
-    else:
-        base, tok = _student_base(cfg, teacher.model, t_tok)
-        dense = copy.deepcopy(list(teacher.dense)) if s.init == "from_teacher" else []
-        student = SentenceEncoder(base, teacher.pooling, teacher.normalize, dense)
-    if student.width != teacher.width and e.projection is False:
-        raise ModelError(
-            f"embedding.projection: the student embeds into {student.width} dimensions and the teacher "
-            f"into {teacher.width}; set projection: true (or remove projection: false)"
-        )
-    if e.projection or student.width != teacher.width:
-        student.dense.append(Projection(student.width, teacher.width))
-    return student, tok
-
-
-@dataclass
-class Prepared:
-    """What a mode prepares for the run: models, the training set with the teacher's signal, evaluation."""
-
-    teacher: nn.Module
-    t_tok: object
-    student: SentenceEncoder
-    s_tok: object
-    frames: dict
-    train: Dataset
-    target_key: str
-    metrics: Callable | None
-    counts: dict
-    teacher_seconds: float
-
-
-def _check_lengths(cfg: Config, *models: nn.Module) -> None:
-    from lmdistill.tasks.general import check_length
-
-    for m in models:
-        check_length(getattr(m, "model", m), cfg.data.max_length, "data.max_length")
-
-
-def _bi(cfg: Config):
-    from lmdistill.data.rawtext import load_text_frames, split_texts
-
-    e, d = cfg.embedding, cfg.data
-    teacher, t_tok = load_bi_teacher(cfg)
-    student, s_tok = make_bi_student(cfg, teacher, t_tok)
-    _check_lengths(cfg, teacher, student)
-    teacher.to(_device(cfg))
-    frames = load_text_frames(d, cfg.seed)
-    cols = [d.text_column, *e.extra_text_columns]
-    keys = ["data.text_column"] + ["embedding.extra_text_columns"] * len(e.extra_text_columns)
-    texts = {
-        s: split_texts(f, cols, s, d.max_train_examples if s == "train" else d.max_eval_examples, keys)
-        for s, f in frames.items()
-        if s in ("train", "validation")
-    }
-    eb, L = cfg.training.eval_batch_size, d.max_length
-    _say(
-        f"embedding: the teacher encodes {sum(map(len, texts.values()))} texts once (its embeddings are the targets)"
-    )
-    started = time.perf_counter()
-    targets = {
-        s: teacher.encode(t, t_tok, batch_size=eb, max_length=L, normalize=False) for s, t in texts.items()
-    }
-    teacher_seconds = time.perf_counter() - started
-    train = EmbeddingDataset(tokenize(s_tok, texts["train"], L), targets["train"], "target")
-
-    def metrics(model):
-        return bi_metrics(model, s_tok, texts["validation"], targets["validation"], e.loss, eb, L)
-
-    valid = "validation" in texts
-    counts = {s: len(t) for s, t in texts.items()}
-    return Prepared(
-        teacher,
-        t_tok,
-        student,
-        s_tok,
-        frames,
-        train,
-        "target",
-        metrics if valid else None,
-        counts,
-        teacher_seconds,
-    )
-
-
-def _cross(cfg: Config):
-    from lmdistill.data.rawtext import load_text_frames
-    from lmdistill.models.load import load_saved_classifier
-
-    e, d = cfg.embedding, cfg.data
-    teacher, t_tok = load_saved_classifier(cfg.teacher, "teacher.name_or_path")
-    if cfg.student.init == "pretrained":
-        student, s_tok = SentenceEncoder.load(
-            cfg.student.name_or_path,
-            "student.name_or_path",
-            pooling=None if e.pooling == "auto" else e.pooling,
-            normalize=e.normalize,
-        )
-    else:
-        base, s_tok = _student_base(cfg, teacher, t_tok)
-        student = SentenceEncoder(base, "mean" if e.pooling == "auto" else e.pooling, bool(e.normalize))
-    _check_lengths(cfg, teacher, student)
-    teacher.to(_device(cfg))
-    frames = load_text_frames(d, cfg.seed)
-    eb, L = cfg.training.eval_batch_size, d.max_length
-    parts, margins = {}, {}
-    _say(
-        "embedding: the cross-encoder teacher scores every (query, positive) and (query, negative) pair once"
-    )
-    started = time.perf_counter()
-    for s, f in frames.items():
-        if s not in ("train", "validation"):
-            continue
-        q, p, n = triples(f, cfg, s, d.max_train_examples if s == "train" else d.max_eval_examples, cfg.seed)
-        parts[s] = (q, p, n)
-        margins[s] = cross_scores(teacher, t_tok, q, p, batch_size=eb, max_length=L) - cross_scores(
-            teacher, t_tok, q, n, batch_size=eb, max_length=L
-        )
-    teacher_seconds = time.perf_counter() - started
-    q, p, n = parts["train"]
-    inputs = {
-        "query": tokenize(s_tok, q, L),
-        "positive": tokenize(s_tok, p, L),
-        "negative": tokenize(s_tok, n, L),
-    }
-    train = EmbeddingDataset(inputs, margins["train"], "teacher_margin")
-
-    def metrics(model):
-        return cross_metrics(model, s_tok, *parts["validation"], margins["validation"], e.similarity, eb, L)
-
-    valid = "validation" in parts
-    counts = {s: len(x[0]) for s, x in parts.items()}
-    return Prepared(
-        teacher,
-        t_tok,
-        student,
-        s_tok,
-        frames,
-        train,
-        "teacher_margin",
-        metrics if valid else None,
-        counts,
-        teacher_seconds,
-    )
 
 
 # ------------------------------------------------------------------------------------------------ the task
@@ -320,11 +154,14 @@ class EmbeddingTask(Task):
         "cross": ("loss", "margin_mse", "pairwise_accuracy"),
     }
     primary_metric = "loss"
+    report_metric = "mrr@10"
+    loss_terms = ("mnrl",)
+    baseline_losses = {"mnrl": 1.0}
     finetunes = False
     presets = PRESETS
 
     def measured(self, cfg: Config) -> tuple[str, ...]:
-        return self.mode_metrics[cfg.embedding.mode]
+        return ("loss",) if no_kd(cfg) else self.mode_metrics[cfg.embedding.mode]
 
     def check(self, cfg: Config, verb: Verb | None) -> list[str]:
         e, errors = cfg.embedding, []
@@ -350,6 +187,42 @@ class EmbeddingTask(Task):
                 "distill.matches and distill.stages do not apply to task embedding (the student learns "
                 "pooled sentence embeddings or relevance margins): remove them"
             )
+        return errors + self._check_compress(cfg, verb)
+
+    def _check_compress(self, cfg: Config, verb: Verb | None) -> list[str]:
+        """The no-KD baseline, the transfer set and compress: what each needs."""
+        e, d, errors = cfg.embedding, cfg.data, []
+        if d.augment is not None:
+            errors.append(
+                "data.augment applies to tasks classification and regression, not to task embedding"
+            )
+        if d.unlabeled is not None and e.mode == "cross":
+            errors.append(
+                "data.unlabeled applies to embedding.mode bi (single texts the teacher embeds); mode cross "
+                "learns (query, positive, negative) triples"
+            )
+        if no_kd(cfg) and e.mode == "cross":
+            errors.append("distill.losses.mnrl (the no-KD baseline) applies to embedding.mode bi")
+        if no_kd(cfg) and d.unlabeled is not None:
+            errors.append(
+                "data.unlabeled needs a teacher to embed its texts, and distill.losses {mnrl} trains without "
+                "one: remove data.unlabeled"
+            )
+        if verb == "compress" and e.mode == "cross":
+            errors.append(
+                "compress supports task embedding with embedding.mode bi (a sentence-encoder teacher); "
+                "distill a cross-encoder with lmdistill distill"
+            )
+        if verb == "compress" and not cfg.teacher.name_or_path:
+            errors.append(
+                "compress for task embedding needs teacher.name_or_path (the sentence encoder to distil; "
+                "it is used as it is, not fine-tuned)"
+            )
+        if verb == "compress" and not e.retrieval:
+            errors.append(
+                "compress for task embedding needs embedding.retrieval (the queries and documents the report "
+                "searches), e.g. bbc-news"
+            )
         return errors
 
     def check_data(self, cfg: Config) -> list[str]:
@@ -359,6 +232,9 @@ class EmbeddingTask(Task):
         if e.mode == "cross":
             cols = {"embedding.query_column": e.query_column, "embedding.positive_column": e.positive_column}
             return check_files(cfg.data, {**cols, "embedding.negative_column": e.negative_column})
+        if no_kd(cfg):
+            cols = {"embedding.query_column": e.query_column, "embedding.positive_column": e.positive_column}
+            return check_files(cfg.data, cols)
         cols = {"data.text_column": cfg.data.text_column}
         cols.update({f"embedding.extra_text_columns[{i}]": c for i, c in enumerate(e.extra_text_columns)})
         return check_files(cfg.data, cols, lines_ok=not e.extra_text_columns)
@@ -372,16 +248,21 @@ class EmbeddingTask(Task):
         from lmdistill.data.text import pad_id
 
         e = cfg.embedding
-        prep = _bi(cfg) if e.mode == "bi" else _cross(cfg)
+        prep = prepare_bi(cfg) if e.mode == "bi" else prepare_cross(cfg)
         evaluation = self._before_training(cfg, prep)
+        baseline = no_kd(cfg)
+        loss = "mnrl" if baseline else e.loss
         extra = {
             "task": self.name,
             "mode": e.mode,
-            "loss": e.loss,
+            "loss": loss,
             "split_sizes": prep.counts,
             "teacher_signal_seconds": round(prep.teacher_seconds, 2),
             "teacher_parameters": sum(p.numel() for p in prep.teacher.parameters()),
         }
+        if prep.unlabelled:
+            extra["unlabelled"] = prep.unlabelled
+        weight = cfg.distill.losses["mnrl"] if baseline else 1.0
         collate = EmbeddingCollator(pad_id(prep.s_tok), prep.target_key)
         # the teacher's signal is computed: it is freed before training (no live teacher)
         return Parts(
@@ -389,23 +270,25 @@ class EmbeddingTask(Task):
             prep.s_tok,
             prep.train,
             collate,
-            [EmbeddingObjective(e.loss, e.similarity)],
+            [EmbeddingObjective(loss, e.similarity, weight)],
             [StageConfig(name="distill")],
             teacher=None,
             data=evaluation,
             extra=extra,
+            mix=prep.mix,
         )
 
     def _before_training(self, cfg: Config, prep: Prepared) -> Evaluation:
-        """Retrieval of the teacher and of the undistilled student (the same student before training)."""
+        """Retrieval of the teacher and of the undistilled student (the same student before training); the no-KD
+        baseline measures neither (its teacher gave only layers)."""
         from lmdistill.tasks.retrieval import agreement, evaluate_encoder
 
         e, L, eb = cfg.embedding, cfg.data.max_length, cfg.training.eval_batch_size
-        rs = retrieval_set(cfg, prep.frames) if e.retrieval else None
+        rs = prep.retrieval or (retrieval_set(cfg, prep.frames) if e.retrieval else None)
         retrieval: dict = {}
         t_emb = None
-        if rs is not None:
-            _say(
+        if rs is not None and not no_kd(cfg):
+            progress(
                 f"retrieval on {rs.name}: {len(rs)} queries, {len(rs.documents)} documents; teacher and "
                 "undistilled student first"
             )
@@ -413,7 +296,7 @@ class EmbeddingTask(Task):
                 retrieval["teacher"], *t_emb = evaluate_encoder(
                     prep.teacher, prep.t_tok, rs, batch_size=eb, max_length=L
                 )
-            prep.student.to(_device(cfg))
+            prep.student.to(run_device(cfg))
             retrieval["undistilled_student"], *b_emb = evaluate_encoder(
                 prep.student, prep.s_tok, rs, batch_size=eb, max_length=L
             )
@@ -434,7 +317,7 @@ class EmbeddingTask(Task):
         ev: Evaluation = parts.data
         if split == "validation":
             return ev.metrics(model)
-        _say(f"retrieval on {ev.retrieval_set.name}: the distilled student")
+        progress(f"retrieval on {ev.retrieval_set.name}: the trained student")
         scores, *s_emb = evaluate_encoder(
             model, parts.tokenizer, ev.retrieval_set, batch_size=ev.batch_size, max_length=ev.max_length
         )
@@ -472,3 +355,30 @@ class EmbeddingTask(Task):
 
     def load_saved(self, path, key: str = "model"):
         return SentenceEncoder.load(path, key)
+
+    def usage(self, model_dir) -> list[str]:
+        return [
+            "from sentence_transformers import SentenceTransformer",
+            f'model = SentenceTransformer("{model_dir}")',
+        ]
+
+    # ---- the report (tasks/embedding_report.py): retrieval with per-query intervals, paired over queries
+    def report_inputs(self, cfg: Config):
+        from lmdistill.tasks.embedding_report import report_inputs
+
+        return report_inputs(cfg)
+
+    def report_quality(self, model, tokenizer, cfg: Config, inputs):
+        from lmdistill.tasks.embedding_report import report_quality
+
+        return report_quality(model, tokenizer, cfg, inputs)
+
+    def report_compare(self, a, b, keys: tuple[str, str], cfg: Config) -> list[dict]:
+        from lmdistill.tasks.embedding_report import report_compare
+
+        return report_compare(a, b, keys, cfg)
+
+    def report_extras(self, q, teacher, cfg: Config) -> dict:
+        from lmdistill.tasks.embedding_report import report_extras
+
+        return report_extras(q, teacher, cfg)

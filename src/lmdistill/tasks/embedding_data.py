@@ -11,49 +11,57 @@ from torch.utils.data import Dataset
 
 from lmdistill.config.schema import Config
 from lmdistill.errors import DataError, ModelError
-from lmdistill.losses.embedding import embedding_mse, similarity
+from lmdistill.losses.embedding import embedding_mse, mnrl, similarity
 from lmdistill.models.sentence import SentenceEncoder
+
+PARTS = ("query", "positive", "negative")
+"""The texts of one example of pairs or triples, in the order a batch stacks them."""
 
 
 class EmbeddingDataset(Dataset):
-    """Student token ids of each text and a target: the teacher's embedding ``(D,)`` or margin ``()``.
+    """Student token ids of each text and a target: the teacher's embedding ``(D,)`` or margin ``()``, or none
+    (pairs for the no-KD baseline, ``target_key`` None).
 
-    ``inputs``: ``{"input_ids": [[...]], ...}`` for single texts, or ``{"query": {...}, "positive": {...},
-    "negative": {...}}`` for triples.
+    ``inputs``: ``{"input_ids": [[...]], ...}`` for single texts, or ``{"query": {...}, "positive": {...}
+    [, "negative": {...}]}`` for pairs and triples.
     """
 
-    def __init__(self, inputs: dict, targets: torch.Tensor, target_key: str):
+    def __init__(self, inputs: dict, targets: torch.Tensor | None, target_key: str | None):
         self.inputs = inputs
         self.targets = targets
         self.target_key = target_key
-        self.triples = "query" in inputs
+        self.parts = [p for p in PARTS if p in inputs]
+        self.triples = bool(self.parts)  # pairs or triples: several texts per example
 
     def __len__(self) -> int:
-        return len(self.targets)
+        if self.targets is not None:
+            return len(self.targets)
+        return len(self.inputs[self.parts[0]]["input_ids"] if self.parts else self.inputs["input_ids"])
 
     def _item(self, block: dict, i: int) -> dict:
         return {k: v[i] for k, v in block.items()}
 
     def __getitem__(self, i: int) -> dict:
-        if self.triples:
-            student = {part: self._item(self.inputs[part], i) for part in ("query", "positive", "negative")}
+        if self.parts:
+            student = {part: self._item(self.inputs[part], i) for part in self.parts}
         else:
             student = self._item(self.inputs, i)
-        return {"index": i, "student": student, self.target_key: self.targets[i]}
+        item = {"index": i, "student": student}
+        if self.target_key is not None:
+            item[self.target_key] = self.targets[i]
+        return item
 
     def lengths(self) -> list[int]:
-        if self.triples:
-            return [
-                max(len(self.inputs[p]["input_ids"][i]) for p in ("query", "positive", "negative"))
-                for i in range(len(self))
-            ]
+        if self.parts:
+            return [max(len(self.inputs[p]["input_ids"][i]) for p in self.parts) for i in range(len(self))]
         return [len(x) for x in self.inputs["input_ids"]]
 
 
 class EmbeddingCollator:
-    """Pads texts (triples: queries, then positives, then negatives, in ONE block) and stacks the targets."""
+    """Pads texts (pairs / triples: queries, then positives, then negatives, in ONE block) and stacks the
+    targets (when there are any)."""
 
-    def __init__(self, pad_token_id: int, target_key: str, multiple: int = 8):
+    def __init__(self, pad_token_id: int, target_key: str | None, multiple: int = 8):
         self.pad_token_id = pad_token_id
         self.target_key = target_key
         self.multiple = multiple
@@ -61,15 +69,18 @@ class EmbeddingCollator:
     def __call__(self, items: list[dict]) -> dict:
         from lmdistill.data.text import pad_block
 
-        if "query" in items[0]["student"]:
-            texts = [it["student"][p] for p in ("query", "positive", "negative") for it in items]
+        parts = [p for p in PARTS if p in items[0]["student"]]
+        if parts:
+            texts = [it["student"][p] for p in parts for it in items]
         else:
             texts = [it["student"] for it in items]
-        return {
+        batch = {
             "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
             "student": pad_block(texts, self.pad_token_id, self.multiple),
-            self.target_key: torch.stack([it[self.target_key] for it in items]),
         }
+        if self.target_key is not None:
+            batch[self.target_key] = torch.stack([it[self.target_key] for it in items])
+        return batch
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, list[list[int]]]:
@@ -147,6 +158,31 @@ def triples(
     return q, p, negatives
 
 
+def pairs(frame, cfg: Config, split: str, limit: int | None) -> tuple[list[str], list[str]]:
+    """(anchors, positives) of one split for the no-KD baseline (``distill.losses: {mnrl: 1}``): the columns
+    ``embedding.query_column`` and ``embedding.positive_column`` of each row with both texts non-empty."""
+    e = cfg.embedding
+    frame = frame.iloc[:limit] if limit is not None else frame
+    for col, key in ((e.query_column, "query_column"), (e.positive_column, "positive_column")):
+        if col not in frame.columns:
+            raise DataError(
+                f"embedding.{key}: column '{col}' not found in the {split} data "
+                f"(columns: {', '.join(map(str, frame.columns[:20]))}); set embedding.{key} (the pairs the "
+                "no-KD baseline trains on)"
+            )
+    rows = [
+        (str(a).strip(), str(p).strip())
+        for a, p in zip(frame[e.query_column], frame[e.positive_column])
+        if a is not None and p is not None and a == a and p == p and str(a).strip() and str(p).strip()
+    ]
+    if split == "train" and len(rows) < 2:
+        raise DataError(
+            f"data.{split}: in-batch negatives need at least 2 rows with both embedding.query_column "
+            f"'{e.query_column}' and embedding.positive_column '{e.positive_column}', found {len(rows)}"
+        )
+    return [a for a, _ in rows], [p for _, p in rows]
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
@@ -213,3 +249,20 @@ def retrieval_set(cfg: Config, frames: dict):
         seed=cfg.seed,
         name=str(e.retrieval),
     )
+
+
+def pair_metrics(
+    encoder: SentenceEncoder,
+    tokenizer,
+    anchors: list[str],
+    positives: list[str],
+    group: int,
+    batch_size: int,
+    max_length: int,
+) -> dict[str, float]:
+    """``loss`` = :func:`~lmdistill.losses.embedding.mnrl` of the validation pairs, in consecutive groups of
+    ``group`` pairs (the training batch size: each pair's negatives are the other positives of its group)."""
+    a = encoder.encode(anchors, tokenizer, batch_size=batch_size, max_length=max_length, normalize=False)
+    p = encoder.encode(positives, tokenizer, batch_size=batch_size, max_length=max_length, normalize=False)
+    losses = [mnrl(a[s : s + group], p[s : s + group]) for s in range(0, len(a), group)]
+    return {"loss": float(torch.cat(losses).mean()) if losses else float("nan")}

@@ -28,6 +28,7 @@ GREATER_IS_BETTER.update(
         "margin_mse": False,
         "pairwise_accuracy": True,
         "recall@1": True,
+        "recall@5": True,
         "recall@10": True,
         "mrr@10": True,
         # token_classification, question_answering

@@ -5,7 +5,7 @@ of its one relevant document. Queries and documents are embedded by the same enc
 similarity (the embeddings are L2-normalised here whatever the encoder does). For a query whose relevant
 document has rank ``r`` (1 = best):
 
-- ``recall@k`` = share of queries with ``r <= k`` (one relevant document per query, so also hit@k);
+- ``recall@k`` (k = 1, 5, 10) = share of queries with ``r <= k`` (one relevant document per query, so also hit@k);
 - ``mrr@10`` = mean of ``1 / r`` where ``r <= 10``, else 0 (the MS MARCO cut-off).
 
 The rank is ``1 +`` the number of documents scoring STRICTLY higher than the relevant one (a tie counts for
@@ -26,7 +26,7 @@ import torch
 
 from lmdistill.errors import DataError
 
-RETRIEVAL_METRICS = ("recall@1", "recall@10", "mrr@10")
+RETRIEVAL_METRICS = ("recall@1", "recall@5", "recall@10", "mrr@10")
 
 
 @dataclass
@@ -68,10 +68,23 @@ def mrr_at_k(ranks: np.ndarray, k: int = 10) -> float:
     return float(np.mean(np.where(r <= k, 1.0 / r, 0.0))) if len(r) else 0.0
 
 
+def per_query(ranks: np.ndarray) -> dict[str, np.ndarray]:
+    """Each query's value of every metric of :data:`RETRIEVAL_METRICS` (their means are the metrics):
+    ``recall@k`` 1.0 where ``r <= k`` else 0.0, ``mrr@10`` ``1 / r`` where ``r <= 10`` else 0.0; (Q,) each."""
+    r = np.asarray(ranks, dtype=float)
+    return {
+        "recall@1": (r <= 1).astype(float),
+        "recall@5": (r <= 5).astype(float),
+        "recall@10": (r <= 10).astype(float),
+        "mrr@10": np.where(r <= 10, 1.0 / np.maximum(r, 1.0), 0.0),
+    }
+
+
 def retrieval_metrics(ranks: np.ndarray) -> dict[str, float]:
-    """``recall@1``, ``recall@10`` and ``mrr@10`` of a set of ranks."""
+    """``recall@1``, ``recall@5``, ``recall@10`` and ``mrr@10`` of a set of ranks."""
     return {
         "recall@1": recall_at_k(ranks, 1),
+        "recall@5": recall_at_k(ranks, 5),
         "recall@10": recall_at_k(ranks, 10),
         "mrr@10": mrr_at_k(ranks, 10),
     }
