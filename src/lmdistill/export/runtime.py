@@ -116,3 +116,27 @@ def _numpy(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     return np.asarray(value, dtype=np.int64)
+
+
+def exported_folder(path: str | Path) -> Path | None:
+    """``path`` when it is an exported graph folder (``model.onnx``), None for anything else. The top folder of
+    ``lmdistill export`` (holding ``onnx/`` and ``onnx-int8/``) is an ExportError naming the sub-folders."""
+    from lmdistill.export.files import MARKER
+
+    folder = Path(path).expanduser()
+    if (folder / "model.onnx").is_file():
+        return folder
+    if (folder / MARKER).is_file() and not (folder / "config.json").is_file():
+        subs = sorted(p.name for p in folder.iterdir() if (p / "model.onnx").is_file())
+        raise ExportError(
+            f"{folder}: is the top folder of an export; give one of its graphs: "
+            + (", ".join(str(folder / s) for s in subs) or "(none found: export the model again)")
+        )
+    return None
+
+
+def load_exported(folder: str | Path):
+    """``(OnnxRunner, tokenizer)`` of an exported graph folder."""
+    from transformers import AutoTokenizer
+
+    return OnnxRunner(folder), AutoTokenizer.from_pretrained(Path(folder))
