@@ -186,8 +186,14 @@ def prepare_student(
     names = ["keep_layers", *steps]
     settings = _settings(cfg, teacher)
     folders = [out / "steps" / f"{i}-{n}" for i, n in enumerate(names)]
+    labels = dict(LABELS)
+    if cfg.student.init != "from_teacher":
+        labels["keep_layers"] = (
+            "build student",
+            f"student as built (init: {cfg.student.init}), before training",
+        )
     specs = [
-        ModelSpec(n.replace("_", " "), "step", f / "model", step=LABELS[n][0], label=LABELS[n][1])
+        ModelSpec(n.replace("_", " "), "step", f / "model", step=labels[n][0], label=labels[n][1])
         for n, f in zip(names, folders)
     ]
     if resume and not overwrite and _reusable(out, names, settings):

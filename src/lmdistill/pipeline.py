@@ -260,7 +260,8 @@ def write_model_card(model_dir: Path, data: dict, cfg: Config) -> Path:
         f"- **Student:** {cfg.student.init} "
         f"({'layers ' + str(cfg.student.layers) if cfg.student.layers else ''}"
         f"{f'{cfg.student.num_layers} layers' if cfg.student.num_layers else ''}"
-        f"{f'every {cfg.student.keep_every}th layer' if cfg.student.keep_every else ''})",
+        f"{f'every {cfg.student.keep_every}th layer' if cfg.student.keep_every else ''}"
+        f"{f'`{cfg.student.name_or_path}`' if cfg.student.init == 'pretrained' else ''})",
         f"- **Evaluation:** {data['evaluation']}",
         "",
         f"| model | {metric} | parameters | size on disk | latency, batch 1, CPU |",
