@@ -269,3 +269,18 @@ def test_a_failed_export_leaves_no_half_written_folder(tmp_path, teacher, sentim
     assert not (out / "export").exists() or list((out / "export").iterdir()) == []
     assert not (out / "report.json").exists()
     assert (out / "student" / "model" / "config.json").is_file()  # finished runs stay, for --resume
+
+
+def test_int8_without_the_kernels_is_one_line_before_anything_is_written(
+    tmp_path, capsys, teacher, sentiment_csv, monkeypatch
+):
+    monkeypatch.setattr(type(torch.backends.quantized), "supported_engines", ["none"])
+    line = _error(tmp_path, capsys, _cfg(tmp_path, teacher, sentiment_csv))
+    assert "int8: this torch" in line and "has no quantized engine" in line
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_top_n_below_the_always_kept_tokens_is_one_line(tmp_path, capsys, teacher, sentiment_csv):
+    line = _error(tmp_path, capsys, _cfg(tmp_path, teacher, sentiment_csv, vocabulary={"top_n": 3}))
+    assert "student.vocabulary.top_n=3 is smaller than the" in line
+    assert not (tmp_path / "c").exists()
