@@ -284,3 +284,28 @@ def test_a_top_n_below_the_always_kept_tokens_is_one_line(tmp_path, capsys, teac
     line = _error(tmp_path, capsys, _cfg(tmp_path, teacher, sentiment_csv, vocabulary={"top_n": 3}))
     assert "student.vocabulary.top_n=3 is smaller than the" in line
     assert not (tmp_path / "c").exists()
+
+
+def test_a_transfer_set_is_counted_for_the_vocabulary_and_distilled_from_the_cache(
+    tmp_path, teacher, sentiment_csv
+):
+    """The demo's shape: a transfer set (data.unlabeled) scored once by the teacher (teacher_cache: auto) for a
+    student whose trimmed tokenizer is not the teacher's; the transfer texts' words are kept."""
+    from transformers import AutoTokenizer
+
+    from lmdistill.pipeline import compress
+
+    (tmp_path / "u.txt").write_text(
+        "\n".join(["the unused1 film was good", "a unused2 plot and weak acting"] * 20)
+    )
+    cfg = _cfg(tmp_path, teacher, sentiment_csv)
+    cfg["compress"]["steps"] = ["trim_vocabulary", "distill"]
+    del cfg["student"]["width"]
+    cfg["data"]["unlabeled"] = {"source": str(tmp_path / "u.txt")}
+    cfg["training"]["teacher_cache"] = "auto"
+    compress(cfg)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "c" / "student" / "model")
+    vocab = tok.get_vocab()
+    assert {"unused1", "unused2"} <= set(vocab) and "unused3" not in vocab
+    results = json.loads((tmp_path / "c" / "student" / "results.json").read_text())
+    assert results["split_sizes"]["unlabelled"] == 2  # the two distinct transfer texts
