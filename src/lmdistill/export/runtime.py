@@ -103,7 +103,14 @@ class OnnxRunner:
             raise ExportError("OnnxRunner: an ONNX graph runs inference only; it cannot be trained")
         return self
 
-    def to(self, device: str | torch.device) -> OnnxRunner:
+    def to(self, device: str | torch.device | torch.dtype) -> OnnxRunner:
+        if isinstance(device, torch.dtype):  # the graph's precision is fixed when it is exported
+            if device != torch.float32:
+                raise ExportError(
+                    f"OnnxRunner: the graph's precision is fixed at export ({device} asked); "
+                    "evaluate it without --dtype, or export an int8 graph (--int8)"
+                )
+            return self
         if torch.device(device).type != "cpu":
             raise ExportError(f"OnnxRunner runs on the CPU only (asked for {device})")
         return self
