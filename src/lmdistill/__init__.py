@@ -20,7 +20,8 @@ layers below it (``tests/test_layering.py`` walks every import with ``ast`` and 
 6. ``tasks``: one module per task behind :class:`lmdistill.tasks.base.Task`, found by name, and the whole
    config loader;
 7. ``run``: THE run driver (output folder, seed, parts from the task, train, save, evaluate, results);
-8. ``api``, ``pipeline`` (compress and report);
+8. ``api``, ``pipeline`` (compress and report), ``chain`` (compress's steps around distillation),
+   ``reporting``;
 9. ``cli``.
 """
 

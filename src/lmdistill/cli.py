@@ -123,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a saved model on a data split or file",
         description="Evaluate a saved model; prints metrics as a table and JSON.",
     )
-    p.add_argument("model", help="folder of a saved model (e.g. runs/student/model)")
+    p.add_argument(
+        "model",
+        help="folder of a saved model (e.g. runs/student/model), or an exported ONNX folder (run by ONNX Runtime)",
+    )
     p.add_argument("--config", help="config whose data section gives the split to evaluate on")
     p.add_argument(
         "--split",
@@ -145,6 +148,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="also write the metrics as JSON to this file")
     p.add_argument("--predictions", help="also write predictions (as label names) to this CSV file")
     p.add_argument("--overwrite", action="store_true", help="replace existing --output / --predictions files")
+
+    p = verbs.add_parser(
+        "export",
+        help="export a saved model to ONNX (and ONNX Runtime dynamic int8)",
+        description="Export a saved transformers model folder to OUTPUT/onnx (fp32, checked against PyTorch) "
+        "and with --int8 to OUTPUT/onnx-int8 (ONNX Runtime dynamic int8, compared with fp32); each folder "
+        "holds model.onnx with the config and tokenizer and runs with onnxruntime alone. Written whole or "
+        "not at all. `lmdistill evaluate OUTPUT/onnx-int8 --config ...` measures its quality.",
+    )
+    p.add_argument("model", help="folder of a saved model (e.g. runs/student/model)")
+    p.add_argument("--onnx", action="store_true", help="write the ONNX graph (required: the only format)")
+    p.add_argument("--int8", action="store_true", help="also write an ONNX Runtime dynamic int8 graph")
+    p.add_argument("--output", required=True, help="the folder to write (new, empty, or an earlier export)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        help="the longest sequence the check runs (default: min(32, half the positions))",
+    )
+    p.add_argument(
+        "--exporter",
+        choices=("torchscript", "dynamo"),
+        default="torchscript",
+        help="torch.onnx exporter: torchscript tracing (default, fast) or dynamo (torch.export + onnxscript)",
+    )
 
     p = verbs.add_parser(
         "fetch",
@@ -256,6 +284,9 @@ def _run(args: argparse.Namespace) -> int:
         if api.is_main_process():
             _print_run(result)
         return 0
+    if args.verb == "export":
+        _export(args)
+        return 0
     if args.verb == "evaluate":
         from lmdistill.fileio import writable_file
 
@@ -305,6 +336,32 @@ def _run(args: argparse.Namespace) -> int:
             write_text(args.predictions, table, "--predictions")
         return 0
     raise AssertionError(args.verb)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from lmdistill.export import export_model
+
+    if not args.onnx:
+        raise LmdistillError("export: give --onnx (the only format written; --int8 adds the int8 graph)")
+    if args.max_length is not None and args.max_length < 2:
+        raise LmdistillError(f"--max-length must be at least 2, got {args.max_length}")
+    summary = export_model(
+        args.model,
+        args.output,
+        onnx=True,
+        int8=args.int8,
+        overwrite=args.overwrite,
+        max_length=args.max_length,
+        exporter=args.exporter,
+    )
+    for name, fmt in summary["formats"].items():
+        diff = fmt.get("max_abs_diff_vs_pytorch", fmt.get("max_abs_diff_vs_fp32"))
+        versus = "PyTorch" if "max_abs_diff_vs_pytorch" in fmt else "fp32"
+        print(
+            f"{name}: {args.output}/{fmt['folder']}  {fmt['precision']}, {fmt['weights_bytes'] / 1e6:.1f} MB, "
+            f"max |diff| vs {versus} {diff:.2e}"
+        )
+    print(f"record: {args.output}/lmdistill-export.json")
 
 
 FLAGS = ("--overwrite", "--resume")

@@ -44,8 +44,11 @@ COMPRESS = (
     "report.json",
     "quality_vs_cost.png",
     "training_curves.png",
+    "steps",
+    "export",
 )
-"""What compress writes besides its three runs' folders (the report and its plots)."""
+"""What compress writes besides its three runs' folders (the report and its plots, the students of the steps
+before distillation, the exported models)."""
 
 
 def _is_main() -> bool:

@@ -1,8 +1,10 @@
 """The whole pipeline a user runs to answer "what did distillation buy me and what did it cost?".
 
-``compress(config)``: fine-tune the teacher (unless it is already trained for the task), distill the
-student, train the same student without distillation (hard labels only, same budget: the baseline),
-evaluate all three on the test split and write the report. ``report(run_dirs)``: the report alone, from
+``compress(config)``: fine-tune the teacher (unless it is already trained for the task), build the student
+and run the steps of ``compress.steps`` before distillation (vocabulary trimming, width pruning:
+:mod:`lmdistill.chain`), distill the student, train the same student without distillation (hard labels only,
+same budget: the baseline), serve the distilled student and the teacher in int8 / ONNX Runtime when asked,
+evaluate every model on the test split and write the report (one row per step). ``report(run_dirs)``: the report alone, from
 finished runs. Both are what ``lmdistill compress`` and ``lmdistill report`` call.
 """
 
@@ -15,7 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from lmdistill.config.schema import Config
+from lmdistill.chain import BEFORE, check_chain, prepare_student, runtime_rows
+from lmdistill.config.checks import compress_steps
+from lmdistill.config.schema import Config, StudentConfig
 from lmdistill.errors import ConfigError, LmdistillError
 from lmdistill.fileio import write_text
 from lmdistill.reporting import ROLES, model_dir
@@ -40,7 +44,11 @@ def _say(text: str) -> None:
 def _comparable(cfg: dict) -> dict:
     """A config as far as it decides a run's result (not where it is written, how it resumes, or the report)."""
     cfg = copy.deepcopy(cfg)
-    for key in ("output_dir", "report"):
+    for key in (
+        "output_dir",
+        "report",
+        "compress",
+    ):  # compress.steps: the steps before distill are checked apart
         cfg.pop(key, None)
     cfg.get("training", {}).pop("resume", None)
     return cfg
@@ -114,7 +122,8 @@ def compress(
     resume: bool = False,
     overwrite: bool = False,
 ) -> CompressResult:
-    """Teacher (fine-tuned if needed) -> distilled student + no-KD baseline -> evaluation -> report.
+    """Teacher (fine-tuned if needed) -> [student shaped by trim_vocabulary / prune_width] -> distilled student +
+    no-KD baseline -> [quantize / export of student and teacher] -> evaluation -> report (a row per step).
 
     ``output_dir`` must be new or empty, unless ``resume`` (finished runs of the same config are reused,
     unfinished ones continue from their checkpoints) or ``overwrite`` (every run is trained again). The no-KD
@@ -137,43 +146,62 @@ def compress(
     problems = list(dict.fromkeys(task.check_data(cfg) + task.check_data(b_check)))
     if problems:
         raise ConfigError(problems)
+    steps = compress_steps(cfg)
+    check_chain(cfg)  # widths, vocabulary coverage and int8 kernels, before anything is trained
     out = Path(cfg.output_dir)
     runs = {role: out / role for role in ROLES}
     energy: dict[str, dict] = {}
     flags = {"resume": resume, "overwrite": overwrite, "energy": energy}
+    before = [x for x in steps if x in BEFORE]
+    after = [x for x in steps if x in ("quantize", "export")]
+    total = 4 + bool(before) + bool(after)
+    stage = iter(range(1, total + 1))
+    extra = []
     with RunFolder(out, "compress", inputs=input_paths(cfg), resume=resume, overwrite=overwrite):
         teacher_model = cfg.teacher.name_or_path
         if teacher_model:
-            _say(f"1/4 teacher: using the trained teacher {teacher_model}")
+            _say(f"{next(stage)}/{total} teacher: using the trained teacher {teacher_model}")
             runs.pop("teacher")
         else:
-            _say(f"1/4 teacher: fine-tuning {cfg.model.name_or_path}")
+            _say(f"{next(stage)}/{total} teacher: fine-tuning {cfg.model.name_or_path}")
             t_cfg = copy.deepcopy(cfg)
             t_cfg.output_dir = str(runs["teacher"])
             _role_run("teacher", t_cfg, "finetune", **flags)
             teacher_model = str(runs["teacher"] / "model")
 
-        _say("2/4 student: distilling")
         s_cfg = copy.deepcopy(cfg)
         s_cfg.output_dir, s_cfg.teacher.name_or_path = str(runs["student"]), teacher_model
+        if before:
+            _say(
+                f"{next(stage)}/{total} student: layers kept, then {', '.join(before)} (in OUTPUT_DIR/steps)"
+            )
+            prepared, extra = prepare_student(cfg, teacher_model, out, resume=resume, overwrite=overwrite)
+            s_cfg.student = StudentConfig(init="pretrained", name_or_path=str(prepared))
+
+        _say(f"{next(stage)}/{total} student: distilling")
         _role_run("student", copy.deepcopy(s_cfg), "distill", **flags)
 
         what = " + ".join(task.baseline_losses)
-        steps = _stage_steps(runs["student"])
+        steps_taken = _stage_steps(runs["student"])
         _say(
-            f"3/4 baseline: the same student trained on {what} only (no distillation), {steps} steps as the student"
+            f"{next(stage)}/{total} baseline: the same student trained on {what} only (no distillation), "
+            f"{steps_taken} steps as the student"
         )
-        b_cfg = baseline_config(s_cfg, task, runs["baseline"], steps)
+        b_cfg = baseline_config(s_cfg, task, runs["baseline"], steps_taken)
         _role_run("baseline", b_cfg, "distill", **flags)
 
+        if after:
+            _say(f"{next(stage)}/{total} {' + '.join(after)}: the distilled student and the teacher")
+            extra += runtime_rows(cfg, teacher_model, runs["student"] / "model", out, overwrite=overwrite)
         for role, result in energy.items():
             write_text(runs[role] / "energy.json", json.dumps(result, indent=2, default=str))
-        _say("4/4 report: evaluating and measuring the three models")
+        _say(f"{next(stage)}/{total} report: evaluating and measuring {3 + len(extra)} models")
         report_data, md, html = report(
             [runs[r] for r in ROLES if r in runs],
             teacher=teacher_model if "teacher" not in runs else None,
             out_dir=out,
             config=s_cfg,
+            extra=extra,
         )
     tests = {
         role: {k: v["value"] for k, v in entry.get("metrics", {}).items()}
@@ -239,7 +267,8 @@ def write_model_card(model_dir: Path, data: dict, cfg: Config) -> Path:
         f"- **Student:** {cfg.student.init} "
         f"({'layers ' + str(cfg.student.layers) if cfg.student.layers else ''}"
         f"{f'{cfg.student.num_layers} layers' if cfg.student.num_layers else ''}"
-        f"{f'every {cfg.student.keep_every}th layer' if cfg.student.keep_every else ''})",
+        f"{f'every {cfg.student.keep_every}th layer' if cfg.student.keep_every else ''}"
+        f"{f'`{cfg.student.name_or_path}`' if cfg.student.init == 'pretrained' else ''})",
         f"- **Evaluation:** {data['evaluation']}",
         "",
         f"| model | {metric} | parameters | size on disk | latency, batch 1, CPU |",

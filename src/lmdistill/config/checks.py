@@ -6,6 +6,7 @@ reported at once. Task-specific keys are checked by each task (``lmdistill.tasks
 from __future__ import annotations
 
 from lmdistill.config.schema import (
+    STEPS,
     Config,
     DataConfig,
     ReportConfig,
@@ -246,3 +247,102 @@ def check_schedule(sched: ScheduleConfig | None, key: str, positive: bool = Fals
     if sched.end is not None and (sched.end < 0 or (positive and sched.end == 0)):
         return [f"{key}.end must be {'above' if positive else 'at least'} 0, got {sched.end}"]
     return []
+
+
+# --------------------------------------------------------------------------------------------- compress.steps
+
+CHAIN_TASKS = ("classification", "regression")
+"""Tasks whose compress runs the steps besides distill (their students are sequence classifiers)."""
+
+
+def compress_steps(cfg: Config) -> list[str]:
+    """``compress.steps`` as given, else distill preceded by trim_vocabulary / prune_width when
+    ``student.vocabulary`` / ``student.width`` are set."""
+    if cfg.compress.steps is not None:
+        return list(cfg.compress.steps)
+    before = [
+        step
+        for step, given in (("trim_vocabulary", cfg.student.vocabulary), ("prune_width", cfg.student.width))
+        if given is not None
+    ]
+    return [*before, "distill"]
+
+
+def check_compress(cfg: Config, verb: Verb | None) -> list[str]:
+    """The steps: known, once each, distill among them, trim/prune before it, quantize/export after it; their
+    settings given where needed and in range. student.vocabulary / student.width belong to compress."""
+    s = cfg.student
+    if verb is None:
+        return []  # a saved config read back (report, evaluate): checked when it ran
+    if verb != "compress":
+        return [
+            f"student.{key} is applied by compress (compress.steps: {step}), not by {verb}; run "
+            "lmdistill compress, or distill the student that compress saved in OUTPUT_DIR/steps"
+            for key, step in (("vocabulary", "trim_vocabulary"), ("width", "prune_width"))
+            if getattr(s, key) is not None
+        ]
+    steps = compress_steps(cfg)
+    errors = []
+    repeated = sorted({x for x in steps if steps.count(x) > 1})
+    if repeated:
+        errors.append(f"compress.steps names {', '.join(repeated)} more than once; give each step once")
+    if "distill" not in steps:
+        errors.append(f"compress.steps must include distill (got {steps}); the steps are {', '.join(STEPS)}")
+    else:
+        at = steps.index("distill")
+        late = [x for x in steps[at:] if x in ("trim_vocabulary", "prune_width")]
+        early = [x for x in steps[:at] if x in ("quantize", "export")]
+        if late:
+            errors.append(
+                f"compress.steps: {late[0]} must come before distill (it shapes the student distill trains)"
+            )
+        if early:
+            errors.append(
+                f"compress.steps: {early[0]} must come after distill (it serves the distilled student)"
+            )
+    if cfg.task not in CHAIN_TASKS and any(x != "distill" for x in steps):
+        errors.append(
+            f"compress.steps: steps besides distill support tasks {', '.join(CHAIN_TASKS)}, not {cfg.task}"
+        )
+    for key, step in (("vocabulary", "trim_vocabulary"), ("width", "prune_width")):
+        if getattr(s, key) is not None and step not in steps:
+            errors.append(
+                f"student.{key} is set but compress.steps has no {step}: add it, or remove student.{key}"
+            )
+    if "prune_width" in steps and s.width is None:
+        errors.append(
+            "compress.steps has prune_width but student.width is not set: give student.width.heads / "
+            "intermediate_size / hidden_size, or student.width.target_parameters"
+        )
+    return errors + _check_vocabulary(s) + _check_width(s)
+
+
+def _check_vocabulary(s: StudentConfig) -> list[str]:
+    v = s.vocabulary
+    if v is None:
+        return []
+    errors = []
+    if v.min_count < 1:
+        errors.append(f"student.vocabulary.min_count must be at least 1, got {v.min_count}")
+    if v.top_n is not None and v.top_n < 1:
+        errors.append(f"student.vocabulary.top_n must be at least 1, got {v.top_n}")
+    return errors
+
+
+def _check_width(s: StudentConfig) -> list[str]:
+    w = s.width
+    if w is None:
+        return []
+    errors = [
+        f"student.width.{key} must be at least 1, got {getattr(w, key)}"
+        for key in ("heads", "intermediate_size", "hidden_size", "target_parameters", "calibration_examples")
+        if getattr(w, key) is not None and getattr(w, key) < 1
+    ]
+    sizes = [k for k in ("heads", "intermediate_size", "hidden_size") if getattr(w, k) is not None]
+    if w.target_parameters is not None and sizes:
+        errors.append(f"student.width.target_parameters and student.width.{sizes[0]} are both set: keep one")
+    if w.target_parameters is None and not sizes:
+        errors.append(
+            "student.width needs heads, intermediate_size or hidden_size (per layer), or target_parameters"
+        )
+    return errors

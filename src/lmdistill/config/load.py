@@ -362,11 +362,18 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:  # noqa:
 
 
 def infer_verb(cfg_raw: dict | Config) -> Verb:
-    """`distill` when a teacher is named, `compress` when a model and a student are, else `finetune`."""
+    """`compress` when its keys are given (compress, student.vocabulary, student.width); `distill` when a teacher is
+    named, `compress` when a model and a student are, else `finetune`."""
     teacher = cfg_raw.teacher.name_or_path if isinstance(cfg_raw, Config) else (cfg_raw.get("teacher") or {})
     if isinstance(teacher, dict):
         teacher = teacher.get("name_or_path")
     student = cfg_raw.get("student") if isinstance(cfg_raw, dict) else None
+    chained = isinstance(cfg_raw, dict) and (
+        "compress" in cfg_raw
+        or (isinstance(student, dict) and ("vocabulary" in student or "width" in student))
+    )
+    if chained:
+        return "compress"  # compress.steps, student.vocabulary and student.width are compress's alone
     if teacher:
         return "distill"
     return "compress" if student else "finetune"

@@ -123,6 +123,43 @@ class LoraSection:
 
 
 @dataclass
+class VocabularyConfig:
+    """Vocabulary trimming (``student.vocabulary``; the ``trim_vocabulary`` step of ``compress``): keep the tokens
+    of the task's training texts (and transfer texts), the special tokens and, by default, every single-character
+    piece; slice the embeddings and rewrite the fast tokenizer (:mod:`lmdistill.models.vocab`)."""
+
+    min_count: int = 1
+    """Keep a token seen at least this many times in the texts."""
+    top_n: int | None = None
+    """Cap the whole kept vocabulary (always-kept tokens included) at this many tokens, most frequent first."""
+    keep_characters: bool = True
+    """Keep every single-character piece, so an unseen word is spelled out instead of becoming [UNK]."""
+    transfer_texts: bool = True
+    """Count the transfer set's texts (data.unlabeled) too, when there is one."""
+
+
+@dataclass
+class WidthConfig:
+    """Width pruning by importance before distillation (``student.width``; the ``prune_width`` step of
+    ``compress``): every layer keeps its most important heads and FFN neurons (and hidden channels), measured on
+    ``calibration_examples`` training examples (:mod:`lmdistill.models.prune`). Give sizes or
+    ``target_parameters``."""
+
+    heads: int | None = None
+    """Attention heads per layer. BERT family: the head size is kept, so hidden_size = heads x head size."""
+    intermediate_size: int | None = None
+    """FFN neurons per layer."""
+    hidden_size: int | None = None
+    """Hidden width (BERT family: implied by heads, or implies them)."""
+    target_parameters: int | None = None
+    """Instead of sizes: the most heads, then the widest FFN, whose parameters fit this count."""
+    importance: Literal["activation", "gradient"] = "activation"
+    """How heads are ranked: activation magnitude (Minitron) or Michel et al. (2019) eq. 2 first-order scores."""
+    calibration_examples: int = 256
+    """Training examples the importance is measured on (the first ones)."""
+
+
+@dataclass
 class StudentConfig:
     """How the student is made: from teacher layers, a pretrained model, or a fresh config."""
 
@@ -144,6 +181,10 @@ class StudentConfig:
     trust_remote_code: bool = False
     lora: LoraSection | None = None
     """causal_lm: train LoRA adapters on the student instead of all its weights (saved as a PEFT adapter)."""
+    vocabulary: VocabularyConfig | None = None
+    """compress: trim the student's vocabulary to the task's texts before distillation (step trim_vocabulary)."""
+    width: WidthConfig | None = None
+    """compress: prune the student's width by importance before distillation (step prune_width)."""
 
 
 @dataclass
@@ -414,6 +455,22 @@ class ReportConfig:
     BF16: :func:`lmdistill.models.precision.cpu_native_bf16`) or the CUDA GPU supports bf16."""
 
 
+STEPS = ("trim_vocabulary", "prune_width", "distill", "quantize", "export")
+"""The steps of ``compress.steps``, in the order they may run (trim and prune in either order, before distill)."""
+
+
+@dataclass
+class CompressConfig:
+    """The chain ``compress`` runs (docs/compression.md). The student is built (layers kept), then each step
+    in turn; the report gets one row per step."""
+
+    steps: list[Literal["trim_vocabulary", "prune_width", "distill", "quantize", "export"]] | None = None
+    """trim_vocabulary (student.vocabulary), prune_width (student.width), distill (required; also trains the
+    no-KD baseline), quantize (dynamic int8: PyTorch, and ONNX Runtime with export), export (ONNX fp32 in
+    OUTPUT_DIR/export; the teacher too, for a same-runtime comparison). Default: distill, preceded by
+    trim_vocabulary / prune_width when student.vocabulary / student.width are given."""
+
+
 @dataclass
 class Config:
     """The whole run. `finetune` uses `model`; `distill` uses `teacher` and `student`."""
@@ -434,3 +491,4 @@ class Config:
     lm: CausalLMConfig = field(default_factory=CausalLMConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
     qa: QAConfig = field(default_factory=QAConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)

@@ -58,6 +58,8 @@ class OnnxRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
+        # no spin-waiting after a run: timed interleaved with other models, it would take their CPU
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(self.folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
@@ -101,7 +103,14 @@ class OnnxRunner:
             raise ExportError("OnnxRunner: an ONNX graph runs inference only; it cannot be trained")
         return self
 
-    def to(self, device: str | torch.device) -> OnnxRunner:
+    def to(self, device: str | torch.device | torch.dtype) -> OnnxRunner:
+        if isinstance(device, torch.dtype):  # the graph's precision is fixed when it is exported
+            if device != torch.float32:
+                raise ExportError(
+                    f"OnnxRunner: the graph's precision is fixed at export ({device} asked); "
+                    "evaluate it without --dtype, or export an int8 graph (--int8)"
+                )
+            return self
         if torch.device(device).type != "cpu":
             raise ExportError(f"OnnxRunner runs on the CPU only (asked for {device})")
         return self
@@ -116,3 +125,27 @@ def _numpy(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     return np.asarray(value, dtype=np.int64)
+
+
+def exported_folder(path: str | Path) -> Path | None:
+    """``path`` when it is an exported graph folder (``model.onnx``), None for anything else. The top folder of
+    ``lmdistill export`` (holding ``onnx/`` and ``onnx-int8/``) is an ExportError naming the sub-folders."""
+    from lmdistill.export.files import MARKER
+
+    folder = Path(path).expanduser()
+    if (folder / "model.onnx").is_file():
+        return folder
+    if (folder / MARKER).is_file() and not (folder / "config.json").is_file():
+        subs = sorted(p.name for p in folder.iterdir() if (p / "model.onnx").is_file())
+        raise ExportError(
+            f"{folder}: is the top folder of an export; give one of its graphs: "
+            + (", ".join(str(folder / s) for s in subs) or "(none found: export the model again)")
+        )
+    return None
+
+
+def load_exported(folder: str | Path):
+    """``(OnnxRunner, tokenizer)`` of an exported graph folder."""
+    from transformers import AutoTokenizer
+
+    return OnnxRunner(folder), AutoTokenizer.from_pretrained(Path(folder))

@@ -11,7 +11,14 @@ import importlib
 from pathlib import Path
 from typing import NamedTuple
 
-from lmdistill.config.checks import check_common, check_distill, check_report, check_student, check_verb
+from lmdistill.config.checks import (
+    check_common,
+    check_compress,
+    check_distill,
+    check_report,
+    check_student,
+    check_verb,
+)
 from lmdistill.config.load import build_config, deep_merge, raw_config, suggest
 from lmdistill.config.schema import Config, Verb
 from lmdistill.errors import ConfigError
@@ -153,7 +160,7 @@ def check(cfg: Config, task: Task | None, verb: Verb | None = None) -> list[str]
             "or set it to null"
         )
     errors += _check_streaming(cfg, task)
-    errors += _check_metric(cfg, task) + check_verb(cfg, verb)
+    errors += _check_metric(cfg, task) + check_verb(cfg, verb) + check_compress(cfg, verb)
     if verb in ("distill", "compress"):
         errors += check_student(cfg.student) + _check_distill(cfg, task)
     return errors + check_report(cfg.report)

@@ -312,8 +312,13 @@ class SequenceTask(Task):
         return out
 
     def load_saved(self, path, key: str = "model"):
+        """``(model, tokenizer)`` of a saved folder: a transformers model, or an exported ONNX graph folder
+        (``lmdistill export``), run by ONNX Runtime."""
+        from lmdistill.export import exported_folder, load_exported
         from lmdistill.models.load import load_saved_classifier
 
+        if exported_folder(path) is not None:
+            return load_exported(path)
         return load_saved_classifier(str(path), key)
 
 
