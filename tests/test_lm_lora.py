@@ -165,3 +165,16 @@ def test_a_target_module_that_does_not_exist_is_one_line():
         "student.lora.target_modules: the student (LlamaForCausalLM) has no module 'query'; its linear layers are"
     )
     assert "q_proj" in msg and "\n" not in msg
+
+
+def test_without_peft_a_lora_student_is_one_line_naming_the_extra(monkeypatch):
+    import sys
+
+    from lmdistill.errors import ModelError
+    from lmdistill.models.lora import _peft
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft raises ImportError
+    with pytest.raises(
+        ModelError, match=r"student.lora needs the peft package: pip install 'lmdistill\[lora\]'"
+    ):
+        _peft()

@@ -41,10 +41,22 @@ def check_targets(model: nn.Module, targets: list[str]) -> None:
             )
 
 
+def _peft():
+    """The peft package, or one line saying how to install it."""
+    try:
+        import peft
+    except ImportError:
+        raise ModelError(
+            "student.lora needs the peft package: pip install 'lmdistill[lora]' (or pip install peft)"
+        ) from None
+    return peft
+
+
 def apply_lora(model: nn.Module, lora: LoraSection, base: str | None) -> nn.Module:
     """``model`` wrapped with trainable LoRA adapters (PEFT); every other weight frozen. ``base``: where the
     frozen base lives (None: saved beside the adapter)."""
-    from peft import LoraConfig, get_peft_model
+    peft = _peft()
+    LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model  # noqa: N806
 
     if lora.target_modules is not None:
         check_targets(model, lora.target_modules)
@@ -96,8 +108,9 @@ def load_lora(path: str | Path, key: str = "model"):
     ``base_model_name_or_path``)."""
     import json
 
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
+    PeftModel = _peft().PeftModel  # noqa: N806
 
     from lmdistill.models.load import load_tokenizer
 
