@@ -25,7 +25,7 @@ from torch import nn
 
 from lmdistill.config.load import suggest
 from lmdistill.config.schema import MatchConfig, ScheduleConfig
-from lmdistill.errors import ConfigError
+from lmdistill.errors import ConfigError, ModelError
 from lmdistill.losses import features as F
 from lmdistill.losses.reduce import masked_mean
 
@@ -363,3 +363,15 @@ def teacher_hidden(matches: list[Match]) -> dict[int, set[str]]:
             layer = 0 if m.spec.embedding else m.teacher_layer + 1
             modes.setdefault(layer, set()).add(m.spec.pooled)
     return modes
+
+
+def refuse_token_level(matches: list[MatchConfig], separate: bool, key: str) -> None:
+    """One line (:class:`ModelError`) when a token-level feature is matched across two tokenizers
+    (``separate``): only sentence-level features (cls, mean) and output losses compare across tokenizations."""
+    token_level = [m.feature for m in matches if not FEATURES[m.feature].sentence]
+    if separate and token_level:
+        raise ModelError(
+            f"{key}.matches: feature '{token_level[0]}' is token-level and needs teacher and student to "
+            "share one tokenizer, but their tokenizers differ; use sentence-level features (cls, mean), "
+            "output losses (kd), or a student with the teacher's tokenizer"
+        )

@@ -289,15 +289,9 @@ class TokenClassificationTask(Task):
         self, cfg: Config, stage: StageConfig, student, teacher, separate: bool, key: str
     ) -> Objective:
         """Output terms + resolved matches; token-level matches are refused across tokenizers."""
-        from lmdistill.knowledge import FEATURES
+        from lmdistill.knowledge import refuse_token_level
 
-        token_level = [m.feature for m in stage.matches if not FEATURES[m.feature].sentence]
-        if separate and token_level:
-            raise ModelError(
-                f"{key}.matches: feature '{token_level[0]}' is token-level and needs teacher and student to "
-                "share one tokenizer, but their tokenizers differ; use sentence-level features (cls, mean), "
-                "output losses (kd), or a student with the teacher's tokenizer"
-            )
+        refuse_token_level(stage.matches, separate, key)
         return stage_objective(cfg, stage, student, teacher, key, TokenObjective)
 
     def check_teacher_labels(self, teacher, data: TokenData) -> None:
