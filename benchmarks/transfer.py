@@ -127,6 +127,7 @@ def main() -> None:
                 f"teacher.name_or_path={args.teacher}",
                 f"output_dir={run_dir}",
                 f"seed={seed}",
+                f"data.split_seed={cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed}",
                 "distill.stages=[]",
                 f"training.max_steps={steps}",
                 "training.eval_every=100000",

@@ -117,3 +117,18 @@ def test_errors_name_the_problem(tmp_path, frame):
             "regression",
             0,
         )
+
+
+def test_split_seed_fixes_the_carved_splits_across_run_seeds(tmp_path):
+    """data.split_seed carves the same validation/test rows whatever the run seed; without it the seed decides."""
+    from lmdistill.data.tables import load_frames
+
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"text": [f"t{i}" for i in range(200)], "label": ["a", "b"] * 100}).to_csv(path, index=False)
+
+    def test_rows(seed: int, split_seed: int | None) -> list[str]:
+        cfg = DataConfig(train=str(path), validation_size=0.1, test_size=0.2, split_seed=split_seed)
+        return list(load_frames(cfg, seed)["test"]["text"])
+
+    assert test_rows(1, 42) == test_rows(2, 42) == test_rows(42, None)
+    assert test_rows(1, None) != test_rows(2, None)

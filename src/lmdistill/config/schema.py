@@ -74,6 +74,9 @@ class DataConfig:
     """File or split name; when absent, carved from train with `test_size`."""
     validation_size: float = 0.1
     test_size: float = 0.1
+    split_seed: int | None = None
+    """The seed that carves validation/test out of train (default: the run's `seed`). Fix it to compare
+    training seeds on the same test examples, with a teacher trained on the same training split."""
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"

@@ -188,7 +188,8 @@ def row_name(df: pd.DataFrame, row: int, split: str) -> str:
 
 
 def _carve(frames: dict[str, pd.DataFrame], cfg: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
-    """Carve missing validation/test splits out of train, reproducibly."""
+    """Carve missing validation/test splits out of train, reproducibly (``data.split_seed``, else ``seed``)."""
+    seed = seed if cfg.split_seed is None else cfg.split_seed
     train = frames["train"]
     want = {s: getattr(cfg, f"{s}_size") for s in ("test", "validation") if s not in frames}
     if not any(want.values()):
