@@ -401,6 +401,7 @@ def test_compress_token_classification_end_to_end(ner, tmp_path):
     assert main(["compress", str(tmp_path / "c.yaml")]) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(report["models"]) == {"teacher", "student", "baseline"}
+    assert report["primary_metric"] == "entity_f1"  # the data's headline (BIO tags), not the class default
     for entry in report["models"].values():
         assert list(entry["metrics"])[0] == "entity_f1"
         for m in entry["metrics"].values():

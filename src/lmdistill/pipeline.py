@@ -248,7 +248,7 @@ def write_model_card(model_dir: Path, data: dict, cfg: Config) -> Path:
     models = data["models"]
     student, teacher, baseline = models.get("student"), models.get("teacher"), models.get("baseline")
     task = get_task(cfg.task)
-    metric = task.report_metric or task.primary_metric
+    metric = data.get("primary_metric") or task.report_metric or task.primary_metric
     method = cfg.distill.method or ", ".join(f"{k} x{w}" for k, w in (cfg.distill.losses or {}).items())
     data_src = cfg.data.dataset or cfg.data.train
     lines = [

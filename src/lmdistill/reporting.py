@@ -306,7 +306,7 @@ def report(
         "title": f"Distillation report: {Path(out_dir or cfg.output_dir).name}",
         "task": cfg.task,
         "evaluation": inputs.evaluation,
-        "primary_metric": task.report_metric or task.primary_metric,
+        "primary_metric": inputs.headline or task.report_metric or task.primary_metric,
         "greater_is_better": dict(GREATER_IS_BETTER),
         "environment": environment_info(),
         "notes": notes + inputs.notes,

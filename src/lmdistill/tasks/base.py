@@ -264,6 +264,9 @@ class ReportInputs:
     max_length: int
     evaluation: str | None
     notes: list[str] = field(default_factory=list)
+    headline: str | None = None
+    """The report's headline metric when the data decides it (token classification: entity F1 for BIO tags);
+    None: the task's ``report_metric`` or ``primary_metric``."""
 
 
 @dataclass

@@ -399,9 +399,9 @@ class TokenClassificationTask(Task):
         texts = [" ".join(w) for w in test.words[: cfg.report.speed_texts]]
         words = sum(len(w) for w in test.words)
         note = "Token classification: a prediction is one sentence tagged (its words joined by spaces for the speed runs)."
-        return ReportInputs(
-            data, texts, cfg.data.max_length, f"test split, {len(test)} sentences, {words:,} words", [note]
-        )
+        evaluation = f"test split, {len(test)} sentences, {words:,} words"
+        headline = self.headline(cfg, is_bio(data.label_names))
+        return ReportInputs(data, texts, cfg.data.max_length, evaluation, [note], headline)
 
     def report_quality(self, model, tokenizer, cfg: Config, inputs) -> Quality:
         """Word accuracy (and entity precision / recall / F1) with 95% bootstrap intervals over sentences; the
