@@ -11,6 +11,9 @@ Modes (each in its own process, so peak memory is its own):
   textbrewer        TextBrewer 0.2.1 GeneralDistiller, batches padded to --max-len (as in its examples); fp32
                     (its only CPU mode; its GPU fp16 needs apex)
   textbrewer_dyn    the same with the plain loop's batches (padded to their longest example)
+  plain_grouped, textbrewer_grouped   the plain loop and TextBrewer (dynamic padding) fed exactly the
+                    length-grouped batches lmdistill's engine draws (lmdistill.data.sampler.
+                    LengthGroupedBatchSampler, same seed and epochs): the engine alone, on identical batches
   lmdistill_live    lmdistill.engine.train with the teacher running live, training.mixed_precision from
                     --precision (auto: lmdistill's own choice, lmdistill.engine.choose_mixed_precision)
   lmdistill_cached  lmdistill.engine.train from a teacher cache (its one-off build is timed apart)
@@ -145,26 +148,37 @@ def kd_loss(s_out, t_logits, t_hidden, labels, mask, pairs):
 # ------------------------------------------------------------------------------------------------ modes
 
 
-def run_plain(args, dev, teacher, student, ids, labels) -> dict:
+def batch_order(args, ids, grouped: bool) -> list[torch.Tensor]:
+    """Every epoch's index batches, made before timing: shuffled (seed 0), or exactly the length-grouped
+    batches lmdistill's engine draws for seed 0 (its LengthGroupedBatchSampler, epoch by epoch)."""
+    if grouped:
+        from lmdistill.data.sampler import LengthGroupedBatchSampler
+
+        sampler = LengthGroupedBatchSampler([len(x) for x in ids], args.bs, seed=0)
+        return [b for e in range(args.epochs) for b in sampler.batches(e)]
+    g = torch.Generator().manual_seed(0)
+    return [b for _ in range(args.epochs) for b in torch.randperm(len(ids), generator=g).split(args.bs)]
+
+
+def run_plain(args, dev, teacher, student, ids, labels, grouped: bool = False) -> dict:
     teacher.to(dev).eval()
     student.to(dev).train()
     pairs = layer_map(student, teacher)
     opt = torch.optim.AdamW(student.parameters(), lr=5e-5)
-    g = torch.Generator().manual_seed(0)
+    order = batch_order(args, ids, grouped)
     start = time.perf_counter()
-    for _ in range(args.epochs):
-        for idx in torch.randperm(len(ids), generator=g).split(args.bs):
-            x, mask = pad([ids[i] for i in idx])
-            x, mask, y = x.to(dev), mask.to(dev), torch.tensor([labels[i] for i in idx], device=dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.mixed == "bf16"):
-                with torch.no_grad():
-                    t_out = teacher(input_ids=x, attention_mask=mask, output_hidden_states=True)
-                s_out = student(input_ids=x, attention_mask=mask, output_hidden_states=True)
-                loss = kd_loss(s_out, t_out.logits, t_out.hidden_states, y, mask, pairs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            opt.step()
+    for idx in order:
+        x, mask = pad([ids[i] for i in idx])
+        x, mask, y = x.to(dev), mask.to(dev), torch.tensor([labels[i] for i in idx], device=dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.mixed == "bf16"):
+            with torch.no_grad():
+                t_out = teacher(input_ids=x, attention_mask=mask, output_hidden_states=True)
+            s_out = student(input_ids=x, attention_mask=mask, output_hidden_states=True)
+            loss = kd_loss(s_out, t_out.logits, t_out.hidden_states, y, mask, pairs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
     sync(dev)
     return {
         "train_s": time.perf_counter() - start,
@@ -191,18 +205,16 @@ def textbrewer_module(path: str):
     return textbrewer
 
 
-def run_textbrewer(args, dev, teacher, student, ids, labels, dynamic: bool) -> dict:
+def run_textbrewer(args, dev, teacher, student, ids, labels, dynamic: bool, grouped: bool = False) -> dict:
     tb = textbrewer_module(args.textbrewer)
     teacher.to(dev).eval()
     student.to(dev).train()
-    g = torch.Generator().manual_seed(0)
     batches = []
-    for _ in range(args.epochs):  # the same shuffled batches as the plain loop, made before timing
-        for idx in torch.randperm(len(ids), generator=g).split(args.bs):
-            x, mask = pad([ids[i] for i in idx], None if dynamic else args.max_len)
-            batches.append(
-                {"input_ids": x, "attention_mask": mask, "labels": torch.tensor([labels[i] for i in idx])}
-            )
+    for idx in batch_order(args, ids, grouped):  # the plain loop's batches, made before timing
+        x, mask = pad([ids[i] for i in idx], None if dynamic else args.max_len)
+        batches.append(
+            {"input_ids": x, "attention_mask": mask, "labels": torch.tensor([labels[i] for i in idx])}
+        )
 
     def adaptor(batch, outputs):
         return {
@@ -401,10 +413,12 @@ def worker(args) -> None:
     teacher, student = models(args.size)
     ids, labels = examples(args.n, args.max_len)
     mode = args.worker
-    if mode == "plain":
-        r = run_plain(args, dev, teacher, student, ids, labels)
+    grouped = mode.endswith("_grouped")
+    if mode.startswith("plain"):
+        r = run_plain(args, dev, teacher, student, ids, labels, grouped=grouped)
     elif mode.startswith("textbrewer"):
-        r = run_textbrewer(args, dev, teacher, student, ids, labels, dynamic=mode == "textbrewer_dyn")
+        dynamic = mode != "textbrewer"
+        r = run_textbrewer(args, dev, teacher, student, ids, labels, dynamic=dynamic, grouped=grouped)
     else:
         r = run_lmdistill(
             args,
