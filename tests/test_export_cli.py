@@ -79,7 +79,7 @@ def test_evaluate_on_the_export_top_folder_names_its_graphs(exported, sentiment_
 
 def test_export_without_onnx_is_one_line_and_writes_nothing(tiny_bert_dir, tmp_path, capsys):
     line = _error(capsys, ["export", str(tiny_bert_dir), "--int8", "--output", str(tmp_path / "o")])
-    assert line == "error: export: give --onnx (the only format written; --int8 adds the int8 graph)"
+    assert line == "error: export: give --onnx (--int8 adds the int8 graph) or, for a LoRA student, --merge"
     assert not (tmp_path / "o").exists()
 
 

@@ -178,3 +178,42 @@ def test_without_peft_a_lora_student_is_one_line_naming_the_extra(monkeypatch):
         ModelError, match=r"student.lora needs the peft package: pip install 'lmdistill\[lora\]'"
     ):
         _peft()
+
+
+def test_export_merge_writes_the_merged_model_and_its_onnx_graph(tmp_path, dirs, capsys):
+    """`lmdistill export RUN/model --merge --onnx`: OUTPUT/merged equals merge_and_save's W0 + alpha/r B A, a
+    plain transformers folder; OUTPUT/onnx is its graph; the record names both."""
+    from transformers import AutoModelForCausalLM
+
+    from lmdistill import api
+    from lmdistill.cli import main
+
+    api.distill(_lora_cfg(tmp_path, dirs, "run"))
+    model_dir = tmp_path / "run" / "model"
+    out = tmp_path / "export"
+    assert main(["export", str(model_dir), "--merge", "--onnx", "--output", str(out)]) == 0
+    record = json.loads((out / "lmdistill-export.json").read_text())
+    assert list(record["formats"]) == ["merged", "onnx"] and record["kind"] == "causal-lm"
+    assert record["architecture"] == "LlamaForCausalLM"
+    assert record["formats"]["onnx"]["max_abs_diff_vs_pytorch"] < 1e-4
+    reference = merge_and_save(model_dir, tmp_path / "reference")
+    got, want = load_file(out / "merged" / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert not (out / "merged" / "adapter_config.json").exists()
+    AutoModelForCausalLM.from_pretrained(out / "merged")  # loads with plain transformers, no PEFT
+    assert (out / "onnx" / "model.onnx").is_file()
+
+
+def test_export_of_a_lora_folder_without_merge_and_merge_of_a_plain_folder_are_one_line(
+    tmp_path, dirs, capsys
+):
+    from lmdistill import api
+    from lmdistill.cli import main
+
+    api.distill(_lora_cfg(tmp_path, dirs, "run"))
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "run" / "model"), "--onnx", "--output", str(tmp_path / "o")]) == 2
+    assert "is a LoRA adapter folder; add --merge" in capsys.readouterr().err
+    assert main(["export", str(dirs / "student"), "--merge", "--output", str(tmp_path / "o")]) == 2
+    assert "is not a LoRA adapter folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing written

@@ -151,14 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser(
         "export",
-        help="export a saved model to ONNX (and ONNX Runtime dynamic int8)",
+        help="export a saved model to ONNX (and ONNX Runtime dynamic int8), or merge a LoRA student",
         description="Export a saved transformers model folder to OUTPUT/onnx (fp32, checked against PyTorch) "
         "and with --int8 to OUTPUT/onnx-int8 (ONNX Runtime dynamic int8, compared with fp32); each folder "
-        "holds model.onnx with the config and tokenizer and runs with onnxruntime alone. Written whole or "
-        "not at all. `lmdistill evaluate OUTPUT/onnx-int8 --config ...` measures its quality.",
+        "holds model.onnx with the config and tokenizer and runs with onnxruntime alone. --merge: a LoRA "
+        "student's adapters merged into its base, as a plain transformers folder OUTPUT/merged (the ONNX "
+        "graphs are then made from it). Written whole or not at all. "
+        "`lmdistill evaluate OUTPUT/onnx-int8 --config ...` measures its quality.",
     )
     p.add_argument("model", help="folder of a saved model (e.g. runs/student/model)")
-    p.add_argument("--onnx", action="store_true", help="write the ONNX graph (required: the only format)")
+    p.add_argument("--onnx", action="store_true", help="write the ONNX graph")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="MODEL is a LoRA student: write it merged into its base (W0 + alpha/r B A) as OUTPUT/merged",
+    )
     p.add_argument("--int8", action="store_true", help="also write an ONNX Runtime dynamic int8 graph")
     p.add_argument("--output", required=True, help="the folder to write (new, empty, or an earlier export)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
@@ -341,15 +348,18 @@ def _run(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> None:
     from lmdistill.export import export_model
 
-    if not args.onnx:
-        raise LmdistillError("export: give --onnx (the only format written; --int8 adds the int8 graph)")
+    if not args.onnx and not args.merge:
+        raise LmdistillError(
+            "export: give --onnx (--int8 adds the int8 graph) or, for a LoRA student, --merge"
+        )
     if args.max_length is not None and args.max_length < 2:
         raise LmdistillError(f"--max-length must be at least 2, got {args.max_length}")
     summary = export_model(
         args.model,
         args.output,
-        onnx=True,
+        onnx=args.onnx,
         int8=args.int8,
+        merge=args.merge,
         overwrite=args.overwrite,
         max_length=args.max_length,
         exporter=args.exporter,
@@ -357,9 +367,10 @@ def _export(args: argparse.Namespace) -> None:
     for name, fmt in summary["formats"].items():
         diff = fmt.get("max_abs_diff_vs_pytorch", fmt.get("max_abs_diff_vs_fp32"))
         versus = "PyTorch" if "max_abs_diff_vs_pytorch" in fmt else "fp32"
+        check = "" if diff is None else f", max |diff| vs {versus} {diff:.2e}"
         print(
-            f"{name}: {args.output}/{fmt['folder']}  {fmt['precision']}, {fmt['weights_bytes'] / 1e6:.1f} MB, "
-            f"max |diff| vs {versus} {diff:.2e}"
+            f"{name}: {args.output}/{fmt['folder']}  {fmt['precision']}, {fmt['weights_bytes'] / 1e6:.1f} MB"
+            f"{check}"
         )
     print(f"record: {args.output}/lmdistill-export.json")
 
