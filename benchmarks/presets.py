@@ -25,9 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from seedgrid import paired_summary, slug
 
 from lmdistill import api
-from lmdistill.report.paired import seed_example_bootstrap
 from lmdistill.tasks import get_task, load_config
 
 TWO_STAGES = {"tinybert", "minilm", "minilmv2"}
@@ -93,7 +93,7 @@ def main() -> None:
             key = f"{name} | seed {seed}"
             if key in record["runs"]:
                 continue
-            run_dir = out / _slug(name) / f"seed{seed}"
+            run_dir = out / slug(name) / f"seed{seed}"
             overrides = [
                 *base,
                 f"output_dir={run_dir}",
@@ -127,32 +127,7 @@ def main() -> None:
 
 
 def summarise(record: dict, chosen: list[str], seeds: list[int], out: Path) -> None:
-    gold = np.asarray(record["gold"])
-    runs = record["runs"]
-
-    def preds(name: str) -> np.ndarray:
-        return np.stack([np.asarray(runs[f"{name} | seed {s}"]["pred"]) for s in seeds])
-
-    rows = [
-        "| variant | steps | accuracy, mean over seeds | vs no KD (paired 95% interval) | verdict | wall (s) |",
-        "|---|---|---|---|---|---|",
-    ]
-    summary = {}
-    for name in chosen:
-        a = preds(name)
-        acc = float((a == gold).mean())
-        wall = sum(runs[f"{name} | seed {s}"]["wall_s"] for s in seeds) / len(seeds)
-        steps = runs[f"{name} | seed {seeds[0]}"]["steps"]
-        entry = {"accuracy": acc, "wall_s": round(wall, 1), "steps": steps}
-        cell, verdict = "", ""
-        if name != BASE:
-            ci = seed_example_bootstrap("accuracy", gold, a, preds(BASE), n_resamples=2000, seed=0)
-            entry |= {"difference": ci.point, "low": ci.low, "high": ci.high}
-            cell = f"{100 * ci.point:+.1f} [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]"
-            verdict = "better" if ci.low > 0 else "worse" if ci.high < 0 else "not distinguishable"
-        summary[name] = entry | {"verdict": verdict}
-        rows.append(f"| {name} | {steps} | {100 * acc:.1f} | {cell} | {verdict} | {wall:.0f} |")
-    record["summary"] = summary
+    rows, record["summary"] = paired_summary(record, list(chosen), seeds, lambda name: BASE)
     (out / "presets.json").write_text(json.dumps(record))
     table = "\n".join(rows) + "\n"
     (out / "presets.md").write_text(table)
@@ -163,10 +138,6 @@ def _all_steps(run_dir: Path) -> int:
     """Optimizer steps of a run over all its stages (its results.json and its stage-*/results.json)."""
     files = [run_dir / "results.json", *sorted(run_dir.glob("stage-*/results.json"))]
     return sum(json.loads(f.read_text()).get("steps", 0) for f in files)
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from seedgrid import paired_summary, slug
 
 from lmdistill import api
-from lmdistill.report.paired import seed_example_bootstrap
 from lmdistill.tasks import get_task, load_config
 
 KD = {"kd": 0.5, "ce": 0.5}
@@ -120,7 +120,7 @@ def main() -> None:
     for name, extra in chosen.items():
         for seed in args.seeds:
             key = f"{name} | seed {seed}"
-            run_dir = out / _slug(name) / f"seed{seed}"
+            run_dir = out / slug(name) / f"seed{seed}"
             if key in record["runs"]:
                 continue
             overrides = [
@@ -157,31 +157,13 @@ def main() -> None:
     summarise(record, chosen, args.seeds, out)
 
 
-def summarise(record: dict, chosen: dict, seeds: list[int], out: Path) -> None:
-    gold = np.asarray(record["gold"])
-    runs = record["runs"]
+def _base_of(name: str) -> str:
+    """No KD at the same number of labels."""
+    return f"no KD, {name.rsplit(', ', 1)[1]}" if name.endswith(" labels") else "no KD"
 
-    def preds(name: str) -> np.ndarray:
-        return np.stack([np.asarray(runs[f"{name} | seed {s}"]["pred"]) for s in seeds])
 
-    rows = ["| variant | accuracy, mean over seeds | vs no KD (paired 95% interval) | verdict | wall (s) |"]
-    rows.append("|---|---|---|---|---|")
-    summary = {}
-    for name in chosen:
-        base = f"no KD, {name.rsplit(', ', 1)[1]}" if name.endswith(" labels") else "no KD"
-        a = preds(name)
-        acc = float((a == gold).mean())
-        wall = sum(runs[f"{name} | seed {s}"]["wall_s"] for s in seeds) / len(seeds)
-        entry = {"accuracy": acc, "wall_s": round(wall, 1), "against": base}
-        cell, verdict = "", ""
-        if name != base:
-            ci = seed_example_bootstrap("accuracy", gold, a, preds(base), n_resamples=2000, seed=0)
-            entry |= {"difference": ci.point, "low": ci.low, "high": ci.high}
-            cell = f"{100 * ci.point:+.1f} [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]"
-            verdict = "better" if ci.low > 0 else "worse" if ci.high < 0 else "not distinguishable"
-        summary[name] = entry | {"verdict": verdict}
-        rows.append(f"| {name} | {100 * acc:.1f} | {cell} | {verdict} | {wall:.0f} |")
-    record["summary"] = summary
+def summarise(record: dict, chosen: list[str], seeds: list[int], out: Path) -> None:
+    rows, record["summary"] = paired_summary(record, list(chosen), seeds, _base_of)
     (out / "transfer.json").write_text(json.dumps(record))
     table = "\n".join(rows) + "\n"
     (out / "transfer.md").write_text(table)
@@ -192,10 +174,6 @@ def _steps_of(model_dir: Path) -> int | None:
     """The optimizer steps of the run that saved ``model_dir`` (its results.json, one folder up)."""
     results = model_dir.parent / "results.json"
     return json.loads(results.read_text()).get("steps") if results.is_file() else None
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
 def _argv() -> list[str]:
