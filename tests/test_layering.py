@@ -26,7 +26,7 @@ LAYERS = [
     ("lmdistill.checkpoint", "lmdistill.engine"),
     ("lmdistill.tasks",),
     ("lmdistill.run",),
-    ("lmdistill.api", "lmdistill.pipeline", "lmdistill.reporting", "lmdistill.chain"),
+    ("lmdistill.api", "lmdistill.pipeline", "lmdistill.reporting", "lmdistill.chain", "lmdistill.sweeps"),
     ("lmdistill.cli",),
 ]
 

@@ -2,7 +2,7 @@
 
 Public API (imported lazily, so `import lmdistill` is cheap)::
 
-    from lmdistill import finetune, distill, evaluate, load_config, Config
+    from lmdistill import finetune, distill, evaluate, sweep, load_config, Config
 
 How the package is layered. Data flows one way: config -> data / models -> signals -> losses -> objective ->
 engine -> tasks -> run driver -> api / pipeline -> cli, and a module imports only from its own layer or the
@@ -21,7 +21,7 @@ layers below it (``tests/test_layering.py`` walks every import with ``ast`` and 
    config loader;
 7. ``run``: THE run driver (output folder, seed, parts from the task, train, save, evaluate, results);
 8. ``api``, ``pipeline`` (compress and report), ``chain`` (compress's steps around distillation),
-   ``reporting``;
+   ``reporting``, ``sweeps`` (variants x seeds and their leaderboard);
 9. ``cli``.
 """
 
@@ -33,6 +33,7 @@ _API = {
     "finetune": "lmdistill.api",
     "distill": "lmdistill.api",
     "evaluate": "lmdistill.api",
+    "sweep": "lmdistill.api",
     "RunResult": "lmdistill.api",
     "EvalResult": "lmdistill.api",
     "Config": "lmdistill.config",

@@ -1,4 +1,4 @@
-"""The Python API: ``finetune``, ``distill``, ``cache``, ``evaluate``, ``evaluate_retrieval``. The CLI calls
+"""The Python API: ``finetune``, ``distill``, ``cache``, ``evaluate``, ``evaluate_retrieval``, ``sweep``. The CLI calls
 exactly these. Each parses its arguments into a config and calls the run driver (:mod:`lmdistill.run`) or the
 task (:mod:`lmdistill.tasks`); there is no task logic here.
 """
@@ -129,3 +129,12 @@ def evaluate_retrieval(
         max_length=max_length,
         seed=seed,
     )
+
+
+def sweep(config: ConfigSource, overrides: list[str] | tuple[str, ...] = (), *, overwrite: bool = False):
+    """Train every variant of the config's ``sweep`` section with every seed (finished runs are skipped) and write
+    the leaderboard into ``output_dir`` (:mod:`lmdistill.sweeps`, docs/sweep.md); returns a
+    :class:`~lmdistill.sweeps.SweepResult` (its ``failed``: each failed run's one-line error)."""
+    from lmdistill.sweeps import sweep as run_sweep
+
+    return run_sweep(config, overrides, overwrite=overwrite)

@@ -95,6 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(p)
 
     p = verbs.add_parser(
+        "sweep",
+        help="train every variant of a config with every seed, write a leaderboard",
+        description="Run every variant of the config's sweep section (sweep.grid or sweep.variants) with every "
+        "seed of sweep.seeds into OUTPUT_DIR/<variant>/seed-<seed> (finished runs are skipped, unfinished ones "
+        "continue), then write OUTPUT_DIR/leaderboard.md, .html, .csv, .json and quality_vs_latency.png: each "
+        "variant's metric (mean over seeds, 95%% interval), its paired difference to sweep.reference, size and "
+        "latency. Exit status 1 when some run failed (its error is in the leaderboard). See docs/sweep.md.",
+    )
+    _add_config(p)
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the config, list the variants and runs, run nothing"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train every run again, also those finished earlier (by default they are skipped)",
+    )
+
+    p = verbs.add_parser(
         "report",
         help="evaluate and measure finished runs, write report.md and report.html",
         description="Build the compression report (quality with 95%% bootstrap intervals, size, "
@@ -262,6 +281,8 @@ def _run(args: argparse.Namespace) -> int:
 
         compress(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
         return 0
+    if args.verb == "sweep":
+        return _sweep(args, api)
     if args.verb == "report":
         from lmdistill.pipeline import report
 
@@ -345,6 +366,20 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.verb)
 
 
+def _sweep(args: argparse.Namespace, api) -> int:
+    """``lmdistill sweep``: 0 when every run finished, 1 when some failed (the leaderboard names them)."""
+    from lmdistill import sweeps
+
+    if args.dry_run:
+        print(sweeps.describe(sweeps.plan(args.config, args.overrides)))
+        return 0
+    result = api.sweep(args.config, args.overrides, overwrite=args.overwrite)
+    print(f"leaderboard: {result.files['html']}\n             {result.files['md']}")
+    if result.failed:
+        print(f"{len(result.failed)} run(s) failed: {', '.join(result.failed)}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def _export(args: argparse.Namespace) -> None:
     from lmdistill.export import export_model
 
@@ -375,13 +410,13 @@ def _export(args: argparse.Namespace) -> None:
     print(f"record: {args.output}/lmdistill-export.json")
 
 
-FLAGS = ("--overwrite", "--resume")
+FLAGS = ("--overwrite", "--resume", "--dry-run")
 
 
 def _options_first(argv: list[str]) -> list[str]:
     """The verb's ``--resume`` / ``--overwrite`` moved before its positional words, so that overrides may follow
     them (``compress c.yaml --resume training.epochs=1``): argparse stops reading positionals at an option."""
-    if not argv or argv[0] not in ("finetune", "distill", "compress"):
+    if not argv or argv[0] not in ("finetune", "distill", "compress", "sweep"):
         return argv
     verb, rest = argv[0], list(argv[1:])
     flags, words, i = [], [], 0
@@ -389,7 +424,9 @@ def _options_first(argv: list[str]) -> list[str]:
         token = rest[i]
         if token in FLAGS:
             value = rest[i + 1] if i + 1 < len(rest) else None
-            if verb != "compress" and token == "--resume":  # --resume [CHECKPOINT]: a folder, else the newest
+            if (
+                verb in ("finetune", "distill") and token == "--resume"
+            ):  # --resume [CHECKPOINT]: a folder, else the newest
                 checkpoint = value is not None and _is_checkpoint(value)
                 flags.append(f"--resume={value if checkpoint else 'auto'}")
                 i += int(checkpoint)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lmdistill.config.sweep import SweepConfig
+
 Verb = Literal["finetune", "distill", "compress"]
 
 
@@ -495,3 +497,5 @@ class Config:
     tokens: TokensConfig = field(default_factory=TokensConfig)
     qa: QAConfig = field(default_factory=QAConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
+    sweep: SweepConfig | None = None
+    """A study of variants x seeds (``lmdistill sweep``; other verbs ignore it): :mod:`lmdistill.config.sweep`."""
