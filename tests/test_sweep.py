@@ -132,6 +132,28 @@ def test_failing_variant_is_reported_and_the_sweep_goes_on(tmp_path, tiny_bert_d
     assert f"bad, seed 0: {message}" in (tmp_path / "sweep" / "leaderboard.md").read_text()
 
 
+def test_separate_processes_run_the_variants_and_report_a_failure(
+    tmp_path, tiny_bert_dir, sentiment_csv, capsys
+):
+    variants = [
+        {"name": "bad", "overrides": {"student.num_layers": None, "student.layers": [0, 9]}},
+        {"name": "good", "overrides": {}},
+    ]
+    sweep = {"variants": variants, "reference": "good", "processes": 2}
+    cfg = _config(tmp_path / "sweep", tiny_bert_dir, sentiment_csv, sweep)
+    cfg["training"]["teacher_cache"] = None  # no shared cache: the two runs may run at once
+    assert main(["sweep", _write(tmp_path, cfg)]) == 1
+    out = tmp_path / "sweep"
+    data = json.loads((out / "leaderboard.json").read_text())
+    message = "student.layers: layer 9 is outside the teacher, which has 4 layers (valid indices 0..3)"
+    assert data["rows"][0]["errors"] == {"0": message}  # the process's one-line error; its output in the log
+    assert f"error: {message}" in (out / "bad" / "seed-0.log").read_text()
+    assert data["rows"][1]["seeds_ok"] == 1 and (out / "good" / "seed-0" / "results.json").is_file()
+    assert yaml.safe_load((out / "good" / "seed-0.config.yaml").read_text())["output_dir"] == str(
+        out / "good" / "seed-0"
+    )
+
+
 # --------------------------------------------------------------------------------------------- bad configs
 
 

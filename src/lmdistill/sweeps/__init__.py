@@ -117,7 +117,8 @@ def plan(config: str | Path | dict, overrides: list[str] | tuple[str, ...] = ())
     folder = Path(base.output_dir)
     seeds = list(s.seeds or [base.seed])
     task = get_task(base.task) if base.task in TASKS else None
-    explicit_cache = "teacher_cache" in (raw.get("training") or {})
+    given = (raw.get("training") or {}).get("teacher_cache", "auto")
+    explicit_cache = given != "auto"  # a folder or null is the user's choice; auto becomes the shared cache
     jobs, problems = [], []
     for seed in seeds:
         for v in variants:
@@ -126,7 +127,7 @@ def plan(config: str | Path | dict, overrides: list[str] | tuple[str, ...] = ())
             job_raw = apply_overrides({k: x for k, x in raw.items() if k != "sweep"}, items)
             shares = (
                 verb == "distill" and task is not None and task.cacheable and not explicit_cache
-                and "training.teacher_cache" not in v.overrides
+                and v.overrides.get("training.teacher_cache", "auto") == "auto"
             )  # fmt: skip
             if shares:
                 job_raw = apply_overrides(
@@ -150,8 +151,12 @@ def plan(config: str | Path | dict, overrides: list[str] | tuple[str, ...] = ())
 
 def describe(p: Plan) -> str:
     """The dry run's text: every variant with its overrides, and the runs."""
-    lines = [f"sweep into {p.folder}: {len(p.variants)} variants x {len(p.seeds)} seeds = {len(p.jobs)} {p.verb} runs"
-             f" (seeds {', '.join(map(str, p.seeds))}; reference {p.reference})"]  # fmt: skip
+
+    def n(k: int, what: str) -> str:
+        return f"{k} {what}{'s' if k != 1 else ''}"
+
+    lines = [f"sweep into {p.folder}: {n(len(p.variants), 'variant')} x {n(len(p.seeds), 'seed')} = "
+             f"{n(len(p.jobs), p.verb + ' run')} (seeds {', '.join(map(str, p.seeds))}; reference {p.reference})"]  # fmt: skip
     for v in p.variants:
         shown = " ".join(override_items(v)) or "(the base config)"
         lines.append(f"  {v.name}{' (reference)' if v.name == p.reference else ''}: {shown}")
@@ -247,9 +252,10 @@ def run_in_subprocess(job: Job, verb: str, resume: bool, overwrite: bool) -> Non
             x.strip() for x in log.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()
         ]
         errors = [x[len("error: ") :] for x in lines if x.startswith("error: ")]
+        last = (lines[-1] if lines else f"exit status {rc}") + f" (log: {log})"  # a traceback's last line
         raise LmdistillError(
-            errors[-1] if errors else (lines[-1] if lines else f"exit status {rc}") + f" (log: {log})"
-        )
+            errors[-1] if errors else last
+        )  # its one-line error (exit 2), as the CLI printed it
 
 
 def _one(job: Job, verb: str, state: str, overwrite: bool, runner) -> dict:
