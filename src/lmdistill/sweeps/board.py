@@ -48,12 +48,14 @@ def statistic(kind: str, metric: str):
 
 
 def _examples_id(inputs, columns: dict | None) -> str:
-    """A fingerprint of the test examples (texts and gold), to know whether two seeds share their test set."""
+    """A fingerprint of the test examples (their texts, gold labels, token counts), to know whether two runs were
+    scored on the same examples (a split carved by the seed differs from seed to seed)."""
     h = hashlib.sha256()
     texts = getattr(inputs.examples, "texts", None)
     h.update(json.dumps(list(texts) if texts is not None else None, default=str).encode())
-    if columns is not None and "gold" in columns:
-        h.update(np.ascontiguousarray(columns["gold"]).tobytes())
+    for key in ("gold", "den"):
+        if columns is not None and key in columns:
+            h.update(key.encode() + np.ascontiguousarray(columns[key]).tobytes())
     return h.hexdigest()[:16]
 
 
