@@ -49,7 +49,10 @@ GRID = {"grid": {"distill.temperature": [1.0, 4.0]}, "seeds": [1, 2]}
 def finished(tmp_path_factory, tiny_bert_dir, sentiment_csv):
     """A 2-variant x 2-seed sweep run once through the CLI: (its config file, its folder, the exit status)."""
     tmp = tmp_path_factory.mktemp("sweep")
-    path = _write(tmp, _config(tmp / "sweep", tiny_bert_dir, sentiment_csv, GRID))
+    cfg = _config(tmp / "sweep", tiny_bert_dir, sentiment_csv, GRID)
+    # a stage with its own epochs: its config.yaml differs from the base's, and a restart must still skip it
+    cfg["distill"]["stages"] = [{"name": "kd", "losses": {"kd": 0.5, "ce": 0.5}, "epochs": 2}]
+    path = _write(tmp, cfg)
     return path, tmp / "sweep", main(["sweep", path])
 
 
@@ -171,6 +174,8 @@ def _one_error(tmp_path, capsys, base_dir, sweep: dict) -> str:
         ({"grid": {"distill.temperature": [1, 2]}, "sed": [1]},
          "error: unknown key 'sweep.sed' (did you mean 'sweep.seeds'?)"),
         ({"grid": {}}, "error: sweep.grid is empty: give at least one key with a list of values"),
+        ({"grid": {"distill.temperature": [1, 2]}, "metric": "acuracy"},
+         "error: sweep.metric 'acuracy' is not a metric of task classification (did you mean 'accuracy'?)"),
         ({"grid": {"distill.temperature": []}},
          "error: sweep.grid.distill.temperature has no values: give a list of one or more values"),
         ({"variants": [{"name": "a"}, {"name": "a", "overrides": {"distill.temperature": 2}}]},

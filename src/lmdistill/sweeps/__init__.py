@@ -117,6 +117,24 @@ def plan(config: str | Path | dict, overrides: list[str] | tuple[str, ...] = ())
     folder = Path(base.output_dir)
     seeds = list(s.seeds or [base.seed])
     task = get_task(base.task) if base.task in TASKS else None
+    jobs, problems = _jobs(raw, folder, variants, seeds, verb, task)
+    if s.metric is not None and task is not None:
+        from lmdistill.config.load import suggest
+        from lmdistill.tasks.metrics import GREATER_IS_BETTER
+
+        known = sorted({*task.metrics, *GREATER_IS_BETTER, task.report_metric or task.primary_metric})
+        if s.metric not in known:
+            problems.append(
+                f"sweep.metric {s.metric!r} is not a metric of task {base.task}{suggest(s.metric, known)}"
+            )
+    if problems:
+        raise ConfigError(problems)
+    reference = s.reference or variants[0].name
+    return Plan(folder, verb, s, variants, seeds, reference, jobs, base.task)
+
+
+def _jobs(raw: dict, folder: Path, variants: list[VariantConfig], seeds: list[int], verb: str, task):
+    """Every (variant, seed) job with its loaded config, seed by seed, and every problem of their configs."""
     given = (raw.get("training") or {}).get("teacher_cache", "auto")
     explicit_cache = given != "auto"  # a folder or null is the user's choice; auto becomes the shared cache
     jobs, problems = [], []
@@ -124,29 +142,25 @@ def plan(config: str | Path | dict, overrides: list[str] | tuple[str, ...] = ())
         for v in variants:
             run_dir = folder / v.name / f"seed-{seed}"
             items = [*override_items(v), f"seed={seed}", f"output_dir={json.dumps(str(run_dir))}"]
-            job_raw = apply_overrides({k: x for k, x in raw.items() if k != "sweep"}, items)
             shares = (
                 verb == "distill" and task is not None and task.cacheable and not explicit_cache
                 and v.overrides.get("training.teacher_cache", "auto") == "auto"
             )  # fmt: skip
             if shares:
-                job_raw = apply_overrides(
-                    job_raw, [f"training.teacher_cache={folder / 'teacher_cache' / f'seed-{seed}'}"]
+                items.append(
+                    f"training.teacher_cache={json.dumps(str(folder / 'teacher_cache' / f'seed-{seed}'))}"
                 )
             try:
-                cfg = load_config(job_raw, verb=verb)
+                cfg = load_config(
+                    apply_overrides({k: x for k, x in raw.items() if k != "sweep"}, items), verb=verb
+                )
             except ConfigError as e:
                 problems += [
-                    f"variant {v.name}: {line}"
-                    for line in e.errors
-                    if f"variant {v.name}: {line}" not in problems
+                    f"variant {v.name}: {x}" for x in e.errors if f"variant {v.name}: {x}" not in problems
                 ]
                 continue
             jobs.append(Job(v.name, seed, cfg, run_dir, shares))
-    if problems:
-        raise ConfigError(problems)
-    reference = s.reference or variants[0].name
-    return Plan(folder, verb, s, variants, seeds, reference, jobs, base.task)
+    return jobs, problems
 
 
 def describe(p: Plan) -> str:
@@ -204,6 +218,8 @@ def status(job: Job) -> str | None:
     import yaml
 
     from lmdistill.outputs import holds_run
+    from lmdistill.run import stage_runs
+    from lmdistill.tasks.base import stages_of
 
     run = job.folder
     if (run / "results.json").is_file() and (run / "model").is_dir():
@@ -211,8 +227,11 @@ def status(job: Job) -> str | None:
             saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
             return None
+        *_, (written, _, _) = stage_runs(
+            job.cfg, stages_of(job.cfg)
+        )  # as the last stage wrote its config.yaml
         same = _comparable(saved if isinstance(saved, dict) else {}) == _comparable(
-            dataclasses.asdict(job.cfg)
+            dataclasses.asdict(written)
         )
         return "finished" if same else None
     return "partial" if run.is_dir() and holds_run(run) else "new"

@@ -75,8 +75,8 @@ def score(job: Job, metric: str, inputs_cache: dict) -> dict:
         inputs = inputs_cache[key]
         model, tok = task.load_saved(job.folder / "model")
         q = task.report_quality(model, tok, job.cfg, inputs)
-    except LmdistillError as e:
-        out["note"] = clip(str(e))
+    except (LmdistillError, OSError, ValueError, RuntimeError) as e:  # the run stays; its row says why
+        out["note"] = clip(f"not scored: {e}")
     else:
         cols, kind = columns_of(q, metric)
         value = q.metrics.get(metric, {})
@@ -143,10 +143,13 @@ def _latency(p: Plan, models: dict[str, Path], cfg) -> tuple[dict[str, float], s
         texts = task.report_inputs(cfg).texts
     except LmdistillError as e:
         return {}, f"Latency: not measured ({clip(str(e), 160)}); the plot uses weights on disk."
-    loaded = {name: task.load_saved(path) for name, path in models.items()}
     r = cfg.report
-    found = measure_models_interleaved(loaded, texts[:64], batch_size=1, rounds=r.latency_repeats, warmup=r.warmup,
-                                       max_length=cfg.data.max_length)  # fmt: skip
+    try:
+        loaded = {name: task.load_saved(path) for name, path in models.items()}
+        found = measure_models_interleaved(loaded, texts[:64], batch_size=1, rounds=r.latency_repeats,
+                                           warmup=r.warmup, max_length=cfg.data.max_length)  # fmt: skip
+    except (LmdistillError, OSError, ValueError, RuntimeError) as e:
+        return {}, f"Latency: not measured ({clip(str(e), 160)}); the plot uses weights on disk."
     note = (
         f"Latency: median of {r.latency_repeats} batch-1 forward passes per model over {min(64, len(texts))} test "
         "texts, every variant's model (its first finished seed) timed interleaved in one process, on the CPU."
