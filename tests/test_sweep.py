@@ -73,6 +73,11 @@ def test_two_variants_two_seeds_end_to_end(finished):
         assert row["seeds_ok"] == 2 and row["per_seed"] == pytest.approx(accs)
         assert row["mean"] == pytest.approx(np.mean(accs))
         assert (row["low"], row["high"]) == pytest.approx(tuple(t_interval(accs))[1:])
+        seconds = [
+            json.loads((out / name / f"seed-{s}" / "results.json").read_text())["train_seconds"]
+            for s in (1, 2)
+        ]
+        assert row["train_s"] == pytest.approx(np.mean(seconds))
     table = list(csv.DictReader((out / "leaderboard.csv").open()))
     assert [r["variant"] for r in table] == list(rows)
     assert float(table[1]["mean"]) == pytest.approx(rows["temperature=4.0"]["mean"])

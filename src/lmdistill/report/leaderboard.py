@@ -19,7 +19,7 @@ from lmdistill.fileio import write_text
 
 COLUMNS = (
     "variant", "overrides", "seeds_ok", "seeds", "mean", "low", "high", "interval", "diff", "diff_low",
-    "diff_high", "p_value", "verdict", "parameters", "weights_mb", "latency_ms", "pareto", "errors",
+    "diff_high", "p_value", "verdict", "parameters", "weights_mb", "latency_ms", "train_s", "pareto", "errors",
 )  # fmt: skip
 
 
@@ -77,11 +77,12 @@ def _cells(row: dict, data: dict) -> list[str]:
         params,
         mb,
         lat,
+        _num(row.get("train_s"), 1),
     ]
 
 
 HEADER = ("variant", "seeds", "{metric} mean [95% CI]", "diff vs {reference} [95% CI]", "p", "verdict",
-          "parameters", "weights MB", "latency ms (batch 1)")  # fmt: skip
+          "parameters", "weights MB", "latency ms (batch 1)", "train s (mean)")  # fmt: skip
 
 
 def _header(data: dict) -> list[str]:

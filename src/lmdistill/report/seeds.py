@@ -134,18 +134,21 @@ def seed_example_permutation(
     """Two-sided p-value of "a and b are equally good" on these seeds' test examples: the share of resamples
     whose mean-over-seeds difference is at least as far from 0 as the observed one, counting the observed,
     ``(1 + #{|T_r| >= |T|}) / (R + 1)``. Resample r swaps a's and b's columns on each example of each seed with
-    probability 1/2 (``rng.random((R, n_s)) < 0.5``, seed by seed). The trained models are held fixed: the
+    probability 1/2 (``rng.random((R, n_s)) < 0.5``, seed by seed; in chunks of resamples when R * n_s is large). The trained models are held fixed: the
     test measures the test-set noise; seed-to-seed variation is in the bootstrap interval."""
     sizes = _check(a, b)
     if n_resamples < 1:
         raise ValueError("seed_example_permutation needs n_resamples >= 1")
     observed = abs(point_difference(stat, a, b))
     rng = np.random.default_rng(seed)
+    rows = max(1, MAX_ELEMENTS // max(sizes))  # resamples per chunk (all of them for small test sets)
     total = np.zeros(n_resamples)
-    for x, y, n in zip(a, b, sizes):
-        swap = rng.random((n_resamples, n)) < 0.5  # (R, n)
-        xa = {k: np.where(swap, np.asarray(y[k])[None], np.asarray(v)[None]) for k, v in x.items()}
-        ya = {k: np.where(swap, np.asarray(v)[None], np.asarray(y[k])[None]) for k, v in x.items()}
-        total += stat(xa) - stat(ya)
+    for start in range(0, n_resamples, rows):
+        size = min(rows, n_resamples - start)
+        for x, y, n in zip(a, b, sizes):
+            swap = rng.random((size, n)) < 0.5  # (B, n)
+            xa = {k: np.where(swap, np.asarray(y[k])[None], np.asarray(v)[None]) for k, v in x.items()}
+            ya = {k: np.where(swap, np.asarray(v)[None], np.asarray(y[k])[None]) for k, v in x.items()}
+            total[start : start + size] += stat(xa) - stat(ya)
     far = np.abs(total / len(a)) >= observed - 1e-12 * max(1.0, observed)
     return float((1 + far.sum()) / (n_resamples + 1))

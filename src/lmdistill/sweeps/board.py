@@ -187,9 +187,12 @@ def leaderboard(p: Plan, record: dict[str, dict]) -> dict:
     for v in p.variants:
         done = [scores[(v.name, s)] for s in p.seeds if (v.name, s) in scores]
         values = [x["value"] for x in done if x.get("value") is not None]
+        seconds = [json.loads((j.folder / "results.json").read_text()).get("train_seconds") for j in p.jobs
+                   if j.variant == v.name and (v.name, j.seed) in scores]  # fmt: skip
         mean, low, high = _seed_mean(values, done[0] if len(done) == 1 else None)
         row = {"variant": v.name, "overrides": " ".join(override_items(v)) or "(base)", "seeds_ok": len(done),
                "seeds": len(p.seeds), "mean": mean, "low": low, "high": high, "per_seed": values,
+               "train_s": float(np.mean(seconds)) if seconds and None not in seconds else None,
                "interval": "t over seeds" if len(values) > 1 else "test-set bootstrap" if values else None,
                "errors": {j.seed: record[j.key]["error"] for j in p.jobs
                           if j.variant == v.name and record.get(j.key, {}).get("status") == "failed"}}  # fmt: skip
