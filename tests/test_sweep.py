@@ -85,6 +85,13 @@ def test_two_variants_two_seeds_end_to_end(finished):
     assert sorted(p.name for p in (out / "teacher_cache").iterdir()) == ["seed-1", "seed-2"]
     saved = yaml.safe_load((out / "temperature=4.0" / "seed-2" / "config.yaml").read_text())
     assert saved["seed"] == 2 and saved["distill"]["temperature"] == 4.0 and saved["sweep"] is None
+    assert saved["data"]["split_seed"] == 0  # the config's seed: every run scored on the same test examples
+    gold = [
+        json.loads((out / v / f"seed-{s}.scores.json").read_text())["columns"]["gold"]
+        for v in rows
+        for s in (1, 2)
+    ]
+    assert all(g == gold[0] for g in gold)
     assert saved["training"]["teacher_cache"] == str(out / "teacher_cache" / "seed-2")
     assert "| temperature=4.0" in (out / "leaderboard.md").read_text()
 
@@ -97,7 +104,7 @@ def test_difference_to_reference_is_the_paired_test_of_the_saved_predictions(fin
     a = [{k: np.asarray(x) for k, x in c.items()} for c in a]
     b = [{k: np.asarray(x) for k, x in c.items()} for c in b]
     stat = lambda c: accuracy(c["gold"], c["pred"])  # noqa: E731
-    ci = seed_example_sets_bootstrap(stat, a, b, same_examples=False, n_resamples=200)
+    ci = seed_example_sets_bootstrap(stat, a, b, same_examples=True, n_resamples=200)
     row = data["rows"][1]
     assert (row["diff"], row["diff_low"], row["diff_high"]) == pytest.approx((ci.point, ci.low, ci.high))
     assert row["p_value"] == pytest.approx(seed_example_permutation(stat, a, b, n_resamples=200))

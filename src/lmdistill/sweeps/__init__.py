@@ -117,7 +117,7 @@ def plan(config: str | Path | dict, overrides: list[str] | tuple[str, ...] = ())
     folder = Path(base.output_dir)
     seeds = list(s.seeds or [base.seed])
     task = get_task(base.task) if base.task in TASKS else None
-    jobs, problems = _jobs(raw, folder, variants, seeds, verb, task)
+    jobs, problems = _jobs(raw, folder, variants, seeds, verb, task, base.seed)
     if s.metric is not None and task is not None:
         from lmdistill.config.load import suggest
         from lmdistill.tasks.metrics import GREATER_IS_BETTER
@@ -133,8 +133,14 @@ def plan(config: str | Path | dict, overrides: list[str] | tuple[str, ...] = ())
     return Plan(folder, verb, s, variants, seeds, reference, jobs, base.task)
 
 
-def _jobs(raw: dict, folder: Path, variants: list[VariantConfig], seeds: list[int], verb: str, task):
-    """Every (variant, seed) job with its loaded config, seed by seed, and every problem of their configs."""
+def _jobs(
+    raw: dict, folder: Path, variants: list[VariantConfig], seeds: list[int], verb: str, task, split: int
+):
+    """Every (variant, seed) job with its loaded config, seed by seed, and every problem of their configs.
+    Unless ``data.split_seed`` is given, every run carves validation and test with the config's own seed
+    (``split``): every variant and seed is scored on the same test examples, and none of them is a training
+    example of a teacher trained with that seed."""
+    fixed = (raw.get("data") or {}).get("split_seed") is None
     given = (raw.get("training") or {}).get("teacher_cache", "auto")
     explicit_cache = given != "auto"  # a folder or null is the user's choice; auto becomes the shared cache
     jobs, problems = [], []
@@ -142,6 +148,8 @@ def _jobs(raw: dict, folder: Path, variants: list[VariantConfig], seeds: list[in
         for v in variants:
             run_dir = folder / v.name / f"seed-{seed}"
             items = [*override_items(v), f"seed={seed}", f"output_dir={json.dumps(str(run_dir))}"]
+            if fixed and "data.split_seed" not in v.overrides:
+                items.append(f"data.split_seed={split}")
             shares = (
                 verb == "distill" and task is not None and task.cacheable and not explicit_cache
                 and v.overrides.get("training.teacher_cache", "auto") == "auto"
