@@ -164,9 +164,9 @@ def test_separate_processes_run_the_variants_and_report_a_failure(
     assert data["rows"][0]["errors"] == {"0": message}  # the process's one-line error; its output in the log
     assert f"error: {message}" in (out / "bad" / "seed-0.log").read_text()
     assert data["rows"][1]["seeds_ok"] == 1 and (out / "good" / "seed-0" / "results.json").is_file()
-    assert yaml.safe_load((out / "good" / "seed-0.config.yaml").read_text())["output_dir"] == str(
-        out / "good" / "seed-0"
-    )
+    written = yaml.safe_load((out / "good" / "seed-0.config.yaml").read_text())
+    assert written["output_dir"] == str(out / "good" / "seed-0")
+    assert written["training"]["teacher_cache"] is None  # the config's null is kept: no shared cache
 
 
 # --------------------------------------------------------------------------------------------- bad configs
@@ -308,3 +308,22 @@ def test_pareto_front_by_hand():
     # (latency, accuracy): the second is slower and worse than the first; the third is slower but better
     assert pareto_front([(1.0, 0.8), (2.0, 0.7), (3.0, 0.9), (1.0, 0.8)], True) == [True, False, True, True]
     assert pareto_front([(1.0, 5.0), (2.0, 4.0), (3.0, 6.0)], False) == [True, True, False]  # perplexity
+
+
+def test_leaderboard_files_name_failures_and_unscored_runs(tmp_path):
+    from lmdistill.report.leaderboard import write_leaderboard
+
+    row = {"variant": "a", "overrides": "(base)", "seeds_ok": 1, "seeds": 2, "mean": 0.8, "low": 0.7, "high": 0.9,
+           "errors": {2: "NaN loss at step 3"}, "notes": {1: "not scored: task mlm has no report"}, "pareto": True,
+           "weights_mb": 1.5}  # fmt: skip
+    other = {**row, "variant": "b", "mean": 0.6, "low": 0.5, "high": 0.7, "errors": {}, "notes": {}, "diff": -0.2, "diff_low": -0.3,
+             "diff_high": -0.1, "p_value": 0.002, "verdict": "worse", "pareto": False}  # fmt: skip
+    data = {"title": "t", "task": "classification", "metric": "accuracy", "greater_is_better": True,
+            "reference": "a", "seeds": [1, 2], "rows": [row, other], "notes": ["a note"]}  # fmt: skip
+    files = write_leaderboard(data, tmp_path)
+    md = files["md"].read_text()
+    assert "- a, seed 2: NaN loss at step 3" in md and "- a, seed 1: not scored: task mlm has no report" in md
+    assert "| b | 1/2 | 0.6000 [0.5000, 0.7000] | -0.2000 [-0.3000, -0.1000] | 0.002 | worse |" in md
+    rows = list(csv.DictReader(files["csv"].open()))
+    assert [r["variant"] for r in rows] == ["a", "b"] and rows[0]["errors"] == "seed 2: NaN loss at step 3"
+    assert files["png"].stat().st_size > 1000  # no latency: quality against weights on disk

@@ -94,8 +94,11 @@ def _notes(data: dict) -> list[str]:
 
 
 def _errors(data: dict) -> list[str]:
+    """Each failed run's one-line error, and why a finished run was not scored."""
     return [
-        f"{row['variant']}, seed {s}: {e}" for row in data["rows"] for s, e in row.get("errors", {}).items()
+        f"{row['variant']}, seed {s}: {e}"
+        for row in data["rows"]
+        for s, e in [*row.get("errors", {}).items(), *row.get("notes", {}).items()]
     ]
 
 
@@ -114,7 +117,7 @@ def render_markdown(data: dict) -> str:
     lines += [f"- {n}" for n in _notes(data)]
     errors = _errors(data)
     if errors:
-        lines += ["", "## Failed runs", ""] + [f"- {e}" for e in errors]
+        lines += ["", "## Failed runs (and runs not scored)", ""] + [f"- {e}" for e in errors]
     lines += ["", "## Variants", ""] + [f"- **{r['variant']}**: `{r['overrides']}`" for r in data["rows"]]
     if data.get("plot"):
         lines += ["", f"![quality vs latency]({data['plot']})"]
@@ -140,7 +143,11 @@ def render_html(data: dict) -> str:
     ]
     errors = _errors(data)
     if errors:
-        parts.append("<h2>Failed runs</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in errors) + "</ul>")
+        parts.append(
+            "<h2>Failed runs (and runs not scored)</h2><ul>"
+            + "".join(f"<li>{e(x)}</li>" for x in errors)
+            + "</ul>"
+        )
     parts.append(
         "<h2>Variants</h2><ul>"
         + "".join(
@@ -176,7 +183,8 @@ def plot(data: dict, path: Path) -> Path | None:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     for r in rows:
-        err = [[r["mean"] - r["low"]], [r["high"] - r["mean"]]] if r.get("low") is not None else None
+        has = r.get("low") is not None and r.get("high") is not None
+        err = [[max(0.0, r["mean"] - r["low"])], [max(0.0, r["high"] - r["mean"])]] if has else None
         ax.errorbar(r[cost], r["mean"], yerr=err, fmt="o", color="C1" if r["pareto"] else "C0", capsize=3)
         ax.annotate(r["variant"], (r[cost], r["mean"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     front = sorted((r[cost], r["mean"]) for r in rows if r["pareto"])

@@ -21,6 +21,7 @@ import copy
 import json
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,12 +236,10 @@ def status(job: Job) -> str | None:
             saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
             return None
-        *_, (written, _, _) = stage_runs(
-            job.cfg, stages_of(job.cfg)
-        )  # as the last stage wrote its config.yaml
-        same = _comparable(saved if isinstance(saved, dict) else {}) == _comparable(
-            dataclasses.asdict(written)
-        )
+        # the config.yaml a finished run holds is its last stage's (a stage may set epochs, learning rate)
+        *_, (written, _, _) = stage_runs(job.cfg, stages_of(job.cfg))
+        theirs = _comparable(saved if isinstance(saved, dict) else {})
+        same = theirs == _comparable(dataclasses.asdict(written))
         return "finished" if same else None
     return "partial" if run.is_dir() and holds_run(run) else "new"
 
@@ -279,10 +278,9 @@ def run_in_subprocess(job: Job, verb: str, resume: bool, overwrite: bool) -> Non
             x.strip() for x in log.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()
         ]
         errors = [x[len("error: ") :] for x in lines if x.startswith("error: ")]
-        last = (lines[-1] if lines else f"exit status {rc}") + f" (log: {log})"  # a traceback's last line
-        raise LmdistillError(
-            errors[-1] if errors else last
-        )  # its one-line error (exit 2), as the CLI printed it
+        # its one-line error (exit 2) as the CLI printed it; else a traceback's last line and where the log is
+        last = (lines[-1] if lines else f"exit status {rc}") + f" (log: {log})"
+        raise LmdistillError(errors[-1] if errors else last)
 
 
 def _one(job: Job, verb: str, state: str, overwrite: bool, runner) -> dict:
@@ -324,14 +322,18 @@ def run_jobs(p: Plan, *, overwrite: bool = False, runner=None) -> dict[str, dict
     parallel = p.sweep.processes > 1 and runner is None
     runner = runner or (run_in_subprocess if parallel else run_in_process)
 
+    lock = threading.Lock()  # the record is shared by the threads that wait for the processes
+
     def group(jobs: list[Job]) -> None:
         for j in jobs:
             print(
                 f"== {j.key}: {p.verb} ({'continuing' if states[j.key] == 'partial' else 'starting'})",
                 flush=True,
             )
-            record[j.key] = _one(j, p.verb, states[j.key] or "partial", overwrite, runner)
-            write_text(path, json.dumps({"runs": record}, indent=2))
+            done = _one(j, p.verb, states[j.key] or "partial", overwrite, runner)
+            with lock:
+                record[j.key] = done
+                write_text(path, json.dumps({"runs": record}, indent=2))
 
     if parallel:
         from concurrent.futures import ThreadPoolExecutor

@@ -192,6 +192,7 @@ def leaderboard(p: Plan, record: dict[str, dict]) -> dict:
         mean, low, high = _seed_mean(values, done[0] if len(done) == 1 else None)
         row = {"variant": v.name, "overrides": " ".join(override_items(v)) or "(base)", "seeds_ok": len(done),
                "seeds": len(p.seeds), "mean": mean, "low": low, "high": high, "per_seed": values,
+               "notes": {s: scores[(v.name, s)]["note"] for s in p.seeds if scores.get((v.name, s), {}).get("note")},
                "train_s": float(np.mean(seconds)) if seconds and None not in seconds else None,
                "interval": "t over seeds" if len(values) > 1 else "test-set bootstrap" if values else None,
                "errors": {j.seed: record[j.key]["error"] for j in p.jobs
