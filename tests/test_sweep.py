@@ -129,6 +129,26 @@ def test_restart_skips_finished_runs_and_continues_an_unfinished_one(finished, t
     assert sweeps.sweep(cfg, runner=counting).failed == {} and len(calls) == 1  # all finished: nothing runs
 
 
+def test_restart_continues_an_unfinished_run_from_its_checkpoint(tmp_path, tiny_bert_dir, sentiment_csv):
+    cfg = _config(tmp_path / "sweep", tiny_bert_dir, sentiment_csv, {"variants": [{"name": "only"}]})
+    cfg["training"].update(max_steps=3, save_every=1)
+    assert sweeps.sweep(cfg).failed == {}
+    run = tmp_path / "sweep" / "only" / "seed-0"
+    names = sorted(c.name for c in (run / "checkpoints").iterdir())
+    assert names == ["step-00000001", "step-00000002"]  # the last step writes none
+    (run / "results.json").unlink()  # as if killed after step 2's checkpoint
+    calls = []
+
+    def counting(job, verb, resume, overwrite):
+        calls.append((job.key, resume, overwrite))
+        sweeps.run_in_process(job, verb, resume, overwrite)
+
+    assert sweeps.sweep(cfg, runner=counting).failed == {}
+    results = json.loads((run / "results.json").read_text())
+    assert calls == [("only/seed-0", True, False)] and results["steps"] == 3
+    assert results["resumed_from"].endswith("step-00000002")
+
+
 def test_failing_variant_is_reported_and_the_sweep_goes_on(tmp_path, tiny_bert_dir, sentiment_csv, capsys):
     variants = [
         {"name": "bad", "overrides": {"student.num_layers": None, "student.layers": [0, 9]}},
