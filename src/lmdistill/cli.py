@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every variant of the config's sweep section (sweep.grid or sweep.variants) with every "
         "seed of sweep.seeds into OUTPUT_DIR/<variant>/seed-<seed> (finished runs are skipped, unfinished ones "
         "continue), then write OUTPUT_DIR/leaderboard.md, .html, .csv, .json and quality_vs_latency.png: each "
-        "variant's metric (mean over seeds, 95%% interval), its paired difference to sweep.reference, size and "
+        "variant's metric (mean over seeds, 95% interval), its paired difference to sweep.reference, size and "
         "latency. Exit status 1 when some run failed (its error is in the leaderboard). See docs/sweep.md.",
     )
     _add_config(p)
