@@ -22,7 +22,7 @@ LAYERS = [
     ("lmdistill.data", "lmdistill.models", "lmdistill.losses", "lmdistill.export", "lmdistill.report"),
     ("lmdistill.knowledge",),
     ("lmdistill.signals",),
-    ("lmdistill.objective",),
+    ("lmdistill.objective", "lmdistill.mutual"),
     ("lmdistill.checkpoint", "lmdistill.engine"),
     ("lmdistill.tasks",),
     ("lmdistill.run",),

@@ -15,7 +15,8 @@ layers below it (``tests/test_layering.py`` walks every import with ``ast`` and 
    tensor bundle defined in ``losses.topk``), ``export``, ``report`` (measure, statistics, rendering);
 2. ``knowledge``: the registry of intermediate features (what to tap, how to extract, which loss);
 3. ``signals``: the teacher's output as one interface, live or cached;
-4. ``objective``: named, weighted loss terms and matches;
+4. ``objective``: named, weighted loss terms and matches; ``mutual``: several students as one (deep mutual
+   learning);
 5. ``engine`` (THE loop), ``checkpoint``;
 6. ``tasks``: one module per task behind :class:`lmdistill.tasks.base.Task`, found by name, and the whole
    config loader;

@@ -34,6 +34,7 @@ from lmdistill.data.sampler import (
 from lmdistill.data.text import BUCKETS, BucketPad
 from lmdistill.errors import LmdistillError
 from lmdistill.models import precision
+from lmdistill.mutual import clip_groups
 from lmdistill.objective import Objective
 from lmdistill.signals.live import LiveTeacher, SignalSource, TeacherSignal
 
@@ -321,6 +322,7 @@ def train(
     if live:
         signal_of = LiveTeacher(teacher, hidden_states=objective.needs_hidden, tap=objective.teacher_tap)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = clip_groups(student, objective) or [trainable]  # mutual learning: each student clipped apart
 
     state = LoopState(signature=signature)
     resumed_from = checkpoint.find(cfg.resume, out_dir)
@@ -435,7 +437,7 @@ def train(
                     else:
                         accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.max_grad_norm is not None:
-                        accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                        _clip(accelerator, groups, cfg.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -497,6 +499,16 @@ def train(
         resumed_from=str(resumed_from) if resumed_from else None,
         history=state.history,
     )
+
+
+def _clip(accelerator, groups: list[list[nn.Parameter]], max_norm: float) -> None:
+    """Clip the gradients by global norm, each group on its own (one group: accelerate's own call)."""
+    if len(groups) == 1:
+        accelerator.clip_grad_norm_(groups[0], max_norm)
+        return
+    accelerator.unscale_gradients()  # once (fp16 loss scaling), then a plain clip per group
+    for group in groups:
+        torch.nn.utils.clip_grad_norm_(group, max_norm)
 
 
 @torch.no_grad()

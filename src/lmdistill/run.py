@@ -262,6 +262,8 @@ def signature(cfg: Config, task: Task, student) -> dict:
         "qa": c["qa"],
         "training": {k: c["training"][k] for k in TRAJECTORY},
     }
+    if cfg.mutual is not None:
+        sig["mutual"] = c["mutual"]
     return json.loads(json.dumps(sig, default=str))
 
 
@@ -299,6 +301,10 @@ def run(cfg: Config, verb: str, *, role: str | None = None, overwrite: bool = Fa
     from lmdistill.outputs import RunFolder
 
     task = get_task(cfg.task)
+    if cfg.mutual is not None:  # several students, one loop (lmdistill.tasks.mutual)
+        from lmdistill.tasks.mutual import MutualTask
+
+        task = MutualTask(task, cfg.mutual)
     problems = task.check_data(cfg)  # the data files and columns, before any model is loaded
     if problems:
         raise ConfigError(problems)

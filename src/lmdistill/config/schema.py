@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lmdistill.config.sweep import SweepConfig
+from lmdistill.config.mutual import MutualConfig
 
 Verb = Literal["finetune", "distill", "compress"]
 
@@ -184,6 +185,8 @@ class StudentConfig:
     num_attention_heads: int | None = None
     intermediate_size: int | None = None
     trust_remote_code: bool = False
+    seed: int | None = None
+    """config: the seed of the fresh student's weights (default: the run's seed; mutual sets one per student)."""
     lora: LoraSection | None = None
     """causal_lm: train LoRA adapters on the student instead of all its weights (saved as a PEFT adapter)."""
     vocabulary: VocabularyConfig | None = None
@@ -499,3 +502,5 @@ class Config:
     compress: CompressConfig = field(default_factory=CompressConfig)
     sweep: SweepConfig | None = None
     """A study of variants x seeds (``lmdistill sweep``; other verbs ignore it): :mod:`lmdistill.config.sweep`."""
+    mutual: MutualConfig | None = None
+    """Deep mutual learning: several students trained together (:mod:`lmdistill.config.mutual`)."""

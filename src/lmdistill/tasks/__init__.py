@@ -20,6 +20,7 @@ from lmdistill.config.checks import (
     check_verb,
 )
 from lmdistill.config.load import build_config, deep_merge, raw_config, suggest
+from lmdistill.config.mutual import check_mutual
 from lmdistill.config.schema import Config, Verb
 from lmdistill.errors import ConfigError
 from lmdistill.tasks.base import Task
@@ -161,6 +162,7 @@ def check(cfg: Config, task: Task | None, verb: Verb | None = None) -> list[str]
         )
     errors += _check_streaming(cfg, task)
     errors += _check_metric(cfg, task) + check_verb(cfg, verb) + check_compress(cfg, verb)
+    errors += check_mutual(cfg.mutual, verb, task=cfg.task, terms=task.loss_terms, cfg=cfg)
     if verb in ("distill", "compress"):
         errors += check_student(cfg.student) + _check_distill(cfg, task)
     return errors + check_report(cfg.report)

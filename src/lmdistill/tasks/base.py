@@ -245,7 +245,8 @@ def make_student(cfg: Config, teacher: nn.Module, t_tok, load_pretrained: Callab
             "num_attention_heads": s.num_attention_heads,
             "intermediate_size": s.intermediate_size,
         }
-        return fresh_student(teacher, cfg.seed, **shape), tokenizer
+        seed = cfg.seed if s.seed is None else s.seed
+        return fresh_student(teacher, seed, **shape), tokenizer
     total = num_layers(teacher)
     if s.keep_every is not None:
         layers = list(range(0, total, s.keep_every))
