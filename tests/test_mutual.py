@@ -5,6 +5,9 @@ one-line errors for bad configs."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -266,3 +269,41 @@ def test_students_loaded_with_the_same_weights_are_refused(tmp_path, sentiment_c
     # tiny_bert_dir has a 2-label head already: every student would load the same weights
     with pytest.raises(LmdistillError, match="students 0 and 1 start with the same weights"):
         api.finetune(_config(tmp_path, sentiment_csv, tiny_bert_dir))
+
+
+# ---------------------------------------------------------------------------------------- several processes
+
+TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed next to this Python")
+def test_two_processes_train_both_students_as_one_process_does(tmp_path, sentiment_csv, encoder_dir):
+    cfg = _config(tmp_path, sentiment_csv, encoder_dir)
+    cfg["training"].update(max_steps=4, save_every=None, cpu=True, log_every=2)
+    cfg["data"].update(validation_size=0.0, test_size=0.0)  # no evaluation: the final students are saved
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    import lmdistill
+
+    src = str(Path(lmdistill.__file__).parents[1])  # this checkout's package, also in the subprocesses
+    path = os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": path,
+    }
+    runs = {
+        "one": [sys.executable, "-m", "lmdistill.cli", "finetune", "c.yaml", "training.batch_size=10"],
+        "two": [TORCHRUN, "--nproc_per_node", "2", "--master_port", "29533", "-m", "lmdistill.cli"]
+        + ["finetune", "c.yaml", "training.batch_size=5"],
+    }
+    for name, cmd in runs.items():
+        proc = subprocess.run(
+            [*cmd, f"output_dir={name}"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for i in range(2):
+        one, two = _weights(tmp_path / "one", i), _weights(tmp_path / "two", i)
+        for k in one:
+            torch.testing.assert_close(one[k], two[k], atol=2e-5, rtol=1e-4, msg=f"student {i}: {k}")
