@@ -207,15 +207,16 @@ def test_resume_continues_both_students_and_their_optimizer_states_exactly(
     assert (out / "metrics.csv").read_text() == history
 
 
-def test_distill_with_a_teacher_and_students_of_other_layers(tmp_path, sentiment_csv, tiny_bert_dir):
+def test_distill_with_a_teacher_cache_and_students_of_other_layers(tmp_path, sentiment_csv, tiny_bert_dir):
     from lmdistill import api
 
     cfg = _config(tmp_path, sentiment_csv, tiny_bert_dir, layers=[[0, 2], [1, 3]])
     cfg.pop("model")
     cfg["teacher"] = {"name_or_path": str(tiny_bert_dir)}
     cfg["student"] = {"num_layers": 2}
-    cfg["training"].update(max_steps=4, save_every=None)
+    cfg["training"].update(max_steps=4, save_every=None, teacher_cache="auto")
     out = api.distill(cfg).output_dir
+    assert (out / "teacher_cache").is_dir()  # one teacher pass serves both students
     res = json.loads((out / "results.json").read_text())
     assert set(res["loss_terms"]) == {f"student_{i}/{t}" for i in range(2) for t in ("kd", "ce", "mutual")}
     teacher = load_file(tiny_bert_dir / "model.safetensors")

@@ -338,3 +338,69 @@ def _newer(folder: Path, source: Path) -> bool:
         return (folder / "lmdistill-export.json").stat().st_mtime >= max(weights)
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------------------------- teacher assistants
+
+
+def assistant_config(cfg: Config, index: int, teacher: str, folder: Path) -> Config:
+    """The distill run of ``compress.assistants[index]``: the run's config, distilled from ``teacher`` (the
+    teacher or the previous assistant) into a student made of the layers the assistant keeps of it, written to
+    ``folder`` (Mirzadeh et al. 2020: each step of the chain is an ordinary distillation)."""
+    import copy
+
+    from lmdistill.config.schema import StudentConfig
+
+    a = cfg.compress.assistants[index]
+    a_cfg = copy.deepcopy(cfg)
+    a_cfg.output_dir, a_cfg.teacher.name_or_path = str(folder), teacher
+    a_cfg.student = StudentConfig(
+        init="from_teacher", layers=a.layers, num_layers=a.num_layers, strategy=a.strategy
+    )
+    return a_cfg
+
+
+def assistant_rows(cfg: Config, folders: list[Path]) -> list[ModelSpec]:
+    """A report row per trained assistant (role ``step``: a model of the chain, not the student)."""
+    rows = []
+    for i, folder in enumerate(folders):
+        before = "the teacher" if i == 0 else f"assistant {i}"
+        label = f"teacher assistant {i + 1}, distilled from {before}"
+        rows.append(
+            ModelSpec(
+                f"assistant {i + 1}",
+                "step",
+                folder / "model",
+                label=label,
+                step="teacher assistant",
+                run=folder,
+            )
+        )
+    return rows
+
+
+def write_chain(out: Path, teacher: str, assistants: list[Path], student: Path, report: dict) -> Path:
+    """``OUTPUT_DIR/chain.json``: teacher -> assistants -> student, each model's folder, its teacher, layers,
+    parameters and test metrics (from the report)."""
+    from lmdistill.fileio import write_text
+
+    models = report.get("models", {})
+    names = ["teacher"] + [f"assistant {i + 1}" for i in range(len(assistants))] + ["student"]
+    folders = [Path(teacher)] + [a / "model" for a in assistants] + [student / "model"]
+    chain = []
+    for i, (name, folder) in enumerate(zip(names, folders)):
+        entry = models.get(name, {})
+        config = (
+            json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+        )
+        chain.append(
+            {
+                "model": name,
+                "folder": str(folder),
+                "teacher": str(folders[i - 1]) if i else None,
+                "layers": config.get("num_hidden_layers"),
+                "parameters": entry.get("parameters", {}).get("total"),
+                "metrics": {k: v.get("value") for k, v in entry.get("metrics", {}).items()},
+            }
+        )
+    return write_text(out / "chain.json", json.dumps({"chain": chain}, indent=2) + "\n")

@@ -6,10 +6,11 @@
 
     mutual_i = 1/(N-1) sum_{j != i} D(p_j.detach() || p_i)
 
-(Zhang et al. 2018, "Deep Mutual Learning", CVPR, eq. 8: each network learns from the others' predictions, a
-target that does not move with its own gradient). ``D`` is the task's own output-level term named ``term``
-(``kd``: :meth:`lmdistill.objective.Objective.kd`, the configured divergence at the temperature, times T^2 where
-configured; ``kd_mse`` for regression), called with the other student's logits in the place of a teacher's:
+(Zhang et al. 2018, "Deep Mutual Learning", CVPR, sec. 3: the K-network form of L_Θ1 = L_C1 + D_KL(p2 || p1);
+each network learns from the others' predictions, a target that does not move with its own gradient).
+``D`` is the task's own output-level term named ``term`` (``kd``: :meth:`lmdistill.objective.Objective.kd`,
+the configured divergence at the temperature, times T^2 where configured; ``kd_mse`` for regression), called
+with the other student's logits in the place of a teacher's:
 every task's masking (padding, unlabelled positions, answer contexts) applies as it does to a teacher.
 
 One optimizer over all parameters equals one optimizer per student (AdamW's states are per parameter);

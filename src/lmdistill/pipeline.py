@@ -17,7 +17,15 @@ from pathlib import Path
 
 import yaml
 
-from lmdistill.chain import BEFORE, check_chain, prepare_student, runtime_rows
+from lmdistill.chain import (
+    BEFORE,
+    assistant_config,
+    assistant_rows,
+    check_chain,
+    prepare_student,
+    runtime_rows,
+    write_chain,
+)
 from lmdistill.config.checks import compress_steps
 from lmdistill.config.schema import Config, StudentConfig
 from lmdistill.errors import ConfigError, LmdistillError
@@ -154,7 +162,8 @@ def compress(
     flags = {"resume": resume, "overwrite": overwrite, "energy": energy}
     before = [x for x in steps if x in BEFORE]
     after = [x for x in steps if x in ("quantize", "export")]
-    total = 4 + bool(before) + bool(after)
+    assistants = [out / f"assistant-{i + 1}" for i in range(len(cfg.compress.assistants))]
+    total = 4 + bool(before) + bool(after) + len(assistants)
     stage = iter(range(1, total + 1))
     extra = []
     with RunFolder(out, "compress", inputs=input_paths(cfg), resume=resume, overwrite=overwrite):
@@ -168,6 +177,16 @@ def compress(
             t_cfg.output_dir = str(runs["teacher"])
             _role_run("teacher", t_cfg, "finetune", **flags)
             teacher_model = str(runs["teacher"] / "model")
+        first_teacher = teacher_model
+
+        for i, folder in enumerate(
+            assistants
+        ):  # teacher -> assistant 1 -> ... -> student (Mirzadeh et al. 2020)
+            _say(f"{next(stage)}/{total} teacher assistant {i + 1}: distilling {teacher_model} into {folder}")
+            runs[folder.name] = folder
+            _role_run(folder.name, assistant_config(cfg, i, teacher_model, folder), "distill", **flags)
+            teacher_model = str(folder / "model")
+        extra += assistant_rows(cfg, assistants)
 
         s_cfg = copy.deepcopy(cfg)
         s_cfg.output_dir, s_cfg.teacher.name_or_path = str(runs["student"]), teacher_model
@@ -175,7 +194,10 @@ def compress(
             _say(
                 f"{next(stage)}/{total} student: layers kept, then {', '.join(before)} (in OUTPUT_DIR/steps)"
             )
-            prepared, extra = prepare_student(cfg, teacher_model, out, resume=resume, overwrite=overwrite)
+            prepared, steps_rows = prepare_student(
+                cfg, teacher_model, out, resume=resume, overwrite=overwrite
+            )
+            extra += steps_rows
             s_cfg.student = StudentConfig(init="pretrained", name_or_path=str(prepared))
 
         _say(f"{next(stage)}/{total} student: distilling")
@@ -192,17 +214,19 @@ def compress(
 
         if after:
             _say(f"{next(stage)}/{total} {' + '.join(after)}: the distilled student and the teacher")
-            extra += runtime_rows(cfg, teacher_model, runs["student"] / "model", out, overwrite=overwrite)
+            extra += runtime_rows(cfg, first_teacher, runs["student"] / "model", out, overwrite=overwrite)
         for role, result in energy.items():
             write_text(runs[role] / "energy.json", json.dumps(result, indent=2, default=str))
         _say(f"{next(stage)}/{total} report: evaluating and measuring {3 + len(extra)} models")
         report_data, md, html = report(
             [runs[r] for r in ROLES if r in runs],
-            teacher=teacher_model if "teacher" not in runs else None,
+            teacher=first_teacher if "teacher" not in runs else None,
             out_dir=out,
             config=s_cfg,
             extra=extra,
         )
+        if assistants:  # the chain, model by model: its folder, teacher, layers, size and test metrics
+            write_chain(out, first_teacher, assistants, runs["student"], report_data)
     tests = {
         role: {k: v["value"] for k, v in entry.get("metrics", {}).items()}
         for role, entry in report_data["models"].items()

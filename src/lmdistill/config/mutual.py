@@ -2,7 +2,7 @@
 
 Each student's loss is its task loss (and, under ``distill``, the teacher terms of ``distill.losses``) plus
 ``weight`` times the mean, over the other students, of the divergence from the other student's prediction
-(detached: a target) to its own (Zhang et al. 2018, "Deep Mutual Learning", CVPR, eq. 1-2 and 8:
+(detached: a target) to its own (Zhang et al. 2018, "Deep Mutual Learning", CVPR, sec. 3, K networks:
 ``L_k = L_C_k + 1/(K-1) sum_{l != k} D_KL(p_l || p_k)``). The loop, checkpoints and exact resume are the
 engine's own: the students are one module (:mod:`lmdistill.mutual`), the task one adapter
 (:mod:`lmdistill.tasks.mutual`).

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lmdistill.config.assistant import AssistantConfig
 from lmdistill.config.sweep import SweepConfig
 from lmdistill.config.mutual import MutualConfig
 
@@ -477,6 +478,8 @@ class CompressConfig:
     no-KD baseline), quantize (dynamic int8: PyTorch, and ONNX Runtime with export), export (ONNX fp32 in
     OUTPUT_DIR/export; the teacher too, for a same-runtime comparison). Default: distill, preceded by
     trim_vocabulary / prune_width when student.vocabulary / student.width are given."""
+    assistants: list[AssistantConfig] = field(default_factory=list)
+    """Teacher assistants, teacher -> assistant 1 -> ... -> student (:mod:`lmdistill.config.assistant`)."""
 
 
 @dataclass

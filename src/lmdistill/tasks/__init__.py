@@ -11,6 +11,7 @@ import importlib
 from pathlib import Path
 from typing import NamedTuple
 
+from lmdistill.config.assistant import check_assistants
 from lmdistill.config.checks import (
     check_common,
     check_compress,
@@ -163,6 +164,7 @@ def check(cfg: Config, task: Task | None, verb: Verb | None = None) -> list[str]
     errors += _check_streaming(cfg, task)
     errors += _check_metric(cfg, task) + check_verb(cfg, verb) + check_compress(cfg, verb)
     errors += check_mutual(cfg.mutual, verb, task=cfg.task, terms=task.loss_terms, cfg=cfg)
+    errors += check_assistants(cfg.compress.assistants, cfg.student, verb)
     if verb in ("distill", "compress"):
         errors += check_student(cfg.student) + _check_distill(cfg, task)
     return errors + check_report(cfg.report)
