@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from lmdistill.objective import Objective
-from tests.conftest import bert_tokenizer
+from tests.conftest import bert_tokenizer, make_sentences
 
 
 @pytest.fixture(scope="module")
@@ -308,3 +308,69 @@ def test_two_processes_train_both_students_as_one_process_does(tmp_path, sentime
         one, two = _weights(tmp_path / "one", i), _weights(tmp_path / "two", i)
         for k in one:
             torch.testing.assert_close(one[k], two[k], atol=2e-5, rtol=1e-4, msg=f"student {i}: {k}")
+
+
+# ---------------------------------------------------------------------------------------- token-level tasks
+
+
+def test_causal_lm_mutual_term_counts_only_the_predicted_tokens():
+    from lmdistill.losses.divergences import DIVERGENCES
+    from lmdistill.mutual import MutualObjective
+    from lmdistill.tasks.lm_objective import CausalLMObjective
+
+    torch.manual_seed(3)
+    a, b = torch.randn(2, 6, 11), torch.randn(2, 6, 11)
+    labels = [[-100, -100, 4, 5, 6, -100], [-100, 7, 8, -100, -100, -100]]  # prompt, response, padding
+    batch = {
+        "labels": torch.tensor(labels),
+        "student": {"attention_mask": torch.ones(2, 6, dtype=torch.long)},
+    }
+    obj = MutualObjective([CausalLMObjective({"lm": 1.0}, 2.0, chunk_size=4) for _ in range(2)], 1.0)
+    terms = obj([SimpleNamespace(logits=a), SimpleNamespace(logits=b)], None, batch)
+    rows = [(i, p) for i in range(2) for p in range(5) if labels[i][p + 1] != -100]  # p predicts p + 1
+    expected = torch.stack([DIVERGENCES["forward_kl"](a[i, p], b[i, p], 2.0) for i, p in rows]).mean() * 4.0
+    torch.testing.assert_close(terms["student_0/mutual"], expected)
+
+
+def test_causal_lm_students_learn_from_each_other(tmp_path):
+    import pandas as pd
+    from transformers import AutoModelForCausalLM
+
+    from lmdistill import api
+    from tests.test_causal_lm import tiny_llama, word_tokenizer
+
+    llama_dir, text_csv = tmp_path / "llama", tmp_path / "text"
+    tok = word_tokenizer()
+    tiny_llama(len(tok)).save_pretrained(llama_dir)
+    tok.save_pretrained(llama_dir)
+    text_csv.mkdir()
+    pd.DataFrame({"text": [r[0] + " ." for r in make_sentences(300, seed=3)]}).to_csv(
+        text_csv / "text.csv", index=False
+    )
+
+    cfg = {
+        "task": "causal_lm",
+        "seed": 0,
+        "output_dir": str(tmp_path / "lm"),
+        "data": {
+            "train": str(text_csv / "text.csv"),
+            "validation_size": 0.1,
+            "test_size": 0.1,
+            "max_length": 24,
+        },
+        "teacher": {"name_or_path": str(llama_dir)},
+        "student": {"num_layers": 2},
+        "distill": {"losses": {"lm": 1.0}, "temperature": 1.0},  # taught by each other only
+        "lm": {"block_size": 16},
+        "training": {"max_steps": 4, "batch_size": 8, "learning_rate": 3e-3},
+        "mutual": {"layers": [[0, 3], [1, 2]], "weight": 0.5},
+    }
+    out = api.distill(cfg).output_dir
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["loss_terms"]) == {"student_0/lm", "student_0/mutual", "student_1/lm", "student_1/mutual"}
+    assert res["validation"]["perplexity"] == pytest.approx(
+        (res["validation"]["student_0/perplexity"] + res["validation"]["student_1/perplexity"]) / 2
+    )
+    for i in range(2):
+        model = AutoModelForCausalLM.from_pretrained(out / "model" / f"student_{i}")
+        assert model.config.num_hidden_layers == 2
