@@ -243,6 +243,7 @@ def test_distill_with_a_teacher_cache_and_students_of_other_layers(tmp_path, sen
         ({"mutual": {"layers": [[0, 1]]}}, "distill", "one list per student: 2 lists, got 1"),
         ({"mutual": {"layers": [[0, 0], [1]]}}, "distill", "distinct 0-based teacher layers"),
         ({"mutual": {"init": "same"}, "training": {"compile": True}}, "distill", "training.compile"),
+        ({"student": {"num_layers": 2, "seed": -1}}, "distill", "student.seed must be between 0 and"),
     ],
 )
 def test_bad_mutual_configs_fail_in_one_line(tmp_path, change, verb, message):
@@ -374,3 +375,30 @@ def test_causal_lm_students_learn_from_each_other(tmp_path):
     for i in range(2):
         model = AutoModelForCausalLM.from_pretrained(out / "model" / f"student_{i}")
         assert model.config.num_hidden_layers == 2
+
+
+def test_fresh_students_get_their_own_seeds_derived_from_the_run_seed():
+    from lmdistill import load_config
+    from lmdistill.tasks.base import make_student
+    from lmdistill.tasks.mutual import member_config
+    from tests.conftest import tiny_bert
+
+    cfg = load_config(
+        {
+            "seed": 5,
+            "data": {"train": "x.csv"},
+            "teacher": {"name_or_path": "t"},
+            "student": {"init": "config", "num_layers": 1},
+            "mutual": {"students": 3},
+        },
+        verb="distill",
+    )
+    members = [member_config(cfg, i) for i in range(3)]
+    assert members[0] is cfg  # student 0: what a single run builds
+    assert [m.student.seed for m in members[1:]] == [5 + 7919, 5 + 2 * 7919]
+    teacher = tiny_bert(layers=2)
+    built = [make_student(m, teacher, None, None)[0] for m in members]
+    w = [s.bert.encoder.layer[0].attention.self.query.weight for s in built]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2]) and not torch.equal(w[0], w[2])
+    again = make_student(member_config(cfg, 1), teacher, None, None)[0]  # reproducible
+    assert torch.equal(again.bert.encoder.layer[0].attention.self.query.weight, w[1])

@@ -231,6 +231,8 @@ def check_student(s: StudentConfig) -> list[str]:
         v = getattr(s, key)
         if v is not None and v < 1:
             errors.append(f"student.{key} must be at least 1, got {v}")
+    if s.seed is not None and not 0 <= s.seed < 2**32:
+        errors.append(f"student.seed must be between 0 and 4294967295, got {s.seed}")
     if s.hidden_size and s.num_attention_heads and s.hidden_size % s.num_attention_heads:
         errors.append(
             f"student.hidden_size ({s.hidden_size}) must be divisible by student.num_attention_heads "

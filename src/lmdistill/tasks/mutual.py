@@ -118,7 +118,8 @@ class MutualTask(Task):
         ]
         out = {f"student_{i}/{k}": v for i, metrics in enumerate(per) for k, v in metrics.items()}
         for k in per[0]:
-            out[k] = sum(metrics[k] for metrics in per) / len(per)
+            if all(isinstance(metrics.get(k), (int, float)) for metrics in per):  # numbers: their mean
+                out[k] = sum(metrics[k] for metrics in per) / len(per)
         return out
 
     def has_split(self, parts: Parts, split: str) -> bool:
