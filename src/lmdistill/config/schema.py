@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lmdistill.config.assistant import AssistantConfig
-from lmdistill.config.sweep import SweepConfig
 from lmdistill.config.mutual import MutualConfig
+from lmdistill.config.sweep import SweepConfig
 
 Verb = Literal["finetune", "distill", "compress"]
 
