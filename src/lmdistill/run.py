@@ -262,6 +262,8 @@ def signature(cfg: Config, task: Task, student) -> dict:
         "qa": c["qa"],
         "training": {k: c["training"][k] for k in TRAJECTORY},
     }
+    if cfg.teachers:  # another ensemble or sampling would change every target
+        sig.update(teachers=c["teachers"], ensemble=c["ensemble"])
     return json.loads(json.dumps(sig, default=str))
 
 
@@ -309,6 +311,10 @@ def run(cfg: Config, verb: str, *, role: str | None = None, overwrite: bool = Fa
         seed_everything(cfg.seed)
         parts = task.parts(cfg, verb)
         signal = teacher_cache(cfg, parts.teacher, parts.train_set, parts.collate, parts.objectives)
+        if cfg.teachers:  # a teacher ensemble (combined or SKD) is the signal of every stage
+            from lmdistill.tasks.ensemble import ensemble_signal
+
+            signal = ensemble_signal(cfg, task, parts)
         role = role or ("finetune" if verb == "finetune" else "student")
         result = None
         for (stage_cfg, final, stage_dir), objective in zip(stage_runs(cfg, parts.stages), parts.objectives):
@@ -352,9 +358,15 @@ def _run_stage(task: Task, parts: Parts, cfg: Config, verb: str, folder, objecti
         mix=parts.mix,
     )
     save_projections(objective, folder.staging)
+    extra = dict(parts.extra)
+    if (
+        cfg.teachers
+    ):  # which teachers taught, and under SKD how often each was drawn (a pure function of steps)
+        extra["ensemble"] = signal.summary(outcome.steps)
+        if "draws" in extra["ensemble"]:
+            print("ensemble draws: " + ", ".join(f"{k} {v}" for k, v in extra["ensemble"]["draws"].items()))
     best = task.reload(staged, parts)
     results = {"validation": {}, "test": {}}
-    extra = dict(parts.extra)
     if final:
         logged = _logged_validation(outcome) if validate else {}
         for split in ("validation", "test"):

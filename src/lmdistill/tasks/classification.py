@@ -43,6 +43,11 @@ class SequenceTask(Task):
     labelled = True
     regression = False
 
+    def ensemble_teacher(self, cfg: Config, key: str):
+        from lmdistill.models.load import load_saved_classifier
+
+        return load_saved_classifier(cfg.teacher, key)
+
     def check(self, cfg: Config, verb) -> list[str]:
         from lmdistill.config.checks import check_label_columns
 
@@ -324,6 +329,7 @@ class ClassificationTask(SequenceTask):
     metrics = {"accuracy": True, "macro_f1": True}
     primary_metric = "accuracy"
     pipeline = "text-classification"
+    ensemble_combines = ("mean_probs", "mean_logits", "confidence")
     report_metrics = ("accuracy", "macro_f1")
     hard_term = "ce"
 
@@ -340,6 +346,7 @@ class RegressionTask(SequenceTask):
     primary_metric = "pearson"
     regression = True
     pipeline = "text-classification"
+    ensemble_combines = ("mean_logits",)  # one number per text: no probabilities to average
     report_metrics = ("pearson", "spearman", "mse")
     hard_term = "mse"
 
