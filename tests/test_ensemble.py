@@ -441,3 +441,116 @@ def test_every_ensemble_key_has_a_docstring_and_a_line_in_the_methods_docs():
             assert f"`{f.name}`" in docs or f"`{section}.{f.name}`" in docs, f"{section}.{f.name} not in docs"
             if f.name not in ("revision", "trust_remote_code"):  # as the `teacher` section has them
                 assert f.name in documented, f"{cls.__name__}.{f.name} has no docstring"
+
+
+# ------------------------------------------------------------------------------------------ other tasks
+
+
+def test_mlm_distill_from_two_teachers_with_layer_knowledge_from_one(tmp_path):
+    """DistilBERT's triple loss (kd + mlm + cosine of hidden states) with two masked-LM teachers: kd from their
+    mean (confidence-weighted), the cosine term from the named teacher's layers."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from lmdistill import api
+
+    from .conftest import make_sentences
+
+    tok = bert_tokenizer(tmp_path)
+    dirs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        cfg = BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+        d = tmp_path / f"mlm{seed}"
+        BertForMaskedLM(cfg).save_pretrained(d)
+        tok.save_pretrained(d)
+        dirs.append(d)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(t for t, _, _ in make_sentences(80, seed=5)) + "\n")
+    cfg = {
+        "task": "mlm",
+        "seed": 0,
+        "output_dir": str(tmp_path / "out"),
+        "data": {"train": str(corpus), "block_size": 24, "validation_size": 0.1, "test_size": 0.1},
+        "teachers": [{"name_or_path": str(d)} for d in dirs],
+        "ensemble": {"combine": "confidence", "layers_from": "teacher1"},
+        "distill": {"method": "distilbert"},
+        "training": {"max_steps": 4, "batch_size": 8, "learning_rate": 2e-3, "log_every": 2},
+    }
+    api.distill(cfg)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["ensemble"]["combine"] == "confidence" and results["ensemble"]["layers_from"] == "teacher1"
+    assert results["loss_terms"] == ["cos", "kd", "mlm"]
+
+
+def test_token_classification_skd_from_two_taggers(tmp_path):
+    from transformers import BertConfig, BertForTokenClassification
+
+    from lmdistill import api
+
+    from .test_token_classification import FILL, PIECES, ner_rows, write_jsonl
+
+    tok = bert_tokenizer(tmp_path, FILL + PIECES)
+    names = ["B-LOC", "B-PER", "I-PER", "O"]  # the tags of ner_rows, sorted
+    dirs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        cfg = BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+        )
+        d = tmp_path / f"tagger{seed}"
+        BertForTokenClassification(cfg).save_pretrained(d)
+        tok.save_pretrained(d)
+        dirs.append(d)
+    cfg = {
+        "task": "token_classification",
+        "seed": 0,
+        "data": {"train": str(write_jsonl(tmp_path / "train.jsonl", ner_rows(80))), "max_length": 32},
+        "output_dir": str(tmp_path / "out"),
+        "teachers": [{"name_or_path": str(d)} for d in dirs],
+        "ensemble": {"sampling": "uniform"},
+        "student": {"num_layers": 1},
+        "training": {"max_steps": 6, "batch_size": 8, "learning_rate": 3e-3, "log_every": 3},
+    }
+    api.distill(cfg)
+    draws = json.loads((tmp_path / "out" / "results.json").read_text())["ensemble"]["draws"]
+    want = draw_counts(0, 6, torch.tensor([0.5, 0.5]))
+    assert draws == {"teacher0": want[0], "teacher1": want[1]}
+
+
+def test_a_teacher_with_other_labels_is_refused_in_one_line(tmp_path, sentiment_csv, two_teachers):
+    from transformers import AutoModelForSequenceClassification
+
+    from lmdistill import api
+    from lmdistill.errors import ModelError
+
+    other = tmp_path / "other"
+    model = AutoModelForSequenceClassification.from_pretrained(two_teachers[1])
+    model.config.id2label, model.config.label2id = (
+        {0: "positive", 1: "negative"},
+        {"positive": 0, "negative": 1},
+    )
+    model.save_pretrained(other)
+    (other / "tokenizer.json").write_bytes((two_teachers[1] / "tokenizer.json").read_bytes())
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (two_teachers[1] / name).exists():
+            (other / name).write_bytes((two_teachers[1] / name).read_bytes())
+    cfg = _cfg(tmp_path, sentiment_csv, [two_teachers[0], other], "labels")
+    with pytest.raises(
+        ModelError, match=r"^teachers\[1\] \(large\): its labels \['positive', 'negative'\] differ"
+    ):
+        api.distill(cfg)
