@@ -554,3 +554,60 @@ def test_a_teacher_with_other_labels_is_refused_in_one_line(tmp_path, sentiment_
         ModelError, match=r"^teachers\[1\] \(large\): its labels \['positive', 'negative'\] differ"
     ):
         api.distill(cfg)
+
+
+def test_causal_lm_skd_by_validation_perplexity_negates_the_lower_is_better_metric(tmp_path, capsys):
+    import pandas as pd
+
+    from lmdistill import api
+
+    from .conftest import make_sentences
+    from .test_causal_lm import tiny_llama, word_tokenizer
+
+    tok = word_tokenizer()
+    dirs = []
+    for seed, layers in ((1, 2), (2, 3)):
+        d = tmp_path / f"llama{seed}"
+        tiny_llama(len(tok), layers=layers, seed=seed).save_pretrained(d)
+        tok.save_pretrained(d)
+        dirs.append(d)
+    csv = tmp_path / "text.csv"
+    pd.DataFrame({"text": [r[0] + " ." for r in make_sentences(120, seed=3)]}).to_csv(csv, index=False)
+    cfg = {
+        "task": "causal_lm",
+        "seed": 0,
+        "output_dir": str(tmp_path / "out"),
+        "data": {"train": str(csv), "validation_size": 0.1, "test_size": 0.1, "max_length": 24},
+        "teachers": [{"name_or_path": str(d)} for d in dirs],
+        "ensemble": {"sampling": "validation", "sampling_temperature": 10.0},
+        "student": {"num_layers": 1},
+        "training": {"max_steps": 3, "batch_size": 16, "learning_rate": 3e-3, "log_every": 1},
+    }
+    api.distill(cfg)
+    line = next(
+        x for x in capsys.readouterr().out.splitlines() if x.startswith("ensemble: validation scores")
+    )
+    scores = [float(x.split()[-1]) for x in line.removeprefix("ensemble: validation scores ").split(", ")]
+    assert all(s < -1 for s in scores)  # minus each teacher's perplexity (which is above 1)
+    got = json.loads((tmp_path / "out" / "results.json").read_text())["ensemble"]
+    want = torch.softmax(torch.tensor(scores, dtype=torch.float64) / 10.0, 0)
+    assert got["probabilities"] == pytest.approx(want.tolist(), abs=1e-4)
+    assert sum(got["draws"].values()) == 3
+
+
+def test_regression_distill_from_the_mean_of_two_regressors(tmp_path, sentiment_csv):
+    from lmdistill import api
+
+    dirs = []
+    for seed in (1, 2):
+        d = tmp_path / f"reg{seed}"
+        tok = bert_tokenizer(tmp_path)
+        tiny_bert(num_labels=1, layers=2, vocab=len(tok), seed=seed).save_pretrained(d)
+        tok.save_pretrained(d)
+        dirs.append(d)
+    cfg = _cfg(tmp_path, sentiment_csv, dirs, "reg", combine="mean_logits")
+    cfg.update(task="regression", data={**cfg["data"], "label_column": "score"})
+    cfg["training"]["max_steps"] = 4
+    api.distill(cfg)
+    got = json.loads((tmp_path / "reg" / "results.json").read_text())
+    assert got["ensemble"]["combine"] == "mean_logits" and got["loss_terms"] == ["kd_mse", "mse"]
