@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmdistill.errors import ModelError
+from lmdistill.signals.cache import CACHED, CachedTeacher
 from lmdistill.signals.live import TeacherSignal, output_logits
 
 
@@ -112,19 +113,21 @@ class EnsembleTeacher:
         seed: int = 0,
         layers: int = 0,
         reads: Callable[[], tuple[bool, object]] = lambda: (False, None),
+        caches: dict[int, CachedTeacher] | None = None,
     ):
         self.teachers, self.names = list(teachers), list(names)
         self.weights, self.temperatures = list(weights), list(temperatures)
         self.combine, self.probs, self.seed, self.layers = combine, probs, seed, layers
         self.reads = reads
+        self.caches = caches or {}  # teacher index -> its cache (then its model never runs)
         self.step = 0
         for m in self.teachers:
             m.eval()
             m.requires_grad_(False)
 
     def wrap_collate(self, collate: Callable) -> Callable:
-        """Live teachers read nothing in the loader."""
-        return collate
+        """Live teachers read nothing in the loader; each cache looks its arrays up there."""
+        return _Lookups(collate, self.caches) if self.caches else collate
 
     def at_step(self, step: int) -> None:
         """The engine's optimizer step of the next batches (SKD draws by it)."""
@@ -144,10 +147,16 @@ class EnsembleTeacher:
         chosen = self.chosen()
         logits, signal = {}, TeacherSignal()
         for i in sorted(set(chosen) | ({self.layers} if hidden or tap is not None else set())):
+            mine = i == self.layers
+            if i in self.caches:
+                cached = self.caches[i]({**batch, CACHED: batch.get(f"{CACHED}.{i}")})
+                logits[i] = cached.logits
+                if mine:
+                    signal.hidden_states, signal.features = cached.hidden_states, cached.features
+                continue
             model = self.teachers[i]
             if next(model.parameters()).device != device:
                 model.to(device)
-            mine = i == self.layers
             out = model(**inputs, output_hidden_states=(hidden and mine) or None)
             logits[i] = output_logits(out)
             if mine:
@@ -181,3 +190,17 @@ class EnsembleTeacher:
             out["draws"] = dict(zip(self.names, draw_counts(self.seed, steps, self.probs), strict=True))
         out["layers_from"] = self.names[self.layers]
         return out
+
+
+class _Lookups:
+    """A collator that attaches every teacher cache's arrays of the batch (``batch["teacher_cache.<i>"]``)."""
+
+    def __init__(self, collate: Callable, caches: dict[int, CachedTeacher]):
+        self.collate, self.caches = collate, caches
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = self.collate(items)
+        mask = (batch.get("teacher") or batch["student"])["attention_mask"]
+        for i, cache in self.caches.items():
+            batch[f"{CACHED}.{i}"] = cache.lookup(batch["index"], mask)
+        return batch

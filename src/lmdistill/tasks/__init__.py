@@ -186,9 +186,9 @@ def _check_ensemble(cfg: Config, task: Task, verb: Verb | None) -> list[str]:
         )
     if verb not in (None, "distill"):
         errors.append(f"teachers: applies to lmdistill distill, not {verb}; run distill with the ensemble")
-    if cfg.training.teacher_cache is not None:
+    if cfg.training.teacher_cache is not None and cfg.lm.top_k:
         errors.append(
-            "training.teacher_cache: not yet with teachers: (every teacher runs live); set it to null"
+            "training.teacher_cache with teachers: stores dense outputs to combine; remove lm.top_k"
         )
     if cfg.lm.cross_tokenizer or cfg.lm.fused or cfg.lm.on_policy:
         errors.append(

@@ -8,6 +8,8 @@ give outputs of the same shape (checked on every batch)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections.abc import Callable
 
 from lmdistill.config.multi import layers_index, teacher_names
 from lmdistill.config.schema import Config, ModelConfig
@@ -89,12 +91,33 @@ def validation_scores(cfg: Config, task: Task, parts: Parts, models: list, teach
     return scores
 
 
-def ensemble_signal(cfg: Config, task: Task, parts: Parts) -> EnsembleTeacher:
+class _OutputsOnly:
+    """An objective seen by a cache build as reading the teacher's outputs alone (the teachers other than
+    ``ensemble.layers_from`` give no layer knowledge, and may have other depths)."""
+
+    def __init__(self, objective):
+        self.objective = objective
+        self.temperature_schedule = objective.temperature_schedule
+
+    def teacher_reads(self):
+        return dataclasses.replace(self.objective.teacher_reads(), hidden=(), features=())
+
+
+def ensemble_signal(cfg: Config, task: Task, parts: Parts, cache: Callable | None = None) -> EnsembleTeacher:
     """The run's :class:`EnsembleTeacher`: every teacher loaded, the SKD distribution (if any) fixed before
-    training, the layer knowledge from ``ensemble.layers_from``."""
+    training, the layer knowledge from ``ensemble.layers_from``. ``cache(model, objectives, name)`` (the run's
+    ``training.teacher_cache``) returns a teacher's cache, or None; each teacher then has its own, of what the
+    objectives read from it: outputs, plus the layers of the layer teacher."""
     e = cfg.ensemble
     models, teacher_tok = load_teachers(cfg, task, parts)
     names = teacher_names(cfg.teachers)
+    layers = layers_index(cfg.teachers, e)
+    caches = {}
+    for i, (model, name) in enumerate(zip(models, names, strict=True)):
+        objectives = parts.objectives if i == layers else [_OutputsOnly(o) for o in parts.objectives]
+        found = cache(model, objectives, name) if cache is not None else None
+        if found is not None:
+            caches[i] = found
     weights = [t.weight for t in cfg.teachers]
     probs = None
     if e.sampling is not None:
@@ -119,6 +142,7 @@ def ensemble_signal(cfg: Config, task: Task, parts: Parts) -> EnsembleTeacher:
         combine=e.combine,
         probs=probs,
         seed=cfg.seed,
-        layers=layers_index(cfg.teachers, e),
+        layers=layers,
         reads=reads,
+        caches=caches,
     )
