@@ -645,3 +645,102 @@ def test_each_teacher_has_its_own_cache_and_the_cached_run_equals_the_live_one(
     b = load_file(tmp_path / "cached" / "model" / "model.safetensors")
     # the cache holds 16-bit outputs: the runs agree closely, not bit for bit
     assert all(torch.allclose(a[k], b[k], atol=2e-3) for k in a)
+
+
+def test_question_answering_distill_from_the_mean_of_two_span_heads(tmp_path):
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    from lmdistill import api
+
+    from .test_question_answering import qa_rows, vocabulary
+    from .test_question_answering import write_jsonl as write_qa
+
+    tok = bert_tokenizer(tmp_path, vocabulary())
+    dirs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        cfg = BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+        d = tmp_path / f"qa{seed}"
+        BertForQuestionAnswering(cfg).save_pretrained(d)
+        tok.save_pretrained(d)
+        dirs.append(d)
+    cfg = {
+        "task": "question_answering",
+        "seed": 0,
+        "data": {"train": str(write_qa(tmp_path / "train.jsonl", qa_rows(60))), "max_length": 40},
+        "qa": {"stride": 10},
+        "output_dir": str(tmp_path / "out"),
+        "teachers": [{"name_or_path": str(d), "weight": w} for d, w in zip(dirs, (1.0, 2.0), strict=True)],
+        "ensemble": {"combine": "mean_logits"},
+        "student": {"num_layers": 1},
+        "training": {"max_steps": 3, "batch_size": 8, "learning_rate": 3e-3, "log_every": 3},
+    }
+    api.distill(cfg)
+    got = json.loads((tmp_path / "out" / "results.json").read_text())["ensemble"]
+    assert got["combine"] == "mean_logits" and got["weights"] == [1.0, 2.0]
+
+
+@pytest.fixture(scope="module")
+def mpnet_teacher(tiny_mpnet_dir, tmp_path_factory) -> Path:
+    """The tiny MPNet classifier (another tokenizer) with the data's label names."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    d = tmp_path_factory.mktemp("mpnet_teacher")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_mpnet_dir)
+    model.config.id2label, model.config.label2id = (
+        {0: "negative", 1: "positive"},
+        {"negative": 0, "positive": 1},
+    )
+    model.save_pretrained(d)
+    AutoTokenizer.from_pretrained(tiny_mpnet_dir).save_pretrained(d)
+    return d
+
+
+def test_a_teacher_with_its_own_tokenizer_reads_the_texts_its_own_way(
+    tmp_path, sentiment_csv, two_teachers, mpnet_teacher, monkeypatch
+):
+    from transformers import AutoTokenizer
+
+    from lmdistill import api
+
+    seen = []
+    real_call = EnsembleTeacher.__call__
+
+    def recording(self, batch):
+        seen.append((batch["student"], batch.get("teacher.1")))
+        return real_call(self, batch)
+
+    monkeypatch.setattr(EnsembleTeacher, "__call__", recording)
+    cfg = _cfg(tmp_path, sentiment_csv, [two_teachers[0], mpnet_teacher], "mixed", combine="mean_probs")
+    cfg["training"]["max_steps"] = 3
+    api.distill(cfg)
+    bert, mpnet = AutoTokenizer.from_pretrained(two_teachers[0]), AutoTokenizer.from_pretrained(mpnet_teacher)
+    assert len(seen) == 3
+    for student, own in seen:
+        assert own is not None and not torch.equal(own["input_ids"][:, :4], student["input_ids"][:, :4])
+        for row in range(student["input_ids"].shape[0]):
+            s_ids = student["input_ids"][row][student["attention_mask"][row].bool()].tolist()
+            t_ids = own["input_ids"][row][own["attention_mask"][row].bool()].tolist()
+            assert t_ids[0] == mpnet.bos_token_id or t_ids[0] == mpnet.cls_token_id
+            assert mpnet.decode(t_ids, skip_special_tokens=True) == bert.decode(
+                s_ids, skip_special_tokens=True
+            )
+
+
+def test_validation_sampling_needs_given_scores_when_a_teacher_tokenizes_otherwise(
+    tmp_path, sentiment_csv, two_teachers, mpnet_teacher
+):
+    from lmdistill import api
+
+    cfg = _cfg(tmp_path, sentiment_csv, [two_teachers[0], mpnet_teacher], "v", sampling="validation")
+    with pytest.raises(
+        ConfigError, match="the tokenizer of large differs from the student's; give ensemble.scores"
+    ):
+        api.distill(cfg)

@@ -17,8 +17,8 @@ class TeacherSpec:
     name: str | None = None
     """How logs, results.json and ``ensemble.layers_from`` name it (default ``teacher0``, ``teacher1``, ...)."""
     tokenizer: str | None = None
-    """Tokenizer folder or id when it differs from ``name_or_path``; every teacher of an ensemble must tokenize
-    as the first one does (the same inputs are fed to all)."""
+    """Tokenizer folder or id when it differs from ``name_or_path``. Classification and regression teachers
+    may each tokenize their own way (each reads the texts itself); token-level tasks need one tokenization."""
     revision: str | None = None
     trust_remote_code: bool = False
     weight: float = 1.0

@@ -92,7 +92,8 @@ def draw_counts(seed: int, steps: int, probs: torch.Tensor, start: int = 0) -> l
 
 
 class EnsembleTeacher:
-    """A :class:`~lmdistill.signals.live.SignalSource` over several frozen teachers that read the same inputs.
+    """A :class:`~lmdistill.signals.live.SignalSource` over several frozen teachers (a teacher with its own
+    tokenizer reads ``batch["teacher.<i>"]``, attached by the collator from ``inputs``; a cached one its cache).
 
     Every step either all teachers with a positive weight run and their logits are combined
     (:func:`combine_logits`), or (``probs`` given: SKD) only the drawn one runs. Hidden states and tapped
@@ -114,12 +115,14 @@ class EnsembleTeacher:
         layers: int = 0,
         reads: Callable[[], tuple[bool, object]] = lambda: (False, None),
         caches: dict[int, CachedTeacher] | None = None,
+        inputs: dict[int, Callable[[list[int]], dict]] | None = None,
     ):
         self.teachers, self.names = list(teachers), list(names)
         self.weights, self.temperatures = list(weights), list(temperatures)
         self.combine, self.probs, self.seed, self.layers = combine, probs, seed, layers
         self.reads = reads
         self.caches = caches or {}  # teacher index -> its cache (then its model never runs)
+        self.inputs = inputs or {}  # teacher index -> its own inputs of examples (its tokenizer differs)
         self.step = 0
         for m in self.teachers:
             m.eval()
@@ -127,7 +130,7 @@ class EnsembleTeacher:
 
     def wrap_collate(self, collate: Callable) -> Callable:
         """Live teachers read nothing in the loader; each cache looks its arrays up there."""
-        return _Lookups(collate, self.caches) if self.caches else collate
+        return _Lookups(collate, self.caches, self.inputs) if self.caches or self.inputs else collate
 
     def at_step(self, step: int) -> None:
         """The engine's optimizer step of the next batches (SKD draws by it)."""
@@ -157,7 +160,8 @@ class EnsembleTeacher:
             model = self.teachers[i]
             if next(model.parameters()).device != device:
                 model.to(device)
-            out = model(**inputs, output_hidden_states=(hidden and mine) or None)
+            own = batch.get(f"teacher.{i}") or inputs  # its own tokenization, else the shared one
+            out = model(**own, output_hidden_states=(hidden and mine) or None)
             logits[i] = output_logits(out)
             if mine:
                 signal.hidden_states = tuple(out.hidden_states) if hidden else None
@@ -193,14 +197,17 @@ class EnsembleTeacher:
 
 
 class _Lookups:
-    """A collator that attaches every teacher cache's arrays of the batch (``batch["teacher_cache.<i>"]``)."""
+    """A collator that attaches every teacher cache's arrays of the batch (``batch["teacher_cache.<i>"]``) and the
+    inputs of every teacher with its own tokenizer (``batch["teacher.<i>"]``)."""
 
-    def __init__(self, collate: Callable, caches: dict[int, CachedTeacher]):
-        self.collate, self.caches = collate, caches
+    def __init__(self, collate: Callable, caches: dict[int, CachedTeacher], inputs: dict[int, Callable]):
+        self.collate, self.caches, self.inputs = collate, caches, inputs
 
     def __call__(self, items: list[dict]) -> dict:
         batch = self.collate(items)
         mask = (batch.get("teacher") or batch["student"])["attention_mask"]
         for i, cache in self.caches.items():
             batch[f"{CACHED}.{i}"] = cache.lookup(batch["index"], mask)
+        for i, inputs in self.inputs.items():
+            batch[f"teacher.{i}"] = inputs(batch["index"].tolist())
         return batch

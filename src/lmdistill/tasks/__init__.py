@@ -190,9 +190,9 @@ def _check_ensemble(cfg: Config, task: Task, verb: Verb | None) -> list[str]:
         errors.append(
             "training.teacher_cache with teachers: stores dense outputs to combine; remove lm.top_k"
         )
-    if cfg.lm.cross_tokenizer or cfg.lm.fused or cfg.lm.on_policy:
+    if cfg.lm.cross_tokenizer or cfg.lm.fused or cfg.lm.on_policy or cfg.lm.seq_kd:
         errors.append(
-            "teachers: not with lm.cross_tokenizer, lm.fused or lm.on_policy (they run one teacher's "
+            "teachers: not with lm.cross_tokenizer, lm.fused, lm.on_policy or lm.seq_kd (they use one teacher's "
             "own head or batches); set them off"
         )
     losses = [cfg.distill.losses or {}] + [s.losses for s in cfg.distill.stages]

@@ -132,6 +132,13 @@ class Task(ABC):
 
         raise ConfigError([f"{key}: task {self.name} takes one teacher"])
 
+    def ensemble_inputs(
+        self, parts: Parts, tokenizer, model, cfg: Config
+    ) -> Callable[[list[int]], dict] | None:
+        """For a teacher of an ensemble whose tokenizer differs from the others': training example indices ->
+        that teacher's padded inputs; None when the task's outputs are token-aligned (one tokenization only)."""
+        return None
+
     # ---- saved models (evaluate, compress, report)
     @abstractmethod
     def load_saved(self, path: str | Path, key: str = "model"):

@@ -2,14 +2,16 @@
 into one :class:`~lmdistill.signals.ensemble.EnsembleTeacher` (ensembles and SKD: docs/methods.md).
 
 The task has already loaded ``teacher`` (resolved to ``ensemble.layers_from``), built the student from it and
-set up its objectives; the other teachers are loaded here and must read the same inputs (same tokenizer) and
-give outputs of the same shape (checked on every batch)."""
+set up its objectives; the other teachers are loaded here, must predict the same labels (outputs of the same
+shape, checked on every batch), and read the same inputs unless the task gives a teacher with another tokenizer
+its own (:meth:`~lmdistill.tasks.base.Task.ensemble_inputs`: classification and regression)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from lmdistill.config.multi import layers_index, teacher_names
 from lmdistill.config.schema import Config, ModelConfig
@@ -19,37 +21,69 @@ from lmdistill.signals.ensemble import EnsembleTeacher, sampling_probs
 from lmdistill.tasks.base import Parts, Task
 
 
-def load_teachers(cfg: Config, task: Task, parts: Parts) -> tuple[list, object]:
+@dataclass
+class Loaded:
+    """The teachers of an ensemble: models and tokenizers in ``teachers:`` order, and per teacher whose tokenizer
+    differs from the layer teacher's, its inputs (training example indices -> padded inputs)."""
+
+    models: list
+    tokenizers: list
+    inputs: dict[int, Callable]
+
+
+def load_teachers(cfg: Config, task: Task, parts: Parts) -> Loaded:
     """Every teacher of ``cfg.teachers`` in order (the layer teacher is ``parts.teacher``), each checked to
-    tokenize as the layer teacher does and to predict the same labels; and the layer teacher's tokenizer."""
+    predict the labels of the layer teacher, and to tokenize as it does unless the task can feed each teacher
+    its own inputs (sequence tasks: :meth:`~lmdistill.tasks.base.Task.ensemble_inputs`)."""
     from lmdistill.models.load import load_tokenizer
 
     main = layers_index(cfg.teachers, cfg.ensemble)
-    main_tok = load_tokenizer(cfg.teacher, "teacher.tokenizer")
-    models = []
+    loaded = Loaded([], [], {})
     for i, spec in enumerate(cfg.teachers):
         if i == main:
-            models.append(parts.teacher)
-            continue
-        one = copy.copy(cfg)
-        one.teacher = ModelConfig(spec.name_or_path, spec.tokenizer, spec.revision, spec.trust_remote_code)
-        model, tok = task.ensemble_teacher(one, f"teachers[{i}].name_or_path")
-        _check_same(cfg, (i, main), (model, parts.teacher), (tok, main_tok))
-        models.append(model)
-    return models, main_tok
+            model, tok = parts.teacher, load_tokenizer(cfg.teacher, "teacher.tokenizer")
+        else:
+            one = copy.copy(cfg)
+            one.teacher = ModelConfig(
+                spec.name_or_path, spec.tokenizer, spec.revision, spec.trust_remote_code
+            )
+            model, tok = task.ensemble_teacher(one, f"teachers[{i}].name_or_path")
+        loaded.models.append(model)
+        loaded.tokenizers.append(tok)
+    for i in range(len(cfg.teachers)):
+        if i != main:
+            _check_same(cfg, (i, main), (loaded.models[i], parts.teacher))
+            if not tokenizers_match(loaded.tokenizers[i], loaded.tokenizers[main]):
+                loaded.inputs[i] = _own_inputs(cfg, task, parts, loaded, (i, main))
+    return loaded
 
 
-def _check_same(cfg: Config, index: tuple[int, int], models: tuple, toks: tuple) -> None:
-    """Teacher ``index[0]`` reads the inputs of the layer teacher ``index[1]`` and predicts its labels."""
+def _own_inputs(cfg: Config, task: Task, parts: Parts, loaded: Loaded, index: tuple[int, int]) -> Callable:
+    """Teacher ``index[0]``'s own inputs, or a one-line refusal (token-aligned tasks, caches)."""
     names = teacher_names(cfg.teachers)
     i, main = index
-    if not tokenizers_match(*toks):
+    inputs = task.ensemble_inputs(parts, loaded.tokenizers[i], loaded.models[i], cfg)
+    if inputs is None:
         raise ConfigError(
             [
-                f"teachers[{i}] ({names[i]}): its tokenizer differs from {names[main]}'s; every teacher of an "
-                "ensemble reads the same inputs, so give teachers that share one tokenizer"
+                f"teachers[{i}] ({names[i]}): its tokenizer differs from {names[main]}'s; task {cfg.task} "
+                "aligns outputs token by token, so give teachers that share one tokenizer"
             ]
         )
+    if cfg.training.teacher_cache is not None:
+        raise ConfigError(
+            [
+                f"training.teacher_cache: teachers[{i}] ({names[i]}) tokenizes differently from {names[main]}; "
+                "caches need one tokenization: set training.teacher_cache to null"
+            ]
+        )
+    return inputs
+
+
+def _check_same(cfg: Config, index: tuple[int, int], models: tuple) -> None:
+    """Teacher ``index[0]`` predicts the labels of the layer teacher ``index[1]``."""
+    names = teacher_names(cfg.teachers)
+    i, main = index
     a, b = (getattr(m, "config", None) for m in models)
     if a is not None and b is not None and getattr(a, "num_labels", None) is not None:
         la = [str(a.id2label[k]) for k in sorted(a.id2label)]
@@ -61,7 +95,7 @@ def _check_same(cfg: Config, index: tuple[int, int], models: tuple, toks: tuple)
             )
 
 
-def validation_scores(cfg: Config, task: Task, parts: Parts, models: list, teacher_tok) -> list[float]:
+def validation_scores(cfg: Config, task: Task, parts: Parts, loaded: Loaded) -> list[float]:
     """Each teacher's ``training.metric_for_best`` on the validation split (negated when lower is better), or
     ``ensemble.scores`` when given. The teachers are scored on the student's inputs (same tokenizer needed)."""
     names = teacher_names(cfg.teachers)
@@ -71,18 +105,23 @@ def validation_scores(cfg: Config, task: Task, parts: Parts, models: list, teach
         raise ConfigError(
             ["ensemble.sampling validation: the data has no validation split; give ensemble.scores instead"]
         )
-    if not tokenizers_match(parts.tokenizer, teacher_tok):
+    other = [
+        n
+        for n, tok in zip(names, loaded.tokenizers, strict=True)
+        if not tokenizers_match(parts.tokenizer, tok)
+    ]
+    if other:
         raise ConfigError(
             [
-                "ensemble.sampling validation scores the teachers on the student's inputs, but the student's "
-                "tokenizer differs from the teachers'; give ensemble.scores instead"
+                "ensemble.sampling validation scores the teachers on the student's inputs, but the tokenizer of "
+                f"{', '.join(other)} differs from the student's; give ensemble.scores instead"
             ]
         )
     metric = cfg.training.metric_for_best
     sign = 1.0 if task.metrics.get(metric, True) else -1.0
     device = next(parts.student.parameters()).device
     scores = []
-    for model in models:
+    for model in loaded.models:
         was = next(model.parameters()).device
         scores.append(
             sign * float(task.evaluate(model.to(device), parts, "validation", parts.objectives[0])[metric])
@@ -109,7 +148,8 @@ def ensemble_signal(cfg: Config, task: Task, parts: Parts, cache: Callable | Non
     ``training.teacher_cache``) returns a teacher's cache, or None; each teacher then has its own, of what the
     objectives read from it: outputs, plus the layers of the layer teacher."""
     e = cfg.ensemble
-    models, teacher_tok = load_teachers(cfg, task, parts)
+    loaded = load_teachers(cfg, task, parts)
+    models = loaded.models
     names = teacher_names(cfg.teachers)
     layers = layers_index(cfg.teachers, e)
     caches = {}
@@ -121,9 +161,7 @@ def ensemble_signal(cfg: Config, task: Task, parts: Parts, cache: Callable | Non
     weights = [t.weight for t in cfg.teachers]
     probs = None
     if e.sampling is not None:
-        scores = (
-            validation_scores(cfg, task, parts, models, teacher_tok) if e.sampling == "validation" else None
-        )
+        scores = validation_scores(cfg, task, parts, loaded) if e.sampling == "validation" else None
         probs = sampling_probs(e.sampling, weights, scores, e.sampling_temperature)
         if scores is not None:
             print("ensemble: validation scores " + ", ".join(f"{n} {s:.4f}" for n, s in zip(names, scores)))
@@ -145,4 +183,5 @@ def ensemble_signal(cfg: Config, task: Task, parts: Parts, cache: Callable | Non
         layers=layers,
         reads=reads,
         caches=caches,
+        inputs=loaded.inputs,
     )
