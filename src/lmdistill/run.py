@@ -323,8 +323,9 @@ def run(cfg: Config, verb: str, *, role: str | None = None, overwrite: bool = Fa
     with folder, guard(cfg.output_dir):  # an OSError (a full disk, permissions) becomes one line
         seed_everything(cfg.seed)
         parts = task.parts(cfg, verb)
-        signal = ensemble(cfg, task, parts) if cfg.teachers else None  # combined or SKD, every stage
-        if not cfg.teachers:
+        if cfg.teachers:  # a teacher ensemble (combined, or SKD) is the signal of every stage
+            signal = ensemble(cfg, task, parts)
+        else:
             signal = teacher_cache(cfg, parts.teacher, parts.train_set, parts.collate, parts.objectives)
         role = role or ("finetune" if verb == "finetune" else "student")
         result = None
@@ -370,9 +371,7 @@ def _run_stage(task: Task, parts: Parts, cfg: Config, verb: str, folder, objecti
     )
     save_projections(objective, folder.staging)
     extra = dict(parts.extra)
-    if (
-        cfg.teachers
-    ):  # which teachers taught, and under SKD how often each was drawn (a pure function of steps)
+    if cfg.teachers:  # which teachers taught; under SKD how often each was drawn (a pure function of steps)
         extra["ensemble"] = signal.summary(outcome.steps)
         if "draws" in extra["ensemble"]:
             print("ensemble draws: " + ", ".join(f"{k} {v}" for k, v in extra["ensemble"]["draws"].items()))
