@@ -46,7 +46,7 @@ def cache(config: ConfigSource, overrides: list[str] | tuple[str, ...] = ()):
 
     Returns:
         The :class:`~lmdistill.signals.cache.CachedTeacher`, or None when the losses read nothing from the
-        teacher.
+        teacher; with ``teachers:`` a list, one per teacher.
     """
     from lmdistill.tasks import TASKS
 
@@ -58,6 +58,10 @@ def cache(config: ConfigSource, overrides: list[str] | tuple[str, ...] = ()):
     seed_everything(cfg.seed)
     cfg.training.teacher_cache = cfg.training.teacher_cache or "auto"
     parts = task.parts(cfg, "distill")
+    if cfg.teachers:  # one cache per teacher of the ensemble, in sub-folders named by the teachers
+        from lmdistill.run import ensemble
+
+        return list(ensemble(cfg, task, parts).caches.values())
     return teacher_cache(cfg, parts.teacher, parts.train_set, parts.collate, parts.objectives)
 
 

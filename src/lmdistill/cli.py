@@ -298,12 +298,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"report: {html}\n        {md}")
         return 0
     if args.verb == "cache":
-        cached = api.cache(args.config, args.overrides)
-        if cached is not None:
+        found = api.cache(args.config, args.overrides)
+        for cached in found if isinstance(found, list) else [found]:  # a list: one per teacher of an ensemble
+            if cached is None:
+                continue
             meta = cached.meta
+            use = cached.path.parent if isinstance(found, list) else cached.path
             print(
                 f"teacher cache: {cached.path} ({meta['examples']} examples, {meta['tokens']} tokens, "
-                f"{meta['bytes'] / 1e6:.1f} MB); train from it with training.teacher_cache={cached.path}"
+                f"{meta['bytes'] / 1e6:.1f} MB); train from it with training.teacher_cache={use}"
             )
         return 0
     if args.verb in ("finetune", "distill"):

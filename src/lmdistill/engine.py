@@ -426,6 +426,8 @@ def train(
                         ):  # a new batch: no cache holds it, the live teacher scores it
                             batch, source = prepared, None
                     source = signal_of if source is None else source
+                    if source is not None:
+                        source.at_step(state.step)  # an ensemble under SKD draws its teacher by the step
                     with accelerator.autocast():  # the live teacher in the student's precision
                         signal = source(batch) if source is not None else None
                     terms = model(batch, signal)

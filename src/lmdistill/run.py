@@ -186,9 +186,10 @@ def stage_runs(cfg: Config, stages: list[StageConfig]):
         yield stage_cfg, final, None if final else Path(cfg.output_dir) / f"stage-{i + 1}-{stage.name}"
 
 
-def teacher_cache(cfg: Config, teacher, train_set, collate, objectives):
+def teacher_cache(cfg: Config, teacher, train_set, collate, objectives, sub: str | None = None):
     """The :class:`~lmdistill.signals.cache.CachedTeacher` of ``training.teacher_cache`` for these objectives
-    (reused, or built with one teacher pass on the training device); None when the key is null."""
+    (reused, or built with one teacher pass on the training device); None when the key is null. ``sub``: a
+    sub-folder (one per teacher of an ensemble, by its name)."""
     import torch
 
     from lmdistill.engine import resolve_mixed_precision
@@ -198,6 +199,7 @@ def teacher_cache(cfg: Config, teacher, train_set, collate, objectives):
     if t.teacher_cache is None or teacher is None:
         return None
     path = Path(cfg.output_dir) / "teacher_cache" if t.teacher_cache == "auto" else Path(t.teacher_cache)
+    path = path / sub if sub else path
     cuda = torch.cuda.is_available() and not t.cpu
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
     precision = resolve_mixed_precision(t.mixed_precision, t.cpu)
@@ -215,6 +217,17 @@ def teacher_cache(cfg: Config, teacher, train_set, collate, objectives):
         autocast=autocast,
         build_allowed=alone,
     )
+
+
+def ensemble(cfg: Config, task: Task, parts: Parts):
+    """The :class:`~lmdistill.signals.ensemble.EnsembleTeacher` of ``teachers:``; with ``training.teacher_cache``
+    each teacher is served from its own cache, ``<cache folder>/<teacher name>``."""
+    from lmdistill.tasks.ensemble import ensemble_signal
+
+    def cache(model, objectives, name):
+        return teacher_cache(cfg, model, parts.train_set, parts.collate, objectives, sub=name)
+
+    return ensemble_signal(cfg, task, parts, cache)
 
 
 TRAJECTORY = (
@@ -264,6 +277,8 @@ def signature(cfg: Config, task: Task, student) -> dict:
     }
     if cfg.mutual is not None:
         sig["mutual"] = c["mutual"]
+    if cfg.teachers:  # another ensemble or sampling would change every target
+        sig.update(teachers=c["teachers"], ensemble=c["ensemble"])
     return json.loads(json.dumps(sig, default=str))
 
 
@@ -314,7 +329,10 @@ def run(cfg: Config, verb: str, *, role: str | None = None, overwrite: bool = Fa
     with folder, guard(cfg.output_dir):  # an OSError (a full disk, permissions) becomes one line
         seed_everything(cfg.seed)
         parts = task.parts(cfg, verb)
-        signal = teacher_cache(cfg, parts.teacher, parts.train_set, parts.collate, parts.objectives)
+        if cfg.teachers:  # a teacher ensemble (combined, or SKD) is the signal of every stage
+            signal = ensemble(cfg, task, parts)
+        else:
+            signal = teacher_cache(cfg, parts.teacher, parts.train_set, parts.collate, parts.objectives)
         role = role or ("finetune" if verb == "finetune" else "student")
         result = None
         for (stage_cfg, final, stage_dir), objective in zip(stage_runs(cfg, parts.stages), parts.objectives):
@@ -358,9 +376,13 @@ def _run_stage(task: Task, parts: Parts, cfg: Config, verb: str, folder, objecti
         mix=parts.mix,
     )
     save_projections(objective, folder.staging)
+    extra = dict(parts.extra)
+    if cfg.teachers:  # which teachers taught; under SKD how often each was drawn (a pure function of steps)
+        extra["ensemble"] = signal.summary(outcome.steps)
+        if "draws" in extra["ensemble"]:
+            print("ensemble draws: " + ", ".join(f"{k} {v}" for k, v in extra["ensemble"]["draws"].items()))
     best = task.reload(staged, parts)
     results = {"validation": {}, "test": {}}
-    extra = dict(parts.extra)
     if final:
         logged = _logged_validation(outcome) if validate else {}
         for split in ("validation", "test"):

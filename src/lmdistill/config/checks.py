@@ -43,7 +43,7 @@ def check_verb(cfg: Config, verb: Verb | None) -> list[str]:
     errors = []
     if verb == "finetune" and not cfg.model.name_or_path:
         errors.append("model.name_or_path is required for finetune: the pretrained model to fine-tune")
-    if verb == "distill" and not cfg.teacher.name_or_path:
+    if verb == "distill" and not cfg.teacher.name_or_path and not cfg.teachers:
         errors.append("teacher.name_or_path is required for distill: a fine-tuned teacher folder or hub id")
     if verb == "compress" and not cfg.teacher.name_or_path and not cfg.model.name_or_path:
         errors.append(

@@ -374,8 +374,8 @@ def infer_verb(cfg_raw: dict | Config) -> Verb:
     )
     if chained:
         return "compress"  # compress.steps, student.vocabulary and student.width are compress's alone
-    if teacher:
-        return "distill"
+    if teacher or (cfg_raw.teachers if isinstance(cfg_raw, Config) else cfg_raw.get("teachers")):
+        return "distill"  # a teacher, or a teacher ensemble (teachers:)
     return "compress" if student else "finetune"
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lmdistill.config.assistant import AssistantConfig
+from lmdistill.config.multi import EnsembleSection, TeacherSpec
 from lmdistill.config.mutual import MutualConfig
 from lmdistill.config.sweep import SweepConfig
 
@@ -494,6 +495,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: ModelConfig = field(default_factory=ModelConfig)
+    teachers: list[TeacherSpec] = field(default_factory=list)
+    """A teacher ensemble (instead of ``teacher``), taught as ``ensemble`` says (:mod:`lmdistill.config.multi`)."""
+    ensemble: EnsembleSection = field(default_factory=EnsembleSection)
     student: StudentConfig = field(default_factory=StudentConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     distill: DistillSection = field(default_factory=DistillSection)

@@ -219,6 +219,9 @@ class CachedTeacher:
         """``collate`` followed by :meth:`lookup`, so look-ups run in the data loader."""
         return CachingCollator(collate, self)
 
+    def at_step(self, step: int) -> None:
+        """A cache of one teacher: the step changes nothing."""
+
     def __call__(self, batch: dict) -> TeacherSignal:
         stored = batch.get(CACHED)
         inputs = batch.get("teacher") or batch["student"]

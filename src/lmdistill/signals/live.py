@@ -46,6 +46,9 @@ class SignalSource(Protocol):
 
     def wrap_collate(self, collate: Callable) -> Callable: ...
 
+    def at_step(self, step: int) -> None:
+        """The optimizer step the next batches belong to (a source that samples by step reads it)."""
+
     def __call__(self, batch: dict) -> TeacherSignal: ...
 
 
@@ -62,6 +65,9 @@ class LiveTeacher:
     def wrap_collate(self, collate: Callable) -> Callable:
         """A live teacher reads nothing in the loader: the collator is used as it is."""
         return collate
+
+    def at_step(self, step: int) -> None:
+        """One teacher: the step changes nothing."""
 
     @torch.no_grad()  # not inference_mode: its tensors could not be saved for the student's backward
     def __call__(self, batch: dict) -> TeacherSignal:

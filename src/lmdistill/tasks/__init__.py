@@ -161,13 +161,55 @@ def check(cfg: Config, task: Task | None, verb: Verb | None = None) -> list[str]
             f"inputs that change every epoch or its own signal); use it with tasks {', '.join(cacheable)}, "
             "or set it to null"
         )
-    errors += _check_streaming(cfg, task)
+    errors += _check_streaming(cfg, task) + _check_ensemble(cfg, task, verb)
     errors += _check_metric(cfg, task) + check_verb(cfg, verb) + check_compress(cfg, verb)
     errors += check_mutual(cfg.mutual, verb, task=cfg.task, terms=task.loss_terms, cfg=cfg)
     errors += check_assistants(cfg.compress.assistants, cfg.student, verb)
     if verb in ("distill", "compress"):
         errors += check_student(cfg.student) + _check_distill(cfg, task)
     return errors + check_report(cfg.report)
+
+
+def _check_ensemble(cfg: Config, task: Task, verb: Verb | None) -> list[str]:
+    """``teachers`` / ``ensemble``: their own keys, and whether this task and verb can use an ensemble."""
+    from lmdistill.config.multi import check_ensemble
+
+    errors = check_ensemble(cfg.teachers, cfg.ensemble, cfg.teacher)
+    if not cfg.teachers:
+        return errors
+    able = [n for n in TASKS if get_task(n).ensemble_combines]
+    if not task.ensemble_combines:
+        errors.append(
+            f"teachers: task {cfg.task} has no output-level knowledge to combine; use one teacher: "
+            f"(ensembles apply to tasks {', '.join(able)})"
+        )
+    elif cfg.ensemble.sampling is None and cfg.ensemble.combine not in task.ensemble_combines:
+        errors.append(
+            f"ensemble.combine {cfg.ensemble.combine} does not apply to task {cfg.task}; use "
+            f"{' or '.join(task.ensemble_combines)}, or ensemble.sampling (SKD)"
+        )
+    if verb not in (None, "distill"):
+        errors.append(f"teachers: applies to lmdistill distill, not {verb}; run distill with the ensemble")
+    if cfg.training.teacher_cache is not None and cfg.lm.top_k:
+        errors.append(
+            "training.teacher_cache with teachers: stores dense outputs to combine; remove lm.top_k"
+        )
+    if cfg.lm.cross_tokenizer or cfg.lm.fused or cfg.lm.on_policy or cfg.lm.seq_kd:
+        errors.append(
+            "teachers: not with lm.cross_tokenizer, lm.fused, lm.on_policy or lm.seq_kd (they use one teacher's "
+            "own head or batches); set them off"
+        )
+    losses = [cfg.distill.losses or {}] + [s.losses for s in cfg.distill.stages]
+    if (
+        cfg.ensemble.sampling is None
+        and cfg.ensemble.combine != "mean_logits"
+        and any("kd_mse" in x for x in losses)
+    ):
+        errors.append(
+            f"distill.losses kd_mse matches logits, but ensemble.combine {cfg.ensemble.combine} gives "
+            "log-probabilities; use ensemble.combine: mean_logits"
+        )
+    return errors
 
 
 def _check_streaming(cfg: Config, task: Task) -> list[str]:
@@ -243,6 +285,9 @@ def check_losses(losses: dict[str, float], task: Task, key: str, need_one: bool)
 
 def resolve(cfg: Config, task: Task) -> None:
     """Fill defaults that depend on other keys, so the saved config states exactly what ran."""
+    from lmdistill.config.multi import resolve_ensemble
+
+    resolve_ensemble(cfg)  # teacher := the ensemble's layer teacher, which the task loads
     if cfg.distill.losses is None:
         cfg.distill.losses = dict(task.default_losses)
     for key in ("divergence", "beta", "alpha"):  # lm.* names the same keys as distill.*

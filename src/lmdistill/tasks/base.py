@@ -78,6 +78,9 @@ class Task(ABC):
     """The transformers pipeline a saved model works in (for the model card)."""
     labelled: ClassVar[bool] = False
     """Its data has a label column (``data.label_column``)."""
+    ensemble_combines: ClassVar[tuple[str, ...]] = ()
+    """The ``ensemble.combine`` modes its teacher outputs allow (softmax over the last dimension for
+    mean_probs / confidence); empty: no ``teachers:`` (:meth:`ensemble_teacher` loads one)."""
 
     # ---- configuration
     def measured(self, cfg: Config) -> tuple[str, ...]:
@@ -121,6 +124,20 @@ class Task(ABC):
     def results(self, parts: Parts, best: nn.Module, cfg: Config) -> dict:
         """Task-specific fields of results.json computed after training (e.g. the teacher's test score)."""
         return {}
+
+    def ensemble_teacher(self, cfg: Config, key: str):
+        """``(model, tokenizer)`` of ``cfg.teacher`` as this task loads its teacher (another teacher of an
+        ensemble; ``key`` names it in messages)."""
+        from lmdistill.errors import ConfigError
+
+        raise ConfigError([f"{key}: task {self.name} takes one teacher"])
+
+    def ensemble_inputs(
+        self, parts: Parts, tokenizer, model, cfg: Config
+    ) -> Callable[[list[int]], dict] | None:
+        """For a teacher of an ensemble whose tokenizer differs from the others': training example indices ->
+        that teacher's padded inputs; None when the task's outputs are token-aligned (one tokenization only)."""
+        return None
 
     # ---- saved models (evaluate, compress, report)
     @abstractmethod

@@ -128,6 +128,12 @@ class CausalLMTask(Task):
     cacheable = True
     presets = PRESETS
     pipeline = "text-generation"
+    ensemble_combines = ("mean_probs", "mean_logits", "confidence")
+
+    def ensemble_teacher(self, cfg: Config, key: str):
+        from lmdistill.models.causal import load_causal_lm
+
+        return load_causal_lm(cfg.teacher, key.removesuffix(".name_or_path"))
 
     def check(self, cfg: Config, verb: Verb | None) -> list[str]:
         lm = cfg.lm

@@ -43,6 +43,19 @@ class SequenceTask(Task):
     labelled = True
     regression = False
 
+    def ensemble_teacher(self, cfg: Config, key: str):
+        from lmdistill.models.load import load_saved_classifier
+
+        return load_saved_classifier(cfg.teacher, key)
+
+    def ensemble_inputs(self, parts: Parts, tokenizer, model, cfg: Config):
+        """One output per text: a teacher with its own tokenizer reads the training texts its own way."""
+        from lmdistill.data.text import encode, max_length_for, pad_block, pad_id
+
+        enc = encode(tokenizer, parts.data.data.splits["train"], max_length_for(cfg.data.max_length, model))
+        pad = pad_id(tokenizer)
+        return lambda index: pad_block([{k: v[i] for k, v in enc.items()} for i in index], pad)
+
     def check(self, cfg: Config, verb) -> list[str]:
         from lmdistill.config.checks import check_label_columns
 
@@ -324,6 +337,7 @@ class ClassificationTask(SequenceTask):
     metrics = {"accuracy": True, "macro_f1": True}
     primary_metric = "accuracy"
     pipeline = "text-classification"
+    ensemble_combines = ("mean_probs", "mean_logits", "confidence")
     report_metrics = ("accuracy", "macro_f1")
     hard_term = "ce"
 
@@ -340,6 +354,7 @@ class RegressionTask(SequenceTask):
     primary_metric = "pearson"
     regression = True
     pipeline = "text-classification"
+    ensemble_combines = ("mean_logits",)  # one number per text: no probabilities to average
     report_metrics = ("pearson", "spearman", "mse")
     hard_term = "mse"
 

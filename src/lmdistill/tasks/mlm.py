@@ -164,6 +164,13 @@ class MLMTask(RawTextTask):
     presets = TASK_PRESETS["mlm"]
     auto_cls_name = "AutoModelForMaskedLM"
     pipeline = "fill-mask"
+    ensemble_combines = ("mean_probs", "mean_logits", "confidence")
+
+    def ensemble_teacher(self, cfg: Config, key: str):
+        from lmdistill.models.load import load_tokenizer
+
+        model = load_auto(self.auto_cls, cfg.teacher, key, need_head="masked-LM head")
+        return model, load_tokenizer(cfg.teacher, key.replace("name_or_path", "tokenizer"))
 
     def parts(self, cfg: Config, verb: str) -> Parts:
         from lmdistill.data.rawtext import MLMCollator

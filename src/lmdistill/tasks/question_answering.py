@@ -223,6 +223,12 @@ class QuestionAnsweringTask(Task):
     cacheable = True
     presets = PRESETS
     pipeline = None  # transformers' question-answering pipeline was removed in 5.3: see answer()
+    ensemble_combines = ("mean_logits",)  # start / end distributions run over positions, not the last axis
+
+    def ensemble_teacher(self, cfg: Config, key: str):
+        from lmdistill.models.heads import load_saved_head
+
+        return load_saved_head(cfg.teacher, key, self.name)
 
     def check(self, cfg: Config, verb: Verb | None) -> list[str]:
         q, max_length = cfg.qa, cfg.data.max_length

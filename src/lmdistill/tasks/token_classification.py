@@ -160,6 +160,12 @@ class TokenClassificationTask(Task):
     cacheable = True
     presets = PRESETS
     pipeline = "token-classification"
+    ensemble_combines = ("mean_probs", "mean_logits", "confidence")
+
+    def ensemble_teacher(self, cfg: Config, key: str):
+        from lmdistill.models.heads import load_saved_head
+
+        return load_saved_head(cfg.teacher, key, self.name)
 
     def usage(self, model_dir) -> list[str]:
         # aggregation "first": a word's tag is its first piece's, as the model was trained (tokens.label_pieces)
