@@ -244,6 +244,11 @@ def test_distill_with_a_teacher_cache_and_students_of_other_layers(tmp_path, sen
         ({"mutual": {"layers": [[0, 0], [1]]}}, "distill", "distinct 0-based teacher layers"),
         ({"mutual": {"init": "same"}, "training": {"compile": True}}, "distill", "training.compile"),
         ({"student": {"num_layers": 2, "seed": -1}}, "distill", "student.seed must be between 0 and"),
+        (
+            {"mutual": {"init": "same"}, "teachers": [{"name_or_path": "a"}, {"name_or_path": "b"}]},
+            "distill",
+            "mutual does not combine with teachers",
+        ),
     ],
 )
 def test_bad_mutual_configs_fail_in_one_line(tmp_path, change, verb, message):

@@ -81,6 +81,8 @@ def check_mutual(
         )
     if cfg.training.compile:
         errors.append("mutual does not combine with training.compile; set training.compile false")
+    if getattr(cfg, "teachers", None):
+        errors.append("mutual does not combine with teachers: (an ensemble) yet; give one teacher")
     if cfg.lm.fused or cfg.lm.on_policy > 0:
         errors.append(
             "mutual needs every student's logits on the same batch: not with lm.fused or lm.on_policy"
