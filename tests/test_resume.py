@@ -173,3 +173,60 @@ def test_resume_without_a_checkpoint_says_so_and_starts_at_step_0(
     out = capsys.readouterr().out
     assert f"resume: no checkpoint in {tmp_path / 'fresh' / 'checkpoints'}; training starts at step 0" in out
     assert "3 steps in" in out  # training.max_steps=3 was read as an override, not as a checkpoint folder
+
+
+def test_a_resumed_run_that_never_improves_keeps_the_best_model_of_before(tmp_path):
+    """The best model saved before a crash is kept in the checkpoints and put back on resume: a resumed run
+    whose validation never improves again still ends with it (its staging folder was removed meanwhile)."""
+    import shutil
+
+    import torch
+
+    from lmdistill.config import TrainingConfig
+    from lmdistill.engine import train
+    from lmdistill.objective import Objective
+
+    from .conftest import tiny_bert
+    from .test_cache import _tiny_set
+
+    data, collate = _tiny_set(40)
+    out, best_dir = tmp_path / "run", tmp_path / "run" / "staged"
+    out.mkdir()
+    scores = {2: 0.9, 4: 0.5, 6: 0.4, 8: 0.3, 10: 0.2}  # the best is step 2's
+    saved: list[dict] = []
+
+    def on_best(model) -> None:
+        shutil.rmtree(best_dir, ignore_errors=True)
+        model.save_pretrained(best_dir)
+        saved.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    def evaluate(crash_at: int | None):
+        step = {"n": 0}
+
+        def run(model) -> dict[str, float]:
+            step["n"] += 2
+            if step["n"] == crash_at:
+                raise RuntimeError("crash")
+            return {"accuracy": scores[step["n"]]}
+
+        return run
+
+    def cfg(**kw):
+        base = dict(max_steps=10, batch_size=4, cpu=True, log_every=100, eval_every=2, save_every=4)
+        return TrainingConfig(**{**base, **kw}, group_by_length=False, metric_for_best="accuracy")
+
+    common = dict(objective=Objective({"ce": 1.0}), train_set=data, collate=collate, seed=0, out_dir=out)
+    with pytest.raises(RuntimeError, match="crash"):
+        train(student=tiny_bert(layers=2, seed=1), cfg=cfg(), evaluate=evaluate(6), on_best=on_best,
+              best_dir=best_dir, **common)  # fmt: skip
+    assert len(saved) == 1 and (out / "checkpoints" / "step-00000004" / "best-model").is_dir()
+    shutil.rmtree(best_dir)  # what RunFolder does with a failed run's staging folder
+    # resumed at step 4 with the same scores from there on: no improvement, on_best is never called again
+    ev = evaluate(None)
+    ev(None)  # the resumed run's first evaluation is step 6
+    ev(None)
+    outcome = train(student=tiny_bert(layers=2, seed=1), cfg=cfg(resume="auto"), evaluate=ev,
+                    on_best=on_best, best_dir=best_dir, **common)  # fmt: skip
+    assert outcome.best_step == 2 and len(saved) == 1
+    kept = load_file(best_dir / "model.safetensors")
+    assert kept.keys() and all(torch.equal(kept[k], saved[0][k]) for k in kept)

@@ -15,6 +15,7 @@ file that cannot be read is reported in one line: never a silent partial restore
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -50,8 +51,14 @@ def find(resume: str | None, out_dir: Path) -> Path | None:
     return path
 
 
-def save(accelerator, out_dir: Path, state: dict, keep: int) -> Path:
-    """Write a checkpoint for ``state['step']`` atomically and prune old ones."""
+BEST = "best-model"
+"""The folder in a checkpoint holding the best model saved so far (the one of ``best_step``)."""
+
+
+def save(accelerator, out_dir: Path, state: dict, keep: int, best: Path | None = None) -> Path:
+    """Write a checkpoint for ``state['step']`` atomically and prune old ones. ``best``: the folder the best
+    model so far was saved to; it is kept in the checkpoint (hard links where the file system allows), so a
+    resumed run that never improves on it still has it."""
     root = Path(out_dir) / "checkpoints"
     final = root / f"step-{state['step']:08d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -61,6 +68,8 @@ def save(accelerator, out_dir: Path, state: dict, keep: int) -> Path:
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
+        if best is not None and state.get("best_step") is not None and Path(best).is_dir():
+            copy_tree(Path(best), tmp / BEST)
         (tmp / STATE_FILE).write_text(json.dumps(state))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -140,3 +149,26 @@ def load(accelerator, path: Path) -> dict:
             "resume from the one before, or start anew with --overwrite"
         ) from None
     return state
+
+
+def copy_tree(src: Path, dest: Path) -> None:
+    """Copy a model folder, hard-linking files where the file system allows (checkpoints hold many copies)."""
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dest, copy_function=link_or_copy)
+
+
+def restore_best(path: Path, dest: Path) -> bool:
+    """Put the best model kept in checkpoint ``path`` back into ``dest`` (replacing it); False if it has none."""
+    kept = Path(path) / BEST
+    if not kept.is_dir():
+        return False
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(kept, dest)  # real copies: the run may write into its model folder later
+    return True

@@ -194,20 +194,22 @@ def train(
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     greater_is_better: bool = True,
     on_best: Callable[[nn.Module], None] | None = None,
+    best_dir: Path | None = None,
     desc: str = "train",
     signature: dict | None = None,
     mix: Mix | None = None,
 ) -> TrainOutcome:
     """Train ``student`` on ``objective``; returns what happened. ``evaluate`` returns validation metrics;
-    ``cfg.metric_for_best`` among them picks the best student (higher is better unless ``greater_is_better``
-    is False). ``on_best`` receives the unwrapped student whenever validation improves (or at the end when
-    there is no validation). ``teacher_signal`` (e.g. a :class:`~lmdistill.signals.cache.CachedTeacher`)
-    replaces the live teacher for every batch that ``objective.prepare_batch`` leaves as it is; new batches
-    (on-policy samples, when ``objective.rewrites_batches``) still go to ``teacher``. ``signature`` (the task,
-    the student's shape and the config keys that change the trajectory) is saved with every checkpoint, and a
-    checkpoint with another signature is refused by ``training.resume``. ``mix`` (a transfer set or augmented
-    copies in the training set) makes every batch hold labelled and unlabelled examples in a fixed ratio. Checkpoints go to
-    ``out_dir/checkpoints``, the logs (metrics.csv, tensorboard) to ``log_dir`` (default: ``out_dir``)."""
+        ``cfg.metric_for_best`` among them picks the best student (higher is better unless ``greater_is_better``
+        is False). ``on_best`` receives the unwrapped student whenever validation improves (or at the end when
+        there is no validation); ``best_dir``, the folder ``on_best`` saves to, is kept in every checkpoint and put back
+    on resume, so a resumed run that never improves still ends with the best model. ``teacher_signal`` (e.g. a :class:`~lmdistill.signals.cache.CachedTeacher`)
+        replaces the live teacher for every batch that ``objective.prepare_batch`` leaves as it is; new batches
+        (on-policy samples, when ``objective.rewrites_batches``) still go to ``teacher``. ``signature`` (the task,
+        the student's shape and the config keys that change the trajectory) is saved with every checkpoint, and a
+        checkpoint with another signature is refused by ``training.resume``. ``mix`` (a transfer set or augmented
+        copies in the training set) makes every batch hold labelled and unlabelled examples in a fixed ratio. Checkpoints go to
+        ``out_dir/checkpoints``, the logs (metrics.csv, tensorboard) to ``log_dir`` (default: ``out_dir``)."""
     from accelerate import Accelerator
     from accelerate.data_loader import prepare_data_loader
     from accelerate.state import AcceleratorState, GradientState
@@ -329,6 +331,12 @@ def train(
     if resumed_from is not None:
         checkpoint.check(resumed_from, signature, accelerator.num_processes)  # before anything is restored
         state = LoopState(**{**checkpoint.load(accelerator, resumed_from), "signature": signature})
+        restore = state.best_step is not None and best_dir is not None and accelerator.is_main_process
+        if restore and not checkpoint.restore_best(resumed_from, Path(best_dir)):
+            raise LmdistillError(
+                f"resume: {resumed_from} records a best model (step {state.best_step}) but does not hold "
+                "it (a checkpoint of an older lmdistill); pass --overwrite to train again"
+            )
     elif cfg.resume:
         print(
             f"resume: no checkpoint in {Path(out_dir) / 'checkpoints'}; training starts at step 0", flush=True
@@ -473,7 +481,9 @@ def train(
                     break
                 if cfg.save_every and state.step % cfg.save_every == 0:
                     state.running = {k: v.item() for k, v in running.items()}
-                    checkpoint.save(accelerator, out_dir, state.__dict__, keep=cfg.save_total_limit)
+                    checkpoint.save(
+                        accelerator, out_dir, state.__dict__, keep=cfg.save_total_limit, best=best_dir
+                    )
             else:  # the epoch ran to its end
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                 if evaluate is not None and not cfg.eval_every:

@@ -370,6 +370,7 @@ def _run_stage(task: Task, parts: Parts, cfg: Config, verb: str, folder, objecti
         evaluate=evaluate if validate else None,
         greater_is_better=task.metrics.get(metric, True),
         on_best=lambda m: save_model(task, m, parts.tokenizer, staged, cfg),
+        best_dir=staged,
         desc=verb if final else f"{verb} ({folder.path.name})",
         teacher_signal=signal,
         signature=signature(cfg, task, parts.student),
