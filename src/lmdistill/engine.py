@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from lmdistill.data.sampler import (
 )
 from lmdistill.data.text import BUCKETS, BucketPad
 from lmdistill.errors import LmdistillError
-from lmdistill.models import precision
+from lmdistill.models.precision import choose_mixed_precision, resolve_mixed_precision  # noqa: F401 (re-exported)
 from lmdistill.mutual import clip_groups
 from lmdistill.objective import Objective
 from lmdistill.signals.live import LiveTeacher, SignalSource, TeacherSignal
@@ -111,44 +111,6 @@ class TrainOutcome:
     history: list[dict] = field(default_factory=list)
 
 
-def _has_accelerator() -> bool:
-    xpu = getattr(torch, "xpu", None)
-    return (
-        torch.cuda.is_available()
-        or torch.backends.mps.is_available()
-        or bool(xpu is not None and xpu.is_available())
-    )
-
-
-def choose_mixed_precision(choice: str, cpu: bool, flags: Iterable[str] | None = None) -> tuple[str, str]:
-    """``training.mixed_precision`` for this machine (``no``, ``bf16`` or ``fp16``) and the reason in words.
-    ``auto`` -> bf16 on a CUDA GPU that supports it, or on a CPU that multiplies bf16 natively (AVX512-BF16,
-    AMX-BF16, ARM BF16: :func:`lmdistill.models.precision.native_bf16` of ``flags``, default this CPU's), else
-    no (fp32; emulated bf16 is slower than fp32). Autocast only: weights, optimizer states and loss math stay
-    fp32."""
-    on_cpu = cpu or not _has_accelerator()
-    if choice == "fp16" and on_cpu:
-        # accelerate would silently train in fp32 (no fp16 autocast or loss scaling on a CPU)
-        raise LmdistillError(
-            "training.mixed_precision=fp16 needs a GPU (fp16 autocast and loss scaling run on "
-            "CUDA, XPU or MPS devices); on a CPU use bf16 or no"
-        )
-    native, why = precision.native_bf16(precision.cpu_flags() if flags is None else flags)
-    if choice != "auto":
-        late = f", although {why}" if choice == "bf16" and on_cpu and not native else ""
-        return choice, f"training.mixed_precision={choice} as set{late}"
-    if on_cpu:
-        return ("bf16" if native else "no"), f"auto: {why}"
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16", f"auto: the GPU ({torch.cuda.get_device_name()}) supports bf16"
-    return "no", "auto: bf16 is chosen on CUDA GPUs that support it and CPUs that multiply bf16 natively"
-
-
-def resolve_mixed_precision(choice: str, cpu: bool) -> str:
-    """The mode of :func:`choose_mixed_precision` alone."""
-    return choose_mixed_precision(choice, cpu)[0]
-
-
 def make_optimizer(params: list[tuple[str, nn.Parameter]], cfg: TrainingConfig, device: torch.device):
     """AdamW; no weight decay on biases and norms (1-D parameters); fused kernels on CUDA and CPU (one pass
     over each tensor: on a CPU about 5x faster than the per-tensor loop for a MiniLM-sized student)."""
@@ -200,16 +162,17 @@ def train(
     mix: Mix | None = None,
 ) -> TrainOutcome:
     """Train ``student`` on ``objective``; returns what happened. ``evaluate`` returns validation metrics;
-        ``cfg.metric_for_best`` among them picks the best student (higher is better unless ``greater_is_better``
-        is False). ``on_best`` receives the unwrapped student whenever validation improves (or at the end when
-        there is no validation); ``best_dir``, the folder ``on_best`` saves to, is kept in every checkpoint and put back
-    on resume, so a resumed run that never improves still ends with the best model. ``teacher_signal`` (e.g. a :class:`~lmdistill.signals.cache.CachedTeacher`)
-        replaces the live teacher for every batch that ``objective.prepare_batch`` leaves as it is; new batches
-        (on-policy samples, when ``objective.rewrites_batches``) still go to ``teacher``. ``signature`` (the task,
-        the student's shape and the config keys that change the trajectory) is saved with every checkpoint, and a
-        checkpoint with another signature is refused by ``training.resume``. ``mix`` (a transfer set or augmented
-        copies in the training set) makes every batch hold labelled and unlabelled examples in a fixed ratio. Checkpoints go to
-        ``out_dir/checkpoints``, the logs (metrics.csv, tensorboard) to ``log_dir`` (default: ``out_dir``)."""
+    ``cfg.metric_for_best`` among them picks the best student (higher is better unless ``greater_is_better``
+    is False). ``on_best`` receives the unwrapped student whenever validation improves (or at the end when
+    there is no validation); ``best_dir``, the folder ``on_best`` saves to, is kept in every checkpoint and put
+    back on resume, so a resumed run that never improves still ends with the best model. ``teacher_signal``
+    (e.g. a :class:`~lmdistill.signals.cache.CachedTeacher`) replaces the live teacher for every batch that
+    ``objective.prepare_batch`` leaves as it is; new batches (on-policy samples, when
+    ``objective.rewrites_batches``) still go to ``teacher``. ``signature`` (the task, the student's shape and the
+    config keys that change the trajectory) is saved with every checkpoint, and a checkpoint with another
+    signature is refused by ``training.resume``. ``mix`` (a transfer set or augmented copies in the training set)
+    makes every batch hold labelled and unlabelled examples in a fixed ratio. Checkpoints go to
+    ``out_dir/checkpoints``, the logs (metrics.csv, tensorboard) to ``log_dir`` (default: ``out_dir``)."""
     from accelerate import Accelerator
     from accelerate.data_loader import prepare_data_loader
     from accelerate.state import AcceleratorState, GradientState

@@ -71,3 +71,41 @@ def for_inference(model: nn.Module, dtype: str) -> nn.Module:
     if dtype not in INFERENCE_DTYPES:
         raise LmdistillError(f"dtype must be one of {', '.join(INFERENCE_DTYPES)}, got {dtype!r}")
     return model.to(INFERENCE_DTYPES[dtype]).eval()
+
+
+def _has_accelerator() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return (
+        torch.cuda.is_available()
+        or torch.backends.mps.is_available()
+        or bool(xpu is not None and xpu.is_available())
+    )
+
+
+def choose_mixed_precision(choice: str, cpu: bool, flags: Iterable[str] | None = None) -> tuple[str, str]:
+    """``training.mixed_precision`` for this machine (``no``, ``bf16`` or ``fp16``) and the reason in words.
+    ``auto`` -> bf16 on a CUDA GPU that supports it, or on a CPU that multiplies bf16 natively (AVX512-BF16,
+    AMX-BF16, ARM BF16: :func:`native_bf16` of ``flags``, default this CPU's), else
+    no (fp32; emulated bf16 is slower than fp32). Autocast only: weights, optimizer states and loss math stay
+    fp32."""
+    on_cpu = cpu or not _has_accelerator()
+    if choice == "fp16" and on_cpu:
+        # accelerate would silently train in fp32 (no fp16 autocast or loss scaling on a CPU)
+        raise LmdistillError(
+            "training.mixed_precision=fp16 needs a GPU (fp16 autocast and loss scaling run on "
+            "CUDA, XPU or MPS devices); on a CPU use bf16 or no"
+        )
+    native, why = native_bf16(cpu_flags() if flags is None else flags)
+    if choice != "auto":
+        late = f", although {why}" if choice == "bf16" and on_cpu and not native else ""
+        return choice, f"training.mixed_precision={choice} as set{late}"
+    if on_cpu:
+        return ("bf16" if native else "no"), f"auto: {why}"
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16", f"auto: the GPU ({torch.cuda.get_device_name()}) supports bf16"
+    return "no", "auto: bf16 is chosen on CUDA GPUs that support it and CPUs that multiply bf16 natively"
+
+
+def resolve_mixed_precision(choice: str, cpu: bool) -> str:
+    """The mode of :func:`choose_mixed_precision` alone."""
+    return choose_mixed_precision(choice, cpu)[0]
