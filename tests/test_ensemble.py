@@ -446,31 +446,36 @@ def test_every_ensemble_key_has_a_docstring_and_a_line_in_the_methods_docs():
 # ------------------------------------------------------------------------------------------ other tasks
 
 
+def _tiny_bert_head(cls, tok, folder, seed: int, **config):
+    """A tiny 2-layer BERT with head ``cls`` (e.g. BertForMaskedLM), seeded, saved with ``tok`` in ``folder``."""
+    from transformers import BertConfig
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        **config,
+    )
+    cls(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def test_mlm_distill_from_two_teachers_with_layer_knowledge_from_one(tmp_path):
     """DistilBERT's triple loss (kd + mlm + cosine of hidden states) with two masked-LM teachers: kd from their
     mean (confidence-weighted), the cosine term from the named teacher's layers."""
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
     from lmdistill import api
 
     from .conftest import make_sentences
 
     tok = bert_tokenizer(tmp_path)
-    dirs = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        cfg = BertConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-        d = tmp_path / f"mlm{seed}"
-        BertForMaskedLM(cfg).save_pretrained(d)
-        tok.save_pretrained(d)
-        dirs.append(d)
+    dirs = [_tiny_bert_head(BertForMaskedLM, tok, tmp_path / f"mlm{seed}", seed) for seed in (1, 2)]
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(t for t, _, _ in make_sentences(80, seed=5)) + "\n")
     cfg = {
@@ -490,7 +495,7 @@ def test_mlm_distill_from_two_teachers_with_layer_knowledge_from_one(tmp_path):
 
 
 def test_token_classification_skd_from_two_taggers(tmp_path):
-    from transformers import BertConfig, BertForTokenClassification
+    from transformers import BertForTokenClassification
 
     from lmdistill import api
 
@@ -498,24 +503,18 @@ def test_token_classification_skd_from_two_taggers(tmp_path):
 
     tok = bert_tokenizer(tmp_path, FILL + PIECES)
     names = ["B-LOC", "B-PER", "I-PER", "O"]  # the tags of ner_rows, sorted
-    dirs = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        cfg = BertConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
+    dirs = [
+        _tiny_bert_head(
+            BertForTokenClassification,
+            tok,
+            tmp_path / f"tagger{seed}",
+            seed,
             num_labels=len(names),
             id2label=dict(enumerate(names)),
             label2id={n: i for i, n in enumerate(names)},
         )
-        d = tmp_path / f"tagger{seed}"
-        BertForTokenClassification(cfg).save_pretrained(d)
-        tok.save_pretrained(d)
-        dirs.append(d)
+        for seed in (1, 2)
+    ]
     cfg = {
         "task": "token_classification",
         "seed": 0,
@@ -648,7 +647,7 @@ def test_each_teacher_has_its_own_cache_and_the_cached_run_equals_the_live_one(
 
 
 def test_question_answering_distill_from_the_mean_of_two_span_heads(tmp_path):
-    from transformers import BertConfig, BertForQuestionAnswering
+    from transformers import BertForQuestionAnswering
 
     from lmdistill import api
 
@@ -656,21 +655,7 @@ def test_question_answering_distill_from_the_mean_of_two_span_heads(tmp_path):
     from .test_question_answering import write_jsonl as write_qa
 
     tok = bert_tokenizer(tmp_path, vocabulary())
-    dirs = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        cfg = BertConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-        d = tmp_path / f"qa{seed}"
-        BertForQuestionAnswering(cfg).save_pretrained(d)
-        tok.save_pretrained(d)
-        dirs.append(d)
+    dirs = [_tiny_bert_head(BertForQuestionAnswering, tok, tmp_path / f"qa{seed}", seed) for seed in (1, 2)]
     cfg = {
         "task": "question_answering",
         "seed": 0,
