@@ -122,3 +122,22 @@ def tiny_mpnet_dir(tmp_path_factory) -> Path:
     MPNetForSequenceClassification(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+def save_tiny_bert(cls, tok, folder, seed: int, **config):
+    """A tiny 2-layer BERT with head ``cls`` (e.g. BertForMaskedLM), seeded, saved with ``tok`` in ``folder``."""
+    from transformers import BertConfig
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        **config,
+    )
+    cls(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -24,7 +24,7 @@ from lmdistill.signals.ensemble import (
     sampling_probs,
 )
 
-from .conftest import bert_tokenizer, tiny_bert
+from .conftest import bert_tokenizer, save_tiny_bert, tiny_bert
 
 # ------------------------------------------------------------------------------------------ combining, by hand
 
@@ -446,25 +446,6 @@ def test_every_ensemble_key_has_a_docstring_and_a_line_in_the_methods_docs():
 # ------------------------------------------------------------------------------------------ other tasks
 
 
-def _tiny_bert_head(cls, tok, folder, seed: int, **config):
-    """A tiny 2-layer BERT with head ``cls`` (e.g. BertForMaskedLM), seeded, saved with ``tok`` in ``folder``."""
-    from transformers import BertConfig
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        **config,
-    )
-    cls(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def test_mlm_distill_from_two_teachers_with_layer_knowledge_from_one(tmp_path):
     """DistilBERT's triple loss (kd + mlm + cosine of hidden states) with two masked-LM teachers: kd from their
     mean (confidence-weighted), the cosine term from the named teacher's layers."""
@@ -475,7 +456,7 @@ def test_mlm_distill_from_two_teachers_with_layer_knowledge_from_one(tmp_path):
     from .conftest import make_sentences
 
     tok = bert_tokenizer(tmp_path)
-    dirs = [_tiny_bert_head(BertForMaskedLM, tok, tmp_path / f"mlm{seed}", seed) for seed in (1, 2)]
+    dirs = [save_tiny_bert(BertForMaskedLM, tok, tmp_path / f"mlm{seed}", seed) for seed in (1, 2)]
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(t for t, _, _ in make_sentences(80, seed=5)) + "\n")
     cfg = {
@@ -504,7 +485,7 @@ def test_token_classification_skd_from_two_taggers(tmp_path):
     tok = bert_tokenizer(tmp_path, FILL + PIECES)
     names = ["B-LOC", "B-PER", "I-PER", "O"]  # the tags of ner_rows, sorted
     dirs = [
-        _tiny_bert_head(
+        save_tiny_bert(
             BertForTokenClassification,
             tok,
             tmp_path / f"tagger{seed}",
@@ -655,7 +636,7 @@ def test_question_answering_distill_from_the_mean_of_two_span_heads(tmp_path):
     from .test_question_answering import write_jsonl as write_qa
 
     tok = bert_tokenizer(tmp_path, vocabulary())
-    dirs = [_tiny_bert_head(BertForQuestionAnswering, tok, tmp_path / f"qa{seed}", seed) for seed in (1, 2)]
+    dirs = [save_tiny_bert(BertForQuestionAnswering, tok, tmp_path / f"qa{seed}", seed) for seed in (1, 2)]
     cfg = {
         "task": "question_answering",
         "seed": 0,

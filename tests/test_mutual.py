@@ -17,31 +17,17 @@ import yaml
 from safetensors.torch import load_file
 
 from lmdistill.objective import Objective
-from tests.conftest import bert_tokenizer, make_sentences
+from tests.conftest import bert_tokenizer, make_sentences, save_tiny_bert
 
 
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory) -> Path:
     """A tiny 'pretrained' BERT encoder without a classification head (students get new heads), dropout off."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     d = tmp_path_factory.mktemp("encoder")
-    tok = bert_tokenizer(d)
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        classifier_dropout=0.0,
-    )
-    BertModel(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    dropout_off = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
+    return save_tiny_bert(BertModel, bert_tokenizer(d), d, 0, **dropout_off)
 
 
 def _config(tmp_path, data, model, name="run", **mutual) -> dict:
