@@ -115,8 +115,8 @@ def test_resume_restores_the_adapters(tmp_path, dirs, monkeypatch):
     api.distill(_lora_cfg(tmp_path, dirs, "ref", save_every=2))
     real_save = checkpoint.save
 
-    def save_then_crash(accelerator, out_dir, state, keep):
-        real_save(accelerator, out_dir, state, keep)
+    def save_then_crash(accelerator, out_dir, state, keep, **kw):
+        real_save(accelerator, out_dir, state, keep, **kw)
         raise RuntimeError("crash after the checkpoint")
 
     monkeypatch.setattr(checkpoint, "save", save_then_crash)
