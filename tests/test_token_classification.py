@@ -415,3 +415,22 @@ def test_compress_token_classification_end_to_end(ner, tmp_path):
     assert json.loads((tmp_path / "run" / "baseline" / "results.json").read_text())["loss_terms"] == ["ce"]
     card = (tmp_path / "run" / "student" / "model" / "README.md").read_text()
     assert 'pipeline("token-classification"' in card
+
+
+def test_a_teacher_whose_label_names_differ_from_the_data_is_one_line():
+    """Shared by classification and token classification: other names or another order is refused; generic
+    LABEL_i names and no names (regression) pass."""
+    from lmdistill.errors import ModelError
+    from lmdistill.tasks.base import refuse_other_label_names
+
+    refuse_other_label_names(["LABEL_0", "LABEL_1"], ["neg", "pos"], "labels")
+    refuse_other_label_names([], ["x"], "labels")
+    refuse_other_label_names(["neg", "pos"], ["neg", "pos"], "labels")
+    with pytest.raises(ModelError) as err:
+        refuse_other_label_names(["pos", "neg"], ["neg", "pos"], "labels")
+    assert str(err.value) == (
+        "teacher.name_or_path: the teacher's labels ['pos', 'neg'] differ from the data's ['neg', 'pos']; "
+        "set data.label_names to the teacher's order"
+    )
+    with pytest.raises(ModelError, match=r"tags \['B-1'\] differ from the data's \['O'\]"):
+        refuse_other_label_names([f"B-{i}" for i in range(1, 9)], ["O"] * 8, "tags", shown=1)

@@ -321,3 +321,18 @@ class EvalResult:
         lines = [f"{self.model}{cast} on {self.split} ({self.n} examples)", f"{'metric':<{width}}  value"]
         lines += [f"{k:<{width}}  {v:.4f}" for k, v in self.metrics.items()]
         return "\n".join(lines)
+
+
+def refuse_other_label_names(
+    teacher: list[str], data: list[str], noun: str, shown: int | None = None
+) -> None:
+    """One line when a teacher's label names (its ``id2label``) are not the data's, in order; generic names
+    (``LABEL_0``, ``LABEL_1``, ...) and no names (regression) pass. ``shown``: how many names the line lists."""
+    from lmdistill.errors import ModelError
+
+    generic = all(n == f"LABEL_{i}" for i, n in enumerate(teacher))
+    if teacher and not generic and teacher != data:
+        raise ModelError(
+            f"teacher.name_or_path: the teacher's {noun} {teacher[:shown]} differ from the data's {data[:shown]}; "
+            "set data.label_names to the teacher's order"
+        )

@@ -22,7 +22,16 @@ from lmdistill.data.tables import Examples, TaskData, load_task_data
 from lmdistill.errors import ModelError
 from lmdistill.methods.presets import PRESETS
 from lmdistill.objective import Objective
-from lmdistill.tasks.base import Parts, Quality, Task, make_student, stage_key, stage_objective, stages_of
+from lmdistill.tasks.base import (
+    Parts,
+    Quality,
+    Task,
+    make_student,
+    refuse_other_label_names,
+    stage_key,
+    stage_objective,
+    stages_of,
+)
 
 
 @dataclass
@@ -209,12 +218,7 @@ class SequenceTask(Task):
                 "fine-tune a teacher on this task first (lmdistill finetune)"
             )
         names = [] if self.regression else [str(teacher.config.id2label[i]) for i in range(have)]
-        generic = all(n == f"LABEL_{i}" for i, n in enumerate(names))
-        if names and not generic and names != data.label_names:
-            raise ModelError(
-                f"teacher.name_or_path: the teacher's labels {names} differ from the data's {data.label_names}; "
-                "set data.label_names to the teacher's order"
-            )
+        refuse_other_label_names(names, data.label_names, "labels")
 
     def has_split(self, parts: Parts, split: str) -> bool:
         return split in parts.data.data.splits

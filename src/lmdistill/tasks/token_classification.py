@@ -48,7 +48,16 @@ from lmdistill.losses.logits import cross_entropy
 from lmdistill.losses.reduce import masked_mean
 from lmdistill.methods.presets import PRESETS
 from lmdistill.objective import Objective, Term
-from lmdistill.tasks.base import Parts, Quality, Task, make_student, stage_key, stage_objective, stages_of
+from lmdistill.tasks.base import (
+    Parts,
+    Quality,
+    Task,
+    make_student,
+    refuse_other_label_names,
+    stage_key,
+    stage_objective,
+    stages_of,
+)
 from lmdistill.tasks.metrics import entity_counts, entity_scores
 
 # --------------------------------------------------------------------------------------------- objective
@@ -307,12 +316,7 @@ class TokenClassificationTask(Task):
                 f"teacher.name_or_path: the teacher predicts {len(have)} tags but the data has {data.num_labels}; "
                 "fine-tune a teacher on this data first (lmdistill finetune)"
             )
-        generic = all(n == f"LABEL_{i}" for i, n in enumerate(have))
-        if not generic and have != data.label_names:
-            raise ModelError(
-                f"teacher.name_or_path: the teacher's tags {have[:8]} differ from the data's {data.label_names[:8]}; "
-                "set data.label_names to the teacher's order"
-            )
+        refuse_other_label_names(have, data.label_names, "tags", shown=8)
 
     def has_split(self, parts: Parts, split: str) -> bool:
         return split in parts.data.data.splits
