@@ -309,3 +309,23 @@ def test_a_transfer_set_is_counted_for_the_vocabulary_and_distilled_from_the_cac
     assert {"unused1", "unused2"} <= set(vocab) and "unused3" not in vocab
     results = json.loads((tmp_path / "c" / "student" / "results.json").read_text())
     assert results["split_sizes"]["unlabelled"] == 2  # the two distinct transfer texts
+
+
+def test_a_chain_whose_teacher_compress_fine_tunes_first_runs(tmp_path, teacher, sentiment_csv):
+    """No teacher.name_or_path: compress fine-tunes model.name_or_path as the teacher (whole: the student's
+    vocabulary and width are not its settings), then trims and prunes the student made of it."""
+    from transformers import AutoConfig
+
+    from lmdistill.pipeline import compress
+
+    cfg = _cfg(tmp_path, teacher, sentiment_csv)
+    cfg["model"] = {"name_or_path": cfg.pop("teacher")["name_or_path"]}
+    cfg["compress"]["steps"] = ["trim_vocabulary", "prune_width", "distill"]
+    compress(cfg)
+    out = tmp_path / "c"
+    t = AutoConfig.from_pretrained(out / "teacher" / "model")
+    s = AutoConfig.from_pretrained(out / "student" / "model")
+    full = AutoConfig.from_pretrained(teacher)
+    assert (t.num_hidden_layers, t.intermediate_size, t.vocab_size) == (4, 64, full.vocab_size)
+    assert (s.num_hidden_layers, s.num_attention_heads, s.intermediate_size) == (2, 1, 16)
+    assert s.vocab_size < t.vocab_size

@@ -175,6 +175,8 @@ def compress(
             _say(f"{next(stage)}/{total} teacher: fine-tuning {cfg.model.name_or_path}")
             t_cfg = copy.deepcopy(cfg)
             t_cfg.output_dir = str(runs["teacher"])
+            # the teacher is fine-tuned whole: the steps that shape the student are not its settings
+            t_cfg.student.vocabulary = t_cfg.student.width = None
             _role_run("teacher", t_cfg, "finetune", **flags)
             teacher_model = str(runs["teacher"] / "model")
         first_teacher = teacher_model
