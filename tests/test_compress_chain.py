@@ -329,3 +329,37 @@ def test_a_chain_whose_teacher_compress_fine_tunes_first_runs(tmp_path, teacher,
     assert (t.num_hidden_layers, t.intermediate_size, t.vocab_size) == (4, 64, full.vocab_size)
     assert (s.num_hidden_layers, s.num_attention_heads, s.intermediate_size) == (2, 1, 16)
     assert s.vocab_size < t.vocab_size
+
+
+def test_an_mpnet_teacher_goes_through_the_whole_chain(tmp_path, tiny_mpnet_dir, sentiment_csv):
+    """The issue's second chain in small: an MPNet encoder fine-tuned by compress as the teacher, then layers
+    kept, vocabulary trimmed, heads (the same in every layer: MPNet shares its relative position bias) and FFN
+    pruned, distilled, int8 and ONNX; the student loads with transformers and onnxruntime alone."""
+    import onnxruntime as ort
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lmdistill.pipeline import compress
+
+    cfg = _cfg(tmp_path, tiny_mpnet_dir, sentiment_csv, width={"heads": 2, "intermediate_size": 48})
+    cfg["model"] = {"name_or_path": cfg.pop("teacher")["name_or_path"]}
+    result = compress(cfg)
+    data = json.loads((result.output_dir / "report.json").read_text())
+    assert set(data["models"]) == ROWS
+    student = result.output_dir / "student" / "model"
+    model = AutoModelForSequenceClassification.from_pretrained(student).eval()
+    tok = AutoTokenizer.from_pretrained(student)
+    c = model.config
+    assert (c.model_type, c.num_hidden_layers, c.num_attention_heads, c.hidden_size) == ("mpnet", 2, 2, 24)
+    assert c.intermediate_size == 48 and c.vocab_size == len(tok) < len(
+        AutoTokenizer.from_pretrained(tiny_mpnet_dir)
+    )
+    assert tuple(model.mpnet.encoder.relative_attention_bias.weight.shape) == (
+        c.relative_attention_num_buckets,
+        2,
+    )
+    enc = tok(["the movie was great", "a dull plot and weak acting"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**enc).logits.numpy()
+    session = ort.InferenceSession(str(result.output_dir / "export" / "student" / "onnx" / "model.onnx"))
+    feed = {i.name: enc[i.name].numpy() for i in session.get_inputs()}
+    np.testing.assert_allclose(session.run(["logits"], feed)[0], expected, atol=1e-4)

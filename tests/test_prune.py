@@ -20,6 +20,8 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MPNetConfig,
+    MPNetForSequenceClassification,
     Qwen2Config,
     Qwen2ForCausalLM,
     RobertaConfig,
@@ -63,6 +65,8 @@ def make(family: str, seed: int = 0, **extra):
         return XLMRobertaForSequenceClassification(XLMRobertaConfig(pad_token_id=1, **enc)).eval()
     if family == "electra":
         return ElectraForSequenceClassification(ElectraConfig(embedding_size=16, **enc)).eval()
+    if family == "mpnet":
+        return MPNetForSequenceClassification(MPNetConfig(pad_token_id=1, **enc)).eval()
     dec = dict(DECODER, **extra)
     if family == "mistral":
         return MistralForCausalLM(MistralConfig(**dec)).eval()
@@ -166,7 +170,9 @@ def test_llama_pruning_keeps_exactly_the_chosen_rows_and_columns():
     assert same(new.lm_head.weight, old.lm_head.weight[:, hid])
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta", "electra", "llama", "mistral", "qwen2"])
+@pytest.mark.parametrize(
+    "family", ["bert", "roberta", "xlm-roberta", "electra", "mpnet", "llama", "mistral", "qwen2"]
+)
 def test_keeping_everything_reproduces_the_outputs_exactly(family):
     model = make(family)
     grouped = family in ("llama", "mistral", "qwen2")
@@ -322,13 +328,13 @@ def test_activation_importance_matches_a_naive_per_example_computation():
 
 def ffn(model, layer: int) -> tuple[torch.nn.Linear, torch.nn.Linear]:
     """(first FFN projection, FFN output projection) of a BERT or Llama layer."""
-    if hasattr(model, "bert"):
-        block = model.bert.encoder.layer[layer]
+    if hasattr(model, "bert") or hasattr(model, "mpnet"):
+        block = model.base_model.encoder.layer[layer]
         return block.intermediate.dense, block.output.dense
     return model.model.layers[layer].mlp.gate_proj, model.model.layers[layer].mlp.down_proj
 
 
-@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("family", ["bert", "mpnet", "llama"])
 def test_pruning_dead_ffn_neurons_leaves_the_outputs_unchanged(family):
     model, data = make(family), batches(labels=False)
     dead = torch.tensor([3, 7, 8, 20, 40, 47])
@@ -349,9 +355,11 @@ def test_pruning_dead_ffn_neurons_leaves_the_outputs_unchanged(family):
         assert torch.equal(logits(pruned, batch), logits(model, batch))
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta", "electra", "llama", "mistral", "qwen2"])
+@pytest.mark.parametrize(
+    "family", ["bert", "roberta", "xlm-roberta", "electra", "mpnet", "llama", "mistral", "qwen2"]
+)
 def test_pruned_model_saves_and_reloads_as_a_plain_transformers_model(family, tmp_path):
-    model, encoder = make(family), family in ("bert", "roberta", "xlm-roberta", "electra")
+    model, encoder = make(family), family in ("bert", "roberta", "xlm-roberta", "electra", "mpnet")
     data = batches(labels=encoder)
     imp = width_importance(model, data, hidden=True, head_method="gradient")
     if encoder:  # heads and hidden width together: 2 heads x 8 = 16 channels
@@ -371,6 +379,37 @@ def test_pruned_model_saves_and_reloads_as_a_plain_transformers_model(family, tm
     assert sum(p.numel() for p in loaded.parameters()) == parameters_for(model, **sizes)
     for batch in data:
         assert torch.equal(logits(loaded, batch), logits(pruned, batch))
+
+
+def test_mpnet_keeps_the_same_heads_in_every_layer_and_their_relative_position_bias():
+    """MPNet's relative position bias is one (buckets, heads) table all blocks share: the heads kept are those
+    with the highest importance summed over the layers, the same in each layer, and the table keeps their
+    columns (the pruned model's position bias is the original's for those heads)."""
+    model = make("mpnet")
+    scores = torch.tensor([[5.0, 0.0, 1.0, 2.0], [0.0, 4.0, 0.5, 2.5]])  # sums 5, 4, 1.5, 4.5
+    pruned = prune_width(model, WidthImportance(heads=scores, hidden=torch.arange(HIDDEN).float()), heads=2)
+    kept = [0, 3]
+    hid = torch.arange(HIDDEN - 16, HIDDEN)  # the 16 highest-scoring channels
+    old, new = model.mpnet.encoder, pruned.mpnet.encoder
+    assert same(new.relative_attention_bias.weight, old.relative_attention_bias.weight[:, kept])
+    for i in range(LAYERS):
+        for name in ("q", "k", "v"):
+            got = getattr(new.layer[i].attention.attn, name).weight
+            assert same(got, getattr(old.layer[i].attention.attn, name).weight[channels(kept)][:, hid])
+        assert same(
+            new.layer[i].attention.attn.o.weight, old.layer[i].attention.attn.o.weight[hid][:, channels(kept)]
+        )
+    ids = torch.arange(5, 12)[None]
+    with torch.no_grad():
+        bias_old = old.compute_position_bias(model.mpnet.embeddings(ids))
+        bias_new = new.compute_position_bias(pruned.mpnet.embeddings(ids))
+    assert torch.equal(bias_new, bias_old[:, kept])
+    for batch in batches(labels=False):
+        assert logits(pruned, batch).shape == (4, 2)
+    per_layer = WidthSelection(heads=torch.tensor([[0, 3], [1, 3]]), hidden=hid)
+    with pytest.raises(ModelError, match="shares one relative position bias column per head") as err:
+        apply_width(model, per_layer)
+    _one_line(err)
 
 
 def test_tied_embeddings_stay_tied():

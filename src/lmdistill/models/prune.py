@@ -17,12 +17,14 @@ holds one head count and one intermediate size), chosen per layer:
   (``q_proj`` rows, ``o_proj`` columns) and their key/value heads (``k_proj``/``v_proj`` rows). By default
   whole grouped-query groups are kept (N must be a multiple of the group size); ``kv_heads`` keeps that many
   groups and N / kv_heads query heads of each. The hidden width is unchanged.
-* ``heads`` / ``hidden_size``, BERT family (BERT, RoBERTa, XLM-R, ELECTRA): the head size is derived as
+* ``heads`` / ``hidden_size``, BERT family (BERT, RoBERTa, XLM-R, ELECTRA, MPNet): the head size is derived as
   hidden_size / num_attention_heads, so heads cannot be removed on their own. Heads and hidden channels are
   pruned together with the head size kept: hidden_size = heads x head size (MiniLM: 12 x 32 -> 8 x 32 =
   256). Give either one or both. Head rows/columns follow head importance; hidden channels (embedding
   columns, every LayerNorm, every Linear's input/output on the hidden axis, pooler, task head) follow
-  hidden-channel importance (Minitron's embedding-channel importance).
+  hidden-channel importance (Minitron's embedding-channel importance). MPNet's relative position bias is
+  one table (buckets x heads) shared by every block, so MPNet keeps the same heads in every layer: the heads
+  whose importance summed over the layers is highest, and the table's columns of those heads.
 * ``hidden_size``, Llama family: hidden channels alone (embeddings, every RMSNorm, every projection's
   hidden side, lm_head); heads unchanged. transformers' LlamaConfig requires hidden_size to be a multiple
   of num_attention_heads, which is checked when the config is built.
@@ -30,7 +32,7 @@ holds one head count and one intermediate size), chosen per layer:
 Removing FFN neurons or heads whose contribution is zero leaves the outputs unchanged; removing hidden
 channels also changes every LayerNorm/RMSNorm's statistics (computed over fewer channels), so it always
 moves the outputs. Different counts per layer are not offered (no standard config holds them); other
-architectures (DistilBERT, MPNet, GPT-2, ...) are refused with one line.
+architectures (DistilBERT, GPT-2, ...) are refused with one line.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from lmdistill.models.width import (
     pruned_config,
     resolve_sizes,
     select_width,
+    shared_bias,
     width_family,
 )
 
@@ -101,6 +104,9 @@ def _plan(model: nn.Module, sel: WidthSelection) -> dict[int, tuple[Tensor | Non
         for path in fam.ffn_in:
             plan[id(block_module(model, i, path))] = (ffn, hid)
         plan[id(block_module(model, i, fam.ffn_out))] = (hid, ffn)
+    table = shared_bias(model)
+    if table is not None and sel.heads is not None:  # (buckets, heads): the kept heads' columns
+        plan[id(table)] = (None, sel.heads[0])
     return plan
 
 
@@ -122,7 +128,8 @@ def _slice(
         rows, cols = plan.get(id(module), default)
         out = _take(_take(t, 0, rows), 1, cols) if attr == "weight" else _take(t, 0, rows)
     elif isinstance(module, nn.Embedding):
-        out = _take(t, 1, hidden if t.shape[1] == width else None)
+        rows, cols = plan.get(id(module), (None, hidden if t.shape[1] == width else None))
+        out = _take(_take(t, 0, rows), 1, cols)
     elif hidden is not None and width in t.shape:
         if t.ndim != 1:
             raise ModelError(

@@ -28,6 +28,9 @@ class Family:
     ffn_in: tuple[str, ...]  # rows = FFN neurons
     ffn_out: str  # columns = FFN neurons; its input is the activation after the nonlinearity
     coupled: bool  # True: head size = hidden_size / heads (BERT), heads go with the hidden width
+    shared_bias: str | None = (
+        None  # a (buckets, heads) table every block shares (MPNet's relative position bias)
+    )
 
 
 _BERT = Family(
@@ -38,8 +41,13 @@ _LLAMA = Family(
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
     "self_attn.o_proj", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", coupled=False,
 )  # fmt: skip
+_MPNET = Family(
+    "attention.attn.q", "attention.attn.k", "attention.attn.v",
+    "attention.attn.o", ("intermediate.dense",), "output.dense", coupled=True,
+    shared_bias="encoder.relative_attention_bias",
+)  # fmt: skip
 FAMILIES = {
-    "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT, "electra": _BERT,
+    "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT, "electra": _BERT, "mpnet": _MPNET,
     "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA,
 }  # fmt: skip
 
@@ -64,6 +72,19 @@ def width_family(model: nn.Module) -> Family:
     if getattr(model.config, "add_cross_attention", False):
         raise ModelError("student.width: models with cross-attention are not supported by width pruning")
     return fam
+
+
+def shared_bias(model: nn.Module) -> nn.Embedding | None:
+    """The per-head table every block shares (MPNet: the relative position bias), or None."""
+    fam = width_family(model)
+    if fam.shared_bias is None:
+        return None
+    table = _get(getattr(model, "base_model", model), fam.shared_bias)
+    if not isinstance(table, nn.Embedding):
+        raise ModelError(
+            f"student.width: this {type(model).__name__} has no per-head table '{fam.shared_bias}'"
+        )
+    return table
 
 
 def block_module(model: nn.Module, layer: int, path: str) -> nn.Linear:
@@ -243,7 +264,9 @@ def select_width(model: nn.Module, importance: WidthImportance, sizes: WidthSize
     sel = WidthSelection()
     if sizes.heads != n_heads or sizes.kv_heads != n_kv:
         scores = _need(importance.heads, "heads", (layers, n_heads))
-        if coupled:
+        if width_family(model).shared_bias:  # one bias column per head for all blocks: the same heads in each
+            sel.heads = keep_heads(scores.sum(0, keepdim=True), sizes.heads)[0].expand(layers, -1).clone()
+        elif coupled:
             sel.heads = keep_heads(scores, sizes.heads)[0]
         else:
             sel.heads, sel.kv_heads = keep_heads(
@@ -320,6 +343,11 @@ def check_selection(model: nn.Module, sel: WidthSelection) -> tuple[WidthSelecti
     if not fam.coupled and (out.heads is None) != (out.kv_heads is None):
         raise ModelError(
             "student.width: Llama-family selections need both 'heads' and 'kv_heads', or neither"
+        )
+    if fam.shared_bias and out.heads is not None and not bool((out.heads == out.heads[:1]).all()):
+        raise ModelError(
+            f"student.width: every layer of a {model.config.model_type} model shares one relative position bias "
+            f"column per head ({fam.shared_bias}); keep the same heads in every layer"
         )
     if out.heads is not None and out.kv_heads is not None:
         _check_groups(out.heads, out.kv_heads, n_heads // n_kv)
