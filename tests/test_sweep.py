@@ -347,3 +347,20 @@ def test_leaderboard_files_name_failures_and_unscored_runs(tmp_path):
     rows = list(csv.DictReader(files["csv"].open()))
     assert [r["variant"] for r in rows] == ["a", "b"] and rows[0]["errors"] == "seed 2: NaN loss at step 3"
     assert files["png"].stat().st_size > 1000  # no latency: quality against weights on disk
+
+
+def test_metrics_given_as_per_example_ratios_are_compared_per_example():
+    """QA F1 per question, MRR per query (denominator 1) and entity F1 (2 TP / predicted + gold) reach the
+    leaderboard's statistics through ``Quality.ratios``; a metric the task gives no columns for stays None."""
+    from lmdistill.sweeps.board import columns_of, statistic
+    from lmdistill.tasks.base import Quality
+
+    f1 = np.array([1.0, 0.5, 0.0, 0.25])
+    q = Quality(
+        {}, ratios={"f1": (f1, np.ones(4)), "entity_f1": (np.array([2.0, 0, 4]), np.array([2.0, 1, 6]))}
+    )
+    cols, kind = columns_of(q, "f1")
+    assert kind == "ratio" and statistic(kind, "f1")({k: v[None] for k, v in cols.items()})[0] == f1.mean()
+    cols, kind = columns_of(q, "entity_f1")
+    assert statistic(kind, "entity_f1")({k: v[None] for k, v in cols.items()})[0] == pytest.approx(6 / 9)
+    assert columns_of(q, "mrr@10") == (None, None)

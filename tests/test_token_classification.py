@@ -434,3 +434,33 @@ def test_a_teacher_whose_label_names_differ_from_the_data_is_one_line():
     )
     with pytest.raises(ModelError, match=r"tags \['B-1'\] differ from the data's \['O'\]"):
         refuse_other_label_names([f"B-{i}" for i in range(1, 9)], ["O"] * 8, "tags", shown=1)
+
+
+def test_a_sweep_compares_entity_f1_paired_over_seeds_and_sentences(ner, tmp_path):
+    """The leaderboard's paired difference for entity F1 (a ratio of sums, not a mean over sentences): each
+    seed's per-sentence 2 TP and predicted + gold entities of both variants, resampled together."""
+    import numpy as np
+
+    from lmdistill.report.seeds import seed_example_sets_bootstrap
+
+    cfg = distill_cfg(ner, tmp_path / "sweep")
+    cfg["training"] = {**cfg["training"], "epochs": 1, "max_steps": 3}
+    cfg["sweep"] = {"grid": {"distill.temperature": [1.0, 4.0]}, "seeds": [1, 2], "latency": False,
+                    "bootstrap_resamples": 200}  # fmt: skip
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", str(tmp_path / "s.yaml")]) == 0
+    out = tmp_path / "sweep"
+    board = json.loads((out / "leaderboard.json").read_text())
+    row = next(r for r in board["rows"] if r.get("diff") is not None)
+    cols = {
+        v: [json.loads((out / v / f"seed-{s}.scores.json").read_text()) for s in (1, 2)]
+        for v in ("temperature=1.0", "temperature=4.0")
+    }
+    assert {x["kind"] for xs in cols.values() for x in xs} == {"ratio"}
+    a, b = ([{k: np.asarray(c) for k, c in x["columns"].items()} for x in cols[v]]
+            for v in (row["variant"], board["reference"]))  # fmt: skip
+    f1 = lambda c: c["num"].sum(-1) / c["den"].sum(-1)  # noqa: E731
+    for x, v in zip(a, [x["value"] for x in cols[row["variant"]]]):
+        assert f1({k: c[None] for k, c in x.items()})[0] == pytest.approx(v)  # the run's entity F1
+    ci = seed_example_sets_bootstrap(f1, a, b, same_examples=True, n_resamples=200)
+    assert (row["diff"], row["diff_low"], row["diff_high"]) == pytest.approx((ci.point, ci.low, ci.high))

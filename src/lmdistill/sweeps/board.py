@@ -20,8 +20,10 @@ from lmdistill.tasks import get_task
 
 def columns_of(quality, metric: str) -> tuple[dict[str, np.ndarray] | None, str | None]:
     """Per-example columns of a model's test outputs for the paired comparison of ``metric``, and their kind:
-    ``metric`` (gold and pred, for a metric of :data:`~lmdistill.report.stats.PAIRED_METRICS`) or ``perplexity``
-    / ``loss`` (per-sequence NLL sums and token counts); (None, None) when the task gives none."""
+    ``metric`` (gold and pred, for a metric of :data:`~lmdistill.report.stats.PAIRED_METRICS`), ``perplexity``
+    / ``loss`` (per-sequence NLL sums and token counts) or ``ratio`` (per-example numerators and denominators of
+    a metric that is sum / sum: entity F1, QA F1 / exact match, retrieval recall / MRR, from ``quality.ratios``);
+    (None, None) when the task gives none."""
     from lmdistill.report.stats import PAIRED_METRICS
 
     if (
@@ -33,6 +35,10 @@ def columns_of(quality, metric: str) -> tuple[dict[str, np.ndarray] | None, str 
         return {"gold": np.asarray(quality.gold), "pred": np.asarray(quality.pred)}, "metric"
     if quality.nll is not None and metric in ("perplexity", "loss"):
         return {"num": np.asarray(quality.nll[0], float), "den": np.asarray(quality.nll[1], float)}, metric
+    ratios = getattr(quality, "ratios", None) or {}
+    if metric in ratios:
+        num, den = ratios[metric]
+        return {"num": np.asarray(num, float), "den": np.asarray(den, float)}, "ratio"
     return None, None
 
 
@@ -47,13 +53,18 @@ def statistic(kind: str, metric: str):
     return (lambda c: np.exp(ratio(c))) if kind == "perplexity" else ratio
 
 
-def _examples_id(inputs, columns: dict | None) -> str:
-    """A fingerprint of the test examples (their texts, gold labels, token counts), to know whether two runs were
-    scored on the same examples (a split carved by the seed differs from seed to seed)."""
+def _examples_id(inputs, columns: dict | None, kind: str | None) -> str:
+    """A fingerprint of the test examples (their texts, gold labels, token counts; for a ``ratio`` their number,
+    its denominators may depend on the model), to know whether two runs were scored on the same examples (a
+    split carved by the seed differs from seed to seed)."""
     h = hashlib.sha256()
     texts = getattr(inputs.examples, "texts", None)
     h.update(json.dumps(list(texts) if texts is not None else None, default=str).encode())
-    for key in ("gold", "den"):
+    if columns is not None and kind == "ratio":  # the speed texts (the first test texts), the set, its size
+        h.update(
+            json.dumps([list(inputs.texts), inputs.evaluation, len(columns["num"])], default=str).encode()
+        )
+    for key in ("gold", "den") if kind != "ratio" else ():
         if columns is not None and key in columns:
             h.update(key.encode() + np.ascontiguousarray(columns[key]).tobytes())
     return h.hexdigest()[:16]
@@ -80,7 +91,7 @@ def score(job: Job, metric: str, inputs_cache: dict) -> dict:
     else:
         cols, kind = columns_of(q, metric)
         value = q.metrics.get(metric, {})
-        out.update(kind=kind, examples=_examples_id(inputs, cols), value=value.get("value"), low=value.get("low"),
+        out.update(kind=kind, examples=_examples_id(inputs, cols, kind), value=value.get("value"), low=value.get("low"),
                    high=value.get("high"), columns={k: v.tolist() for k, v in cols.items()} if cols else None)  # fmt: skip
     if out.get("value") is None:
         out["value"] = json.loads(results.read_text()).get("test", {}).get(metric)

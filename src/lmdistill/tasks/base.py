@@ -292,7 +292,10 @@ class Quality:
     """A model's test quality for the report: metrics with 95% intervals (``{metric: {value, low, high}}``), what
     they were computed on when that depends on the model (else None), and the per-example outputs that paired
     comparisons, agreement and calibration need: ``pred`` / ``gold`` (n,), ``probs`` (n, classes), ``nll``
-    (per-sequence NLL sums and token counts)."""
+    (per-sequence NLL sums and token counts), ``ratios`` (metric -> per-example ``(numerator, denominator)``
+    (n,) arrays, the metric being sum(numerator) / sum(denominator); a mean has denominator 1: entity F1 as
+    2 TP / (predicted + gold entities), a QA F1 or MRR per question) for metrics the other fields do not give
+    per example."""
 
     metrics: dict
     evaluation: str | None = None
@@ -300,6 +303,7 @@ class Quality:
     gold: Any = None
     probs: Any = None
     nll: Any = None
+    ratios: Any = None
 
 
 @dataclass

@@ -74,7 +74,10 @@ def report_quality(model, tokenizer, cfg: Config, inputs: ReportInputs) -> Retri
         ci = bootstrap_ci(values[name], n_resamples=cfg.report.bootstrap_resamples, seed=cfg.seed + i)
         metrics[name] = {"value": ci.point, "low": ci.low, "high": ci.high}
     top = (q @ d.T).argmax(-1).numpy()
-    return RetrievalQuality(metrics, None, top, np.asarray(rs.relevant), ranks=ranks, embeddings=(q, d))
+    ratios = {name: (np.asarray(values[name], float), np.ones(len(ranks))) for name in RETRIEVAL_METRICS}
+    return RetrievalQuality(
+        metrics, None, top, np.asarray(rs.relevant), ratios=ratios, ranks=ranks, embeddings=(q, d)
+    )
 
 
 def report_compare(

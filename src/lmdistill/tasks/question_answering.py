@@ -447,7 +447,10 @@ class QuestionAnsweringTask(Task):
         for name, col in (("f1", 1), ("exact_match", 0)):
             ci = bootstrap_ci(scores[:, col], **kw)
             out[name] = {"value": ci.point, "low": ci.low, "high": ci.high}
-        return Quality(out, None, pred=scores)
+        ones = np.ones(len(scores))
+        return Quality(
+            out, None, pred=scores, ratios={"f1": (scores[:, 1], ones), "exact_match": (scores[:, 0], ones)}
+        )
 
     def report_compare(self, a: Quality, b: Quality, keys: tuple[str, str], cfg: Config) -> list[dict]:
         """F1 and exact match differences with a paired bootstrap over questions."""

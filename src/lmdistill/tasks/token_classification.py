@@ -426,7 +426,7 @@ class TokenClassificationTask(Task):
         cis = {name: bootstrap_ci(pair, _ratio, **kw) for name, pair in parts.items()}
         order = [headline] + [k for k in cis if k != headline]
         metrics = {k: {"value": cis[k].point, "low": cis[k].low, "high": cis[k].high} for k in order}
-        return Quality(metrics, None, pred=parts)
+        return Quality(metrics, None, pred=parts, ratios=parts)
 
     def report_compare(self, a: Quality, b: Quality, keys: tuple[str, str], cfg: Config) -> list[dict]:
         """The headline metric's difference (and word accuracy's, when the headline is entity F1) with a paired
