@@ -464,3 +464,46 @@ def test_a_sweep_compares_entity_f1_paired_over_seeds_and_sentences(ner, tmp_pat
         assert f1({k: c[None] for k, c in x.items()})[0] == pytest.approx(v)  # the run's entity F1
     ci = seed_example_sets_bootstrap(f1, a, b, same_examples=True, n_resamples=200)
     assert (row["diff"], row["diff_low"], row["diff_high"]) == pytest.approx((ci.point, ci.low, ci.high))
+
+
+# --------------------------------------------------------------------------------------------- mutual learning
+
+
+def test_mutual_term_of_token_students_counts_only_the_labelled_pieces():
+    """Deep mutual learning between two token classifiers: each student's mutual term is the KD term with the
+    other student's logits as the target, over the labelled pieces only (the same naive loop as KD)."""
+    from types import SimpleNamespace
+
+    from lmdistill.mutual import MutualObjective
+    from lmdistill.tasks.token_classification import TokenObjective
+
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(3, 7, 5, generator=g), torch.randn(3, 7, 5, generator=g)
+    labels = torch.randint(0, 5, (3, 7), generator=g).masked_fill(torch.rand(3, 7, generator=g) < 0.5, -100)
+    obj = MutualObjective([TokenObjective({"ce": 1.0}, temperature=2.0) for _ in range(2)], 1.0)
+    terms = obj([SimpleNamespace(logits=a), SimpleNamespace(logits=b)], None, {"labels": labels})
+    keep = (labels != -100).tolist()
+    assert math.isclose(float(terms["student_0/mutual"]), _naive_kd(a, b, keep, 2.0), rel_tol=1e-5)
+    assert math.isclose(float(terms["student_1/mutual"]), _naive_kd(b, a, keep, 2.0), rel_tol=1e-5)
+
+
+def test_two_token_classifiers_learn_from_each_other_end_to_end(ner, tmp_path):
+    from transformers import AutoModelForTokenClassification
+
+    from lmdistill import api
+
+    cfg = {k: v for k, v in ner["cfg"].items()}
+    cfg.update(output_dir=str(tmp_path / "mutual"), mutual={"students": 2, "weight": 0.5})
+    cfg["training"] = {**cfg["training"], "epochs": 1, "max_steps": 6}
+    out = api.finetune(cfg).output_dir
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["loss_terms"]) == {"student_0/ce", "student_0/mutual", "student_1/ce", "student_1/mutual"}
+    for split in ("validation", "test"):
+        mean = (res[split]["student_0/entity_f1"] + res[split]["student_1/entity_f1"]) / 2
+        assert res[split]["entity_f1"] == pytest.approx(mean)
+    heads = [
+        AutoModelForTokenClassification.from_pretrained(out / "model" / f"student_{i}") for i in range(2)
+    ]
+    assert [m.config.id2label for m in heads] == [heads[0].config.id2label] * 2
+    assert set(heads[0].config.id2label.values()) == {"B-LOC", "B-PER", "I-PER", "O"}  # the data's tags
+    assert not torch.equal(heads[0].classifier.weight, heads[1].classifier.weight)  # seeded apart
