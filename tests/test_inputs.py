@@ -395,3 +395,21 @@ def test_library_errors_never_escape_as_tracebacks(
     monkeypatch.setattr("builtins.open", broken)
     line = _line(capsys, ["finetune", path])
     assert str(sentiment_csv) in line and "input/output error" in line.lower()
+
+
+def test_a_base_encoder_with_a_pooler_is_fine_tuned_as_a_classifier(tmp_path, tiny_mpnet_dir):
+    """A sentence-transformers MPNet (all-mpnet-base-v2) or roberta-base folder holds a pooler that their
+    sequence classifiers do not have: the unused pooler is allowed, the head is new, every other tensor is read."""
+    from transformers import AutoModel
+
+    from lmdistill.models.load import load_classifier
+
+    base = AutoModel.from_pretrained(tiny_mpnet_dir, add_pooling_layer=True)  # MPNetModel with its pooler
+    base.save_pretrained(tmp_path / "st")
+    for f in tiny_mpnet_dir.iterdir():
+        if "token" in f.name or f.name == "vocab.txt":
+            shutil.copy(f, tmp_path / "st" / f.name)
+    model, _ = load_classifier(str(tmp_path / "st"), "model", num_labels=2)
+    assert type(model).__name__ == "MPNetForSequenceClassification"
+    layer = "encoder.layer.1.attention.attn.q.weight"
+    assert torch.equal(model.mpnet.get_parameter(layer), base.get_parameter(layer))

@@ -13,6 +13,7 @@ from lmdistill.config.schema import ModelConfig
 from lmdistill.errors import ModelError
 from lmdistill.models.load import (
     ENCODERS,
+    OTHER_HEADS,
     _spec,
     check_tokenizer_files,
     load_config_of,
@@ -25,22 +26,6 @@ HEADS = {
     "question_answering": ("ForQuestionAnswering", ("qa_outputs.",)),
 }
 """task -> (the architecture suffix of its models, the tensors a new head may lack)."""
-
-OTHER_HEADS = (
-    "pooler.",
-    "cls.",
-    "classifier.",
-    "pre_classifier.",
-    "qa_outputs.",
-    "lm_head.",
-    "vocab_transform.",
-    "vocab_layer_norm.",
-    "vocab_projector.",
-    "generator_",
-    "discriminator_predictions.",
-)
-"""Tensors of a pretrained folder a new head may leave unused: the pooler and the heads of other tasks
-(pretraining, sequence classification, span) that a per-token model does not have."""
 
 
 def _auto(task: str):

@@ -39,6 +39,21 @@ CLASSIFIER_HEAD = ("classifier.", "score.", "pre_classifier.", "pooler.")
 """Tensors a sequence classifier made from a base model may lack: its new head (and a pooler)."""
 HEADS = ("classifier.", "score.", "pre_classifier.", "cls.", "lm_head.", "qa_outputs.", "pooler.")
 """Task heads a base encoder (``AutoModel``) leaves unused when it reads a folder of a model with a head."""
+OTHER_HEADS = (
+    "pooler.",
+    "cls.",
+    "classifier.",
+    "pre_classifier.",
+    "qa_outputs.",
+    "lm_head.",
+    "vocab_transform.",
+    "vocab_layer_norm.",
+    "vocab_projector.",
+    "generator_",
+    "discriminator_predictions.",
+)
+"""Tensors of a pretrained folder a model with a new head may leave unused: the pooler (which RoBERTa's and
+MPNet's classifiers and every per-token model lack) and the heads of other tasks (pretraining, span, ...)."""
 
 
 def _short(e: BaseException) -> str:
@@ -254,6 +269,7 @@ def load_classifier(
         spec,
         key,
         allow_missing=CLASSIFIER_HEAD,
+        allow_unexpected=OTHER_HEADS,  # e.g. the pooler of a sentence-transformers MPNet or of roberta-base
         config=config,
         ignore_mismatched_sizes=True,  # a head of another task is replaced by a new one of the right size
     )
