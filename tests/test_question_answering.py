@@ -410,3 +410,51 @@ def test_a_student_with_another_tokenizer_is_refused_in_one_line(squad, tmp_path
     cfg = distill_cfg(squad, tmp_path / "o", student={"init": "pretrained", "name_or_path": str(other)})
     line = cli_error(tmp_path, capsys, "distill", cfg)
     assert "student.tokenizer: question_answering distils start and end positions" in line
+
+
+# --------------------------------------------------------------------------------------------- mutual learning
+
+
+def test_mutual_term_of_span_students_is_span_kd_from_the_other_student():
+    """Deep mutual learning between two QA students: student 0's mutual term is the span KD term (start and
+    end, over the context and CLS positions) with student 1's start/end logits as the target."""
+    from types import SimpleNamespace
+
+    from lmdistill.mutual import MutualObjective
+    from lmdistill.signals.live import TeacherSignal
+    from lmdistill.tasks.question_answering import SpanObjective
+
+    g = torch.Generator().manual_seed(2)
+    batch = _batch(g)
+    outs = [SimpleNamespace(start_logits=torch.randn(3, 9, generator=g), end_logits=torch.randn(3, 9, generator=g))
+            for _ in range(2)]  # fmt: skip
+    obj = MutualObjective([SpanObjective({"ce": 1.0}, temperature=2.0) for _ in range(2)], 1.0)
+    terms = obj(outs, None, batch)
+    as_teacher = torch.stack([outs[1].start_logits, outs[1].end_logits], -1)
+    kd = SpanObjective({"kd": 1.0}, temperature=2.0)(outs[0], TeacherSignal(logits=as_teacher), batch)["kd"]
+    assert math.isclose(float(terms["student_0/mutual"]), float(kd), rel_tol=1e-6)
+    values = []
+    for b in range(3):
+        keep = batch["context_mask"][b]
+        start = _naive_kl(outs[1].start_logits[b, keep], outs[0].start_logits[b, keep], 2.0)
+        end = _naive_kl(outs[1].end_logits[b, keep], outs[0].end_logits[b, keep], 2.0)
+        values.append((start + end) / 2)
+    assert math.isclose(float(terms["student_0/mutual"]), sum(values) / 3, rel_tol=1e-5)
+
+
+def test_two_qa_students_learn_from_each_other_end_to_end(squad, tmp_path):
+    from transformers import AutoModelForQuestionAnswering
+
+    from lmdistill import api
+
+    cfg = dict(squad["cfg"], output_dir=str(tmp_path / "mutual"), mutual={"students": 2, "weight": 0.5})
+    cfg["training"] = {**cfg["training"], "epochs": 1, "max_steps": 6}
+    out = api.finetune(cfg).output_dir
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["loss_terms"]) == {"student_0/ce", "student_0/mutual", "student_1/ce", "student_1/mutual"}
+    for split in ("validation", "test"):
+        assert res[split]["f1"] == pytest.approx(
+            (res[split]["student_0/f1"] + res[split]["student_1/f1"]) / 2
+        )
+    heads = [AutoModelForQuestionAnswering.from_pretrained(out / "model" / f"student_{i}") for i in range(2)]
+    assert not torch.equal(heads[0].qa_outputs.weight, heads[1].qa_outputs.weight)  # seeded apart
