@@ -7,6 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -710,3 +714,47 @@ def test_validation_sampling_needs_given_scores_when_a_teacher_tokenizes_otherwi
         ConfigError, match="the tokenizer of large differs from the student's; give ensemble.scores"
     ):
         api.distill(cfg)
+
+
+# ------------------------------------------------------------------------------------------ several processes
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
+def test_skd_in_two_processes_draws_the_same_teachers_and_trains_the_student_one_process_does(
+    tmp_path, sentiment_csv, two_teachers
+):
+    """SKD under torchrun: every process draws the same teacher at each step (a pure function of seed and step),
+    so 2 processes x batch 4 train the student that 1 process x batch 8 trains, with the same draw counts."""
+    teachers = []
+    for i, d in enumerate(two_teachers):  # dropout off: 2 half batches draw other masks than 1 whole batch
+        teachers.append(shutil.copytree(d, tmp_path / f"t{i}"))
+        config = json.loads((teachers[-1] / "config.json").read_text())
+        config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+        (teachers[-1] / "config.json").write_text(json.dumps(config))
+    cfg = _cfg(tmp_path, sentiment_csv, teachers, "unused", sampling="weights")
+    cfg["training"].update(max_steps=6, cpu=True, eval_every=None, save_every=None)
+    cfg["data"].update(validation_size=0.0, test_size=0.0)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    import lmdistill
+
+    src = str(Path(lmdistill.__file__).parents[1])  # this checkout's package, also in the subprocesses
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    runs = {
+        "one": [sys.executable, "-m", "lmdistill.cli", "distill", "c.yaml", "training.batch_size=8"],
+        "two": [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29537", "-m", "lmdistill.cli"]
+        + ["distill", "c.yaml", "training.batch_size=4"],
+    }
+    for name, cmd in runs.items():
+        proc = subprocess.run(
+            [*cmd, f"output_dir={name}"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    draws = [json.loads((tmp_path / n / "results.json").read_text())["ensemble"]["draws"] for n in runs]
+    want = draw_counts(3, 6, torch.tensor([0.25, 0.75]))
+    assert draws == [{"small": want[0], "large": want[1]}] * 2
+    one, two = (load_file(tmp_path / n / "model" / "model.safetensors") for n in runs)
+    for k in one:
+        torch.testing.assert_close(one[k], two[k], atol=2e-5, rtol=1e-4, msg=k)
