@@ -28,9 +28,8 @@ class Family:
     ffn_in: tuple[str, ...]  # rows = FFN neurons
     ffn_out: str  # columns = FFN neurons; its input is the activation after the nonlinearity
     coupled: bool  # True: head size = hidden_size / heads (BERT), heads go with the hidden width
-    shared_bias: str | None = (
-        None  # a (buckets, heads) table every block shares (MPNet's relative position bias)
-    )
+    # a (buckets, heads) table every block shares (MPNet's relative position bias)
+    shared_bias: str | None = None
 
 
 _BERT = Family(
@@ -260,13 +259,13 @@ def keep_channels(scores: Tensor, size: int) -> Tensor:
 def select_width(model: nn.Module, importance: WidthImportance, sizes: WidthSizes) -> WidthSelection:
     """Which heads, neurons and channels to keep for ``sizes`` (from :func:`resolve_sizes`)."""
     layers, n_heads, n_kv, _, inter, hidden = model_sizes(model)
-    coupled = width_family(model).coupled
+    fam = width_family(model)
     sel = WidthSelection()
     if sizes.heads != n_heads or sizes.kv_heads != n_kv:
         scores = _need(importance.heads, "heads", (layers, n_heads))
-        if width_family(model).shared_bias:  # one bias column per head for all blocks: the same heads in each
+        if fam.shared_bias:  # one bias column per head for all blocks: the same heads in each
             sel.heads = keep_heads(scores.sum(0, keepdim=True), sizes.heads)[0].expand(layers, -1).clone()
-        elif coupled:
+        elif fam.coupled:
             sel.heads = keep_heads(scores, sizes.heads)[0]
         else:
             sel.heads, sel.kv_heads = keep_heads(
