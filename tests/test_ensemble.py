@@ -704,6 +704,50 @@ def test_a_teacher_with_its_own_tokenizer_reads_the_texts_its_own_way(
             )
 
 
+def test_a_teacher_with_its_own_tokenizer_is_cached_from_its_own_inputs_and_trains_as_live(
+    tmp_path, sentiment_csv, two_teachers, mpnet_teacher, capsys
+):
+    """MPNet's cache is built from MPNet's tokens (its lengths are its own), read by example index while the
+    batch holds the student's tokens, and the run from the caches trains as the live mixed ensemble does."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lmdistill import api
+    from lmdistill.data.tables import load_task_data
+    from lmdistill.signals.cache import CachedTeacher
+    from lmdistill.tasks import load_config
+
+    live = _cfg(tmp_path, sentiment_csv, [two_teachers[0], mpnet_teacher], "live", combine="mean_probs")
+    live["training"].update(max_steps=6, eval_every=6)
+    cached = {**live, "output_dir": str(tmp_path / "cached")}
+    cached["training"] = {**live["training"], "teacher_cache": str(tmp_path / "caches")}
+    api.distill(live)
+    api.distill(cached)
+    big = CachedTeacher(tmp_path / "caches" / "large")
+    assert set(big.fields) == {"logits"}
+    cfg = load_config(cached, verb="distill")
+    train = load_task_data(cfg.data, "classification", cfg.seed).splits["train"].texts
+    mpnet, bert = AutoTokenizer.from_pretrained(mpnet_teacher), AutoTokenizer.from_pretrained(two_teachers[0])
+    model = AutoModelForSequenceClassification.from_pretrained(mpnet_teacher).eval()
+    with torch.no_grad():
+        own = torch.cat(
+            [model(**mpnet(t, truncation=True, max_length=32, return_tensors="pt")).logits for t in train]
+        )
+        misread = (
+            torch.cat(  # MPNet fed the student's (BERT) ids: what a cache of the wrong inputs would hold
+                [model(**bert(t, truncation=True, max_length=32, return_tensors="pt")).logits for t in train]
+            )
+        )
+    stored = torch.from_numpy(big.fields["logits"].array.astype("float32"))
+    assert torch.allclose(stored, own, atol=2e-3)  # example by example, MPNet's outputs on its own tokens
+    assert not torch.allclose(stored, misread, atol=2e-3)
+    capsys.readouterr()
+    api.distill({**cached, "output_dir": str(tmp_path / "again")})
+    assert capsys.readouterr().out.count("teacher cache: reusing") == 2  # no teacher forward pass
+    a = load_file(tmp_path / "live" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "cached" / "model" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=2e-3) for k in a)
+
+
 def test_validation_sampling_needs_given_scores_when_a_teacher_tokenizes_otherwise(
     tmp_path, sentiment_csv, two_teachers, mpnet_teacher
 ):

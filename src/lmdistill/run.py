@@ -224,8 +224,9 @@ def ensemble(cfg: Config, task: Task, parts: Parts):
     each teacher is served from its own cache, ``<cache folder>/<teacher name>``."""
     from lmdistill.tasks.ensemble import ensemble_signal
 
-    def cache(model, objectives, name):
-        return teacher_cache(cfg, model, parts.train_set, parts.collate, objectives, sub=name)
+    def cache(model, objectives, name, data=None):
+        dataset, collate = data or (parts.train_set, parts.collate)
+        return teacher_cache(cfg, model, dataset, collate, objectives, sub=name)
 
     return ensemble_signal(cfg, task, parts, cache)
 

@@ -121,6 +121,27 @@ class Collator:
         return batch
 
 
+class OwnInputs:
+    """One model's own tokenization of the training examples (a teacher whose tokenizer differs from the
+    student's): ``own(index)`` pads the inputs of examples ``index``; ``own.item(i)`` is one example's, and
+    ``own.collate`` pads ``{"index", "teacher"}`` items (a teacher cache is built from them)."""
+
+    def __init__(self, encoded: dict[str, list[list[int]]], pad_id: int):
+        self.encoded, self.pad_id = encoded, pad_id
+
+    def item(self, i: int) -> dict[str, list[int]]:
+        return {k: v[i] for k, v in self.encoded.items()}
+
+    def __call__(self, index: list[int]) -> dict[str, torch.Tensor]:
+        return pad_block([self.item(i) for i in index], self.pad_id)
+
+    def collate(self, items: list[dict]) -> dict:
+        return {
+            "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+            "teacher": pad_block([it["teacher"] for it in items], self.pad_id),
+        }
+
+
 def pad_id(tokenizer) -> int:
     """The tokenizer's pad id; falls back to eos for decoder tokenizers that have no pad token."""
     if tokenizer.pad_token_id is not None:

@@ -185,15 +185,28 @@ class CachedTeacher:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def lookup(self, index: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def lookup(self, index: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Host-side 16-bit arrays of examples ``index`` ``(B,)`` padded to ``mask`` ``(B, T)`` (the teacher
-        inputs' attention mask): token-level ``(B, T, ...)``, per-example ``(B, ...)``."""
+        inputs' attention mask): token-level ``(B, T, ...)``, per-example ``(B, ...)``. ``mask`` None: a cache
+        of per-example fields only, read by a batch that does not hold this teacher's tokens (an ensemble's
+        teacher with its own tokenizer)."""
         idx = index.cpu().numpy()
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise CacheError(
                 f"{KEY}: example index {int(idx.max())} is outside the cache of {len(self)} examples; "
                 "the cache belongs to other training data"
             )
+        if mask is None:
+            if any(f.per_token for f in self.fields.values()):
+                raise CacheError(
+                    f"{KEY}: '{self.path}' holds token-level outputs, which need the batch's tokens of "
+                    "this teacher; delete the folder to rebuild it"
+                )
+            out = {}
+            for name, f in self.fields.items():
+                data = torch.from_numpy(np.ascontiguousarray(f.array[idx]))
+                out[name] = data.view(torch.bfloat16) if f.dtype == "bfloat16" else data
+            return out
         mask = mask.cpu().bool()
         lens = self.lengths[idx]
         if not np.array_equal(mask.sum(1).numpy(), lens):

@@ -198,7 +198,7 @@ class EnsembleTeacher:
 
 class _Lookups:
     """A collator that attaches every teacher cache's arrays of the batch (``batch["teacher_cache.<i>"]``) and the
-    inputs of every teacher with its own tokenizer (``batch["teacher.<i>"]``)."""
+    inputs of every live teacher with its own tokenizer (``batch["teacher.<i>"]``)."""
 
     def __init__(self, collate: Callable, caches: dict[int, CachedTeacher], inputs: dict[int, Callable]):
         self.collate, self.caches, self.inputs = collate, caches, inputs
@@ -207,7 +207,9 @@ class _Lookups:
         batch = self.collate(items)
         mask = (batch.get("teacher") or batch["student"])["attention_mask"]
         for i, cache in self.caches.items():
-            batch[f"{CACHED}.{i}"] = cache.lookup(batch["index"], mask)
+            # a teacher with its own tokenizer has one cached output per example: looked up by index alone
+            batch[f"{CACHED}.{i}"] = cache.lookup(batch["index"], None if i in self.inputs else mask)
         for i, inputs in self.inputs.items():
-            batch[f"teacher.{i}"] = inputs(batch["index"].tolist())
+            if i not in self.caches:
+                batch[f"teacher.{i}"] = inputs(batch["index"].tolist())
         return batch

@@ -14,13 +14,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 from torch.utils.data import Dataset
 
 from lmdistill.config.schema import Config, StageConfig, Verb
 from lmdistill.objective import Objective
+
+if TYPE_CHECKING:
+    from lmdistill.data.text import OwnInputs
 
 
 @dataclass
@@ -132,11 +135,10 @@ class Task(ABC):
 
         raise ConfigError([f"{key}: task {self.name} takes one teacher"])
 
-    def ensemble_inputs(
-        self, parts: Parts, tokenizer, model, cfg: Config
-    ) -> Callable[[list[int]], dict] | None:
-        """For a teacher of an ensemble whose tokenizer differs from the others': training example indices ->
-        that teacher's padded inputs; None when the task's outputs are token-aligned (one tokenization only)."""
+    def ensemble_inputs(self, parts: Parts, tokenizer, model, cfg: Config) -> OwnInputs | None:
+        """For a teacher of an ensemble whose tokenizer differs from the others': its tokenization of the
+        training examples (training example indices -> its padded inputs); None when the task's outputs are
+        token-aligned (one tokenization only)."""
         return None
 
     # ---- saved models (evaluate, compress, report)

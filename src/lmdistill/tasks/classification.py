@@ -59,11 +59,10 @@ class SequenceTask(Task):
 
     def ensemble_inputs(self, parts: Parts, tokenizer, model, cfg: Config):
         """One output per text: a teacher with its own tokenizer reads the training texts its own way."""
-        from lmdistill.data.text import encode, max_length_for, pad_block, pad_id
+        from lmdistill.data.text import OwnInputs, encode, max_length_for, pad_id
 
         enc = encode(tokenizer, parts.data.data.splits["train"], max_length_for(cfg.data.max_length, model))
-        pad = pad_id(tokenizer)
-        return lambda index: pad_block([{k: v[i] for k, v in enc.items()} for i in index], pad)
+        return OwnInputs(enc, pad_id(tokenizer))
 
     def check(self, cfg: Config, verb) -> list[str]:
         from lmdistill.config.checks import check_label_columns

@@ -59,7 +59,7 @@ def load_teachers(cfg: Config, task: Task, parts: Parts) -> Loaded:
 
 
 def _own_inputs(cfg: Config, task: Task, parts: Parts, loaded: Loaded, index: tuple[int, int]) -> Callable:
-    """Teacher ``index[0]``'s own inputs, or a one-line refusal (token-aligned tasks, caches)."""
+    """Teacher ``index[0]``'s own inputs, or a one-line refusal (token-aligned tasks)."""
     names = teacher_names(cfg.teachers)
     i, main = index
     inputs = task.ensemble_inputs(parts, loaded.tokenizers[i], loaded.models[i], cfg)
@@ -68,13 +68,6 @@ def _own_inputs(cfg: Config, task: Task, parts: Parts, loaded: Loaded, index: tu
             [
                 f"teachers[{i}] ({names[i]}): its tokenizer differs from {names[main]}'s; task {cfg.task} "
                 "aligns outputs token by token, so give teachers that share one tokenizer"
-            ]
-        )
-    if cfg.training.teacher_cache is not None:
-        raise ConfigError(
-            [
-                f"training.teacher_cache: teachers[{i}] ({names[i]}) tokenizes differently from {names[main]}; "
-                "caches need one tokenization: set training.teacher_cache to null"
             ]
         )
     return inputs
@@ -130,6 +123,20 @@ def validation_scores(cfg: Config, task: Task, parts: Parts, loaded: Loaded) -> 
     return scores
 
 
+class _OwnItems:
+    """The training examples as a teacher with its own tokenizer reads them (``{"index", "teacher"}`` items), for
+    building its cache: one output per example, looked up by index, so its tokens need not match the student's."""
+
+    def __init__(self, train_set, own):
+        self.train_set, self.own = train_set, own
+
+    def __len__(self) -> int:
+        return len(self.train_set)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": i, "teacher": self.own.item(i)}
+
+
 class _OutputsOnly:
     """An objective seen by a cache build as reading the teacher's outputs alone (the teachers other than
     ``ensemble.layers_from`` give no layer knowledge, and may have other depths)."""
@@ -145,8 +152,9 @@ class _OutputsOnly:
 def ensemble_signal(cfg: Config, task: Task, parts: Parts, cache: Callable | None = None) -> EnsembleTeacher:
     """The run's :class:`EnsembleTeacher`: every teacher loaded, the SKD distribution (if any) fixed before
     training, the layer knowledge from ``ensemble.layers_from``. ``cache(model, objectives, name)`` (the run's
-    ``training.teacher_cache``) returns a teacher's cache, or None; each teacher then has its own, of what the
-    objectives read from it: outputs, plus the layers of the layer teacher."""
+    ``training.teacher_cache``; ``data``: ``(dataset, collate)`` to build it from instead of the run's, for a
+    teacher with its own tokenizer) returns a teacher's cache, or None; each teacher then has its own, of what
+    the objectives read from it: outputs, plus the layers of the layer teacher."""
     e = cfg.ensemble
     loaded = load_teachers(cfg, task, parts)
     models = loaded.models
@@ -155,7 +163,9 @@ def ensemble_signal(cfg: Config, task: Task, parts: Parts, cache: Callable | Non
     caches = {}
     for i, (model, name) in enumerate(zip(models, names, strict=True)):
         objectives = parts.objectives if i == layers else [_OutputsOnly(o) for o in parts.objectives]
-        found = cache(model, objectives, name) if cache is not None else None
+        own = loaded.inputs.get(i)  # a teacher with its own tokenizer: its cache is built from its own inputs
+        data = (_OwnItems(parts.train_set, own), own.collate) if own is not None else None
+        found = cache(model, objectives, name, data) if cache is not None else None
         if found is not None:
             caches[i] = found
     weights = [t.weight for t in cfg.teachers]
