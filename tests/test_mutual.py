@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -393,3 +394,88 @@ def test_fresh_students_get_their_own_seeds_derived_from_the_run_seed():
     assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2]) and not torch.equal(w[0], w[2])
     again = make_student(member_config(cfg, 1), teacher, None, None)[0]  # reproducible
     assert torch.equal(again.bert.encoder.layer[0].attention.self.query.weight, w[1])
+
+
+def test_mlm_students_learn_from_each_other_and_the_teacher(tmp_path):
+    """Masked-LM students: each gets its MLM loss, the teacher's KD and the other student's predictions at the
+    masked positions; each is saved as a masked LM of its own layers."""
+    from transformers import AutoModelForMaskedLM, BertForMaskedLM
+
+    from lmdistill import api
+    from tests.test_mlm_general import CORPUS, _bert
+
+    tok = bert_tokenizer(tmp_path)
+
+    teacher_dir = tmp_path / "mlm_teacher"
+    _bert(BertForMaskedLM, len(tok)).save_pretrained(teacher_dir)
+    tok.save_pretrained(teacher_dir)
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS) + "\n")
+    cfg = {
+        "task": "mlm",
+        "seed": 0,
+        "output_dir": str(tmp_path / "mlm"),
+        "data": {
+            "train": str(tmp_path / "corpus.txt"),
+            "block_size": 24,
+            "validation_size": 0.1,
+            "test_size": 0.1,
+        },
+        "teacher": {"name_or_path": str(teacher_dir)},
+        "student": {"num_layers": 2},
+        "distill": {"losses": {"kd": 1.0, "mlm": 1.0}, "temperature": 1.0},
+        "training": {"max_steps": 4, "batch_size": 8, "learning_rate": 2e-3, "log_every": 2},
+        "mutual": {"layers": [[0, 2], [1, 3]]},
+    }
+    out = api.distill(cfg).output_dir
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["loss_terms"]) == {f"student_{i}/{t}" for i in (0, 1) for t in ("kd", "mlm", "mutual")}
+    assert res["validation"]["perplexity"] == pytest.approx(
+        (res["validation"]["student_0/perplexity"] + res["validation"]["student_1/perplexity"]) / 2
+    )
+    teacher = AutoModelForMaskedLM.from_pretrained(teacher_dir)
+    for i, layers in enumerate([[0, 2], [1, 3]]):
+        model = AutoModelForMaskedLM.from_pretrained(out / "model" / f"student_{i}")
+        assert model.config.num_hidden_layers == 2
+        # built from its own teacher layers (then trained): closer to those than to the other student's
+        mine = [teacher.bert.encoder.layer[k].output.dense.weight for k in layers]
+        other = [teacher.bert.encoder.layer[k].output.dense.weight for k in [[1, 3], [0, 2]][i]]
+        got = [model.bert.encoder.layer[j].output.dense.weight for j in range(2)]
+        assert sum((g - m).norm() for g, m in zip(got, mine)) < sum(
+            (g - o).norm() for g, o in zip(got, other)
+        )
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert (metrics["loss/student_1/mutual"].dropna() > 0).all()
+
+
+def test_lora_students_learn_from_each_other_and_save_only_their_adapters(tmp_path):
+    """Two causal-LM students made of teacher layers with LoRA adapters: only the adapters train (each
+    student's own), each is saved as its adapters plus its base, and PEFT loads each."""
+    from lmdistill import api
+    from lmdistill.models.lora import load_lora
+    from tests.test_lm_lora import _lora_cfg
+
+    from .test_causal_lm import tiny_llama, word_tokenizer
+
+    root = tmp_path / "lm"
+    tok = word_tokenizer()
+    tiny_llama(len(tok), layers=4, seed=0).save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+    pd.DataFrame({"text": [r[0] + " ." for r in make_sentences(120, seed=2)]}).to_csv(
+        root / "text.csv", index=False
+    )
+    cfg = _lora_cfg(tmp_path, root, "run")
+    cfg["student"] = {"num_layers": 2, "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}}
+    cfg["mutual"] = {"layers": [[0, 3], [1, 2]], "weight": 0.5}
+    out = api.distill(cfg).output_dir
+    res = json.loads((out / "results.json").read_text())
+    assert {"student_0/mutual", "student_1/mutual"} <= set(res["loss_terms"])
+    adapters = []
+    for i in range(2):
+        folder = out / "model" / f"student_{i}"
+        saved = load_file(folder / "adapter_model.safetensors")
+        assert saved and all("lora_" in k for k in saved)
+        assert any("lora_B" in k and v.abs().max() > 0 for k, v in saved.items())  # B starts at 0: it trained
+        peft_model, _ = load_lora(folder)
+        assert peft_model.base_model.model.config.num_hidden_layers == 2
+        adapters.append(saved)
+    assert any(not torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])  # two students, not one
