@@ -1,10 +1,12 @@
-"""Shared by the variant x seed benchmarks (presets.py, transfer.py): the summary table of saved predictions,
-each variant against its reference on the same test examples and seeds (two-level seed x example paired
-bootstrap, :func:`lmdistill.report.paired.seed_example_bootstrap`, 95%)."""
+"""Shared by the variant x seed benchmarks (presets.py, transfer.py, multi_teacher.py): scoring a saved model on
+the test split, and the summary table of saved predictions, each variant against its reference on the same test
+examples and seeds (two-level seed x example paired bootstrap,
+:func:`lmdistill.report.paired.seed_example_bootstrap`, 95%)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -47,3 +49,10 @@ def paired_summary(
 def slug(name: str) -> str:
     """A folder name for a variant name."""
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def score(model_dir: Path, cfg, task, inputs) -> tuple[np.ndarray, np.ndarray]:
+    """A saved model's predictions and the gold labels on the report's test split (the task's report evaluation)."""
+    model, tok = task.load_saved(model_dir)
+    q = task.report_quality(model, tok, cfg, inputs)
+    return np.asarray(q.pred), np.asarray(q.gold)

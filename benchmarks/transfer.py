@@ -21,8 +21,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-from seedgrid import paired_summary, slug
+from seedgrid import paired_summary, score, slug
 
 from lmdistill import api
 from lmdistill.tasks import get_task, load_config
@@ -51,12 +50,6 @@ def variants(source: str, small: int, large: int, copies: int) -> dict[str, list
         "KD + augment embedding": [*kd, "data.unlabeled=null", *augment("embedding", copies)],
         f"KD + transfer {large:,} + augment tang": [*kd, *transfer(large, source), *augment("tang", copies)],
     }
-
-
-def score(model_dir: Path, cfg, task, inputs) -> tuple[np.ndarray, np.ndarray]:
-    model, tok = task.load_saved(model_dir)
-    q = task.report_quality(model, tok, cfg, inputs)
-    return np.asarray(q.pred), np.asarray(q.gold)
 
 
 def main() -> None:
