@@ -254,3 +254,27 @@ def test_corpus_sentences_are_cut_at_line_ends_as_well_as_after_capitals():
         "for starters , it was created by alan moore .",
         "It has five hundred pages in all.",
     ]
+
+
+def test_the_baseline_trains_at_the_students_learning_rate_not_the_teachers(tmp_path):
+    """compress: `training` trains the teacher; a distill stage's learning rate is the student's, and the no-KD
+    baseline, which must differ from the student only by the teacher, takes it too."""
+    from lmdistill.pipeline import baseline_config
+    from lmdistill.tasks import get_task, load_config
+
+    raw = {
+        "data": {"train": "x.csv"},
+        "model": {"name_or_path": "m"},
+        "student": {"num_layers": 1},
+        "training": {"learning_rate": 5e-5},
+        "distill": {"stages": [{"name": "kd", "losses": {"kd": 0.5, "ce": 0.5}, "learning_rate": 2e-4}]},
+    }
+    cfg = load_config(raw, verb="compress")
+    b = baseline_config(cfg, get_task("classification"), tmp_path / "b", 600)
+    assert b.training.learning_rate == 2e-4 and b.training.max_steps == 600 and b.distill.stages == []
+    assert cfg.training.learning_rate == 5e-5  # the student's config is not changed
+    raw["distill"]["stages"][0].pop("learning_rate")
+    plain = baseline_config(
+        load_config(raw, verb="compress"), get_task("classification"), tmp_path / "b", 600
+    )
+    assert plain.training.learning_rate == 5e-5

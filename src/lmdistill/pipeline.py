@@ -112,8 +112,12 @@ def _stage_steps(run: Path) -> int:
 def baseline_config(s_cfg: Config, task, folder: Path, steps: int | None) -> Config:
     """The no-KD baseline's config: the student's, trained on the task's ``baseline_losses`` alone, with no teacher
     signal (no matches, stages, recipe, sequence KD, teacher cache, transfer set or augmentation), for ``steps``
-    optimizer steps (the student's over all its stages)."""
+    optimizer steps (the student's over all its stages), at the student's learning rate (its last stage's when
+    that stage sets one: ``training.learning_rate`` may be the teacher's)."""
     b_cfg = copy.deepcopy(s_cfg)
+    stages = s_cfg.distill.stages
+    if stages and stages[-1].learning_rate is not None:
+        b_cfg.training.learning_rate = stages[-1].learning_rate
     b_cfg.output_dir = str(folder)
     b_cfg.distill.losses = dict(task.baseline_losses)
     b_cfg.distill.matches, b_cfg.distill.stages, b_cfg.distill.method = [], [], None
