@@ -479,3 +479,37 @@ def test_lora_students_learn_from_each_other_and_save_only_their_adapters(tmp_pa
         assert peft_model.base_model.model.config.num_hidden_layers == 2
         adapters.append(saved)
     assert any(not torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])  # two students, not one
+
+
+def test_regression_students_learn_from_each_other_and_a_teacher(tmp_path, sentiment_csv):
+    """Regression: each student's MSE to the labels, the teacher's kd_mse and the mutual squared error to the
+    other student; each is saved as a one-output regressor."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lmdistill import api
+    from tests.conftest import tiny_bert
+
+    tok = bert_tokenizer(tmp_path)
+    teacher = tmp_path / "regressor"
+    tiny_bert(num_labels=1, layers=4, vocab=len(tok), seed=1).save_pretrained(teacher)
+    tok.save_pretrained(teacher)
+    cfg = {
+        "task": "regression",
+        "seed": 0,
+        "output_dir": str(tmp_path / "reg"),
+        "data": {"train": str(sentiment_csv), "label_column": "score", "max_length": 24},
+        "teacher": {"name_or_path": str(teacher)},
+        "student": {"num_layers": 2},
+        "distill": {"losses": {"kd_mse": 1.0, "mse": 1.0}},
+        "training": {"max_steps": 6, "batch_size": 8, "learning_rate": 1e-3, "log_every": 2},
+        "mutual": {"layers": [[0, 2], [1, 3]]},
+    }
+    out = api.distill(cfg).output_dir
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["loss_terms"]) == {f"student_{i}/{t}" for i in (0, 1) for t in ("kd_mse", "mse", "mutual")}
+    assert res["mutual"]["term"] == "kd_mse"
+    for i in range(2):
+        model = AutoModelForSequenceClassification.from_pretrained(out / "model" / f"student_{i}")
+        assert model.config.num_labels == 1 and model.config.num_hidden_layers == 2
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert (metrics["loss/student_0/mutual"].dropna() > 0).all()
