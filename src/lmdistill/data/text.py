@@ -121,16 +121,22 @@ class Collator:
         return batch
 
 
-class OwnInputs:
+class OwnInputs(Dataset):
     """One model's own tokenization of the training examples (a teacher whose tokenizer differs from the
-    student's): ``own(index)`` pads the inputs of examples ``index``; ``own.item(i)`` is one example's, and
-    ``own.collate`` pads ``{"index", "teacher"}`` items (a teacher cache is built from them)."""
+    student's): ``own(index)`` pads the inputs of examples ``index``; as a dataset its items are
+    ``{"index", "teacher"}``, which ``own.collate`` pads (a teacher cache is built from them)."""
 
     def __init__(self, encoded: dict[str, list[list[int]]], pad_id: int):
         self.encoded, self.pad_id = encoded, pad_id
 
     def item(self, i: int) -> dict[str, list[int]]:
         return {k: v[i] for k, v in self.encoded.items()}
+
+    def __len__(self) -> int:
+        return len(self.encoded["input_ids"])
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": i, "teacher": self.item(i)}
 
     def __call__(self, index: list[int]) -> dict[str, torch.Tensor]:
         return pad_block([self.item(i) for i in index], self.pad_id)

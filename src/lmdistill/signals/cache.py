@@ -196,25 +196,22 @@ class CachedTeacher:
                 f"{KEY}: example index {int(idx.max())} is outside the cache of {len(self)} examples; "
                 "the cache belongs to other training data"
             )
+        rows = None
         if mask is None:
             if any(f.per_token for f in self.fields.values()):
                 raise CacheError(
                     f"{KEY}: '{self.path}' holds token-level outputs, which need the batch's tokens of "
                     "this teacher; delete the folder to rebuild it"
                 )
-            out = {}
-            for name, f in self.fields.items():
-                data = torch.from_numpy(np.ascontiguousarray(f.array[idx]))
-                out[name] = data.view(torch.bfloat16) if f.dtype == "bfloat16" else data
-            return out
-        mask = mask.cpu().bool()
-        lens = self.lengths[idx]
-        if not np.array_equal(mask.sum(1).numpy(), lens):
-            raise CacheError(
-                f"{KEY}: the batch's token counts differ from the cached examples' (the data or "
-                "tokenizer changed without the cache noticing); delete the cache folder to rebuild"
-            )
-        rows = np.repeat(self.starts[idx] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+        else:
+            mask = mask.cpu().bool()
+            lens = self.lengths[idx]
+            if not np.array_equal(mask.sum(1).numpy(), lens):
+                raise CacheError(
+                    f"{KEY}: the batch's token counts differ from the cached examples' (the data or "
+                    "tokenizer changed without the cache noticing); delete the cache folder to rebuild"
+                )
+            rows = np.repeat(self.starts[idx] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
         out = {}
         for name, f in self.fields.items():
             data = torch.from_numpy(np.ascontiguousarray(f.array[rows if f.per_token else idx]))

@@ -123,20 +123,6 @@ def validation_scores(cfg: Config, task: Task, parts: Parts, loaded: Loaded) -> 
     return scores
 
 
-class _OwnItems:
-    """The training examples as a teacher with its own tokenizer reads them (``{"index", "teacher"}`` items), for
-    building its cache: one output per example, looked up by index, so its tokens need not match the student's."""
-
-    def __init__(self, train_set, own):
-        self.train_set, self.own = train_set, own
-
-    def __len__(self) -> int:
-        return len(self.train_set)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"index": i, "teacher": self.own.item(i)}
-
-
 class _OutputsOnly:
     """An objective seen by a cache build as reading the teacher's outputs alone (the teachers other than
     ``ensemble.layers_from`` give no layer knowledge, and may have other depths)."""
@@ -164,7 +150,7 @@ def ensemble_signal(cfg: Config, task: Task, parts: Parts, cache: Callable | Non
     for i, (model, name) in enumerate(zip(models, names, strict=True)):
         objectives = parts.objectives if i == layers else [_OutputsOnly(o) for o in parts.objectives]
         own = loaded.inputs.get(i)  # a teacher with its own tokenizer: its cache is built from its own inputs
-        data = (_OwnItems(parts.train_set, own), own.collate) if own is not None else None
+        data = (own, own.collate) if own is not None else None
         found = cache(model, objectives, name, data) if cache is not None else None
         if found is not None:
             caches[i] = found

@@ -13,6 +13,7 @@ multi-process training are the ordinary ones. It evaluates every student (metric
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 from torch import nn
@@ -139,8 +140,6 @@ class MutualTask(Task):
     def results(self, parts: Parts, best: nn.Module, cfg: Config) -> dict:
         """The task's fields of student 0 (e.g. the teacher's scores, the same for all), with student 0's own
         objectives (the task reads its settings, e.g. a causal LM's ``chunk_size``, not the joined one's)."""
-        import dataclasses
-
         own = [o.members[0] if isinstance(o, MutualObjective) else o for o in parts.objectives]
         return self.task.results(dataclasses.replace(parts, objectives=own), best.members[0], cfg)
 
