@@ -52,6 +52,7 @@ def finished(tmp_path_factory, tiny_bert_dir, sentiment_csv):
     cfg = _config(tmp / "sweep", tiny_bert_dir, sentiment_csv, GRID)
     # a stage with its own epochs: its config.yaml differs from the base's, and a restart must still skip it
     cfg["distill"]["stages"] = [{"name": "kd", "losses": {"kd": 0.5, "ce": 0.5}, "epochs": 2}]
+    cfg["sweep"]["comparisons"] = [["temperature=1.0", "temperature=4.0"]]  # the reverse of the reference's
     path = _write(tmp, cfg)
     return path, tmp / "sweep", main(["sweep", path])
 
@@ -108,6 +109,18 @@ def test_difference_to_reference_is_the_paired_test_of_the_saved_predictions(fin
     row = data["rows"][1]
     assert (row["diff"], row["diff_low"], row["diff_high"]) == pytest.approx((ci.point, ci.low, ci.high))
     assert row["p_value"] == pytest.approx(seed_example_permutation(stat, a, b, n_resamples=200))
+    # sweep.comparisons: the reference against the other variant, the same test with the sides swapped
+    (c,) = data["comparisons"]
+    ci = seed_example_sets_bootstrap(stat, b, a, same_examples=True, n_resamples=200)
+    assert (c["variant"], c["against"], c["paired_seeds"]) == ("temperature=1.0", "temperature=4.0", 2)
+    assert (c["diff"], c["diff_low"], c["diff_high"]) == pytest.approx((ci.point, ci.low, ci.high))
+    assert c["diff"] == pytest.approx(-row["diff"])
+    assert c["p_value"] == pytest.approx(seed_example_permutation(stat, b, a, n_resamples=200))
+    md = (out / "leaderboard.md").read_text()
+    assert f"| temperature=1.0 | temperature=4.0 | {c['diff']:+.4f} [{c['diff_low']:+.4f}, " in md
+    table = list(csv.DictReader((out / "comparisons.csv").open()))
+    assert len(table) == 1 and float(table[0]["diff"]) == pytest.approx(c["diff"])
+    assert "<h2>Other comparisons</h2>" in (out / "leaderboard.html").read_text()
 
 
 def test_restart_skips_finished_runs_and_continues_an_unfinished_one(finished, tmp_path):
@@ -219,6 +232,11 @@ def _one_error(tmp_path, capsys, base_dir, sweep: dict) -> str:
          "error: variant epochz=2: unknown key 'training.epochz' (did you mean 'training.epochs'?)"),
         ({"variants": [{"name": "../x"}]}, "error: sweep.variants[0].name '../x' cannot name a folder: use letters, "
          "digits and . _ = + - (not first), at most 80 characters, not teacher_cache"),
+        ({"grid": {"distill.temperature": [1, 2]}, "comparisons": [["temperature=2", "temprature=1"]]},
+         "error: sweep.comparisons[0]: 'temprature=1' is not a variant (did you mean 'temperature=1'?)"),
+        ({"grid": {"distill.temperature": [1, 2]}, "comparisons": [["temperature=2", "temperature=2"]]},
+         "error: sweep.comparisons[0] must be two different variants, [variant, against], got ['temperature=2', "
+         "'temperature=2']"),
         ({"variants": [{"overrides": {"seed": 3}}]}, "error: sweep.variants[0]: variant 'seed=3' overrides seed, which "
          "the sweep sets for every run (seeds: sweep.seeds; folders: OUTPUT_DIR/<variant>/seed-<seed>)"),
     ],

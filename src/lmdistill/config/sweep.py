@@ -39,6 +39,9 @@ class SweepConfig:
     """Every variant is trained once per seed (the run's ``seed``); default: the config's seed alone."""
     reference: str | None = None
     """The variant every other is compared with (paired over seeds and test examples); default: the first."""
+    comparisons: list[list[str]] = field(default_factory=list)
+    """More paired differences, besides every variant against ``reference``: ``[[variant, against], ...]``
+    (e.g. the same change at each student size: ``[[hidden-2L, kd-2L], [hidden-1L, kd-1L]]``)."""
     metric: str | None = None
     """The leaderboard's metric; default: the task's headline (accuracy, pearson, perplexity, ...)."""
     processes: int = 1
@@ -128,6 +131,7 @@ def check_sweep(s: SweepConfig) -> tuple[list[VariantConfig], list[str]]:
             + ", ".join(names[:8])
             + (" ..." if len(names) > 8 else "")
         )
+    errors += _check_comparisons(s.comparisons, names)
     if s.seeds is not None:
         if not s.seeds:
             errors.append("sweep.seeds is empty: give at least one seed, or leave it out (the config's seed)")
@@ -140,3 +144,21 @@ def check_sweep(s: SweepConfig) -> tuple[list[VariantConfig], list[str]]:
     if s.bootstrap_resamples < 1:
         errors.append(f"sweep.bootstrap_resamples must be at least 1, got {s.bootstrap_resamples}")
     return variants, errors
+
+
+def _check_comparisons(comparisons: list[list[str]], names: list[str]) -> list[str]:
+    """Each comparison: two different variants, by name."""
+    from lmdistill.config.load import suggest
+
+    errors = []
+    for i, pair in enumerate(comparisons):
+        where = f"sweep.comparisons[{i}]"
+        if len(pair) != 2 or pair[0] == pair[1]:
+            errors.append(f"{where} must be two different variants, [variant, against], got {pair}")
+            continue
+        errors += [
+            f"{where}: {name!r} is not a variant{suggest(name, names)}"
+            for name in pair
+            if names and name not in names
+        ]
+    return errors

@@ -3,7 +3,9 @@ leaderboard.html, leaderboard.csv and quality_vs_latency.png (the Pareto front m
 
 One row per variant: its metric as the mean over seeds with a 95% interval, its paired difference to the
 reference variant with a 95% interval and p-value, parameters, weights on disk, batch-1 latency, and the
-one-line error of each failed run. The data is built by :mod:`lmdistill.sweeps`.
+one-line error of each failed run; then the other comparisons the sweep names (``sweep.comparisons``: variant -
+against, each with its interval, p-value and verdict; also in comparisons.csv). The data is built by
+:mod:`lmdistill.sweeps`.
 """
 
 from __future__ import annotations
@@ -89,6 +91,22 @@ def _header(data: dict) -> list[str]:
     return [h.format(metric=data["metric"], reference=data["reference"]) for h in HEADER]
 
 
+COMPARISON_COLUMNS = ("variant", "against", "diff", "diff_low", "diff_high", "p_value", "verdict", "paired_seeds",
+                      "diff_note")  # fmt: skip
+COMPARISON_HEADER = ("variant", "against", "diff [95% CI]", "p", "verdict", "seeds paired")
+
+
+def _comparison_cells(c: dict) -> list[str]:
+    """One row of the other comparisons: variant, against, difference [interval] (or why none), p, verdict."""
+    diff = (
+        f"{_signed(c['diff'])} [{_signed(c['diff_low'])}, {_signed(c['diff_high'])}]"
+        if c.get("diff") is not None
+        else c.get("diff_note") or "n/a"
+    )
+    p = "" if c.get("p_value") is None else _num(c["p_value"], 3)
+    return [c["variant"], c["against"], diff, p, c.get("verdict") or "", str(c.get("paired_seeds") or "")]
+
+
 def _notes(data: dict) -> list[str]:
     return list(data.get("notes", []))
 
@@ -114,6 +132,10 @@ def render_markdown(data: dict) -> str:
         "`*`: on the Pareto front of quality and latency (no variant is both faster and better).",
         "",
     ]
+    if data.get("comparisons"):
+        lines += ["## Other comparisons", "", "| " + " | ".join(COMPARISON_HEADER) + " |",
+                  "|" + "---|" * len(COMPARISON_HEADER)]  # fmt: skip
+        lines += ["| " + " | ".join(_comparison_cells(c)) + " |" for c in data["comparisons"]] + [""]
     lines += [f"- {n}" for n in _notes(data)]
     errors = _errors(data)
     if errors:
@@ -141,6 +163,14 @@ def render_html(data: dict) -> str:
         f"<table><tr>{head}</tr>{body}</table>",
         "<ul>" + "".join(f"<li>{e(n)}</li>" for n in _notes(data)) + "</ul>",
     ]
+    if data.get("comparisons"):
+        rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in _comparison_cells(x)) + "</tr>"
+                       for x in data["comparisons"])  # fmt: skip
+        parts.append(
+            "<h2>Other comparisons</h2><table><tr>"
+            + "".join(f"<th>{e(h)}</th>" for h in COMPARISON_HEADER)
+            + f"</tr>{rows}</table>"
+        )
     errors = _errors(data)
     if errors:
         parts.append(
@@ -167,6 +197,15 @@ def render_csv(data: dict) -> str:
     for row in data["rows"]:
         values = {**row, "errors": " | ".join(f"seed {s}: {x}" for s, x in row.get("errors", {}).items())}
         w.writerow(["" if values.get(c) is None else values.get(c) for c in COLUMNS])
+    return out.getvalue()
+
+
+def render_comparisons_csv(data: dict) -> str:
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(COMPARISON_COLUMNS)
+    for c in data.get("comparisons", []):
+        w.writerow(["" if c.get(k) is None else c.get(k) for k in COMPARISON_COLUMNS])
     return out.getvalue()
 
 
@@ -211,4 +250,12 @@ def write_leaderboard(data: dict, out: Path) -> dict[str, Path]:
     for kind, text in (("json", json.dumps(data, indent=2, default=str)), ("md", render_markdown(data)),
                        ("html", render_html(data)), ("csv", render_csv(data))):  # fmt: skip
         paths[kind] = write_text(out / f"leaderboard.{kind}", text, "output_dir")
+    if data.get("comparisons"):
+        paths["comparisons_csv"] = write_text(
+            out / "comparisons.csv", render_comparisons_csv(data), "output_dir"
+        )
+    elif (
+        out / "comparisons.csv"
+    ).is_file():  # written by an earlier leaderboard of this sweep, now without any
+        (out / "comparisons.csv").unlink()
     return paths

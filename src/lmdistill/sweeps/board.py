@@ -110,20 +110,21 @@ def _metric(p: Plan) -> tuple[str, bool]:
     return metric, task.metrics.get(metric, GREATER_IS_BETTER.get(metric, True))
 
 
-def _compare(p: Plan, scores: dict, variant: str, metric: str) -> dict:
-    """The paired difference of ``variant`` to the reference over the seeds both finished: two-level bootstrap
-    interval and permutation p-value; or a note why there is none."""
+def _compare(p: Plan, scores: dict, variant: str, metric: str, against: str | None = None) -> dict:
+    """The paired difference of ``variant`` to ``against`` (default: the reference) over the seeds both finished:
+    two-level bootstrap interval and permutation p-value; or a note why there is none."""
     from lmdistill.report.seeds import seed_example_permutation, seed_example_sets_bootstrap
 
-    pairs = [(scores[(variant, s)], scores[(p.reference, s)]) for s in p.seeds
-             if (variant, s) in scores and (p.reference, s) in scores]  # fmt: skip
+    against = against or p.reference
+    pairs = [(scores[(variant, s)], scores[(against, s)]) for s in p.seeds
+             if (variant, s) in scores and (against, s) in scores]  # fmt: skip
     if not pairs:
         return {"diff_note": "n/a: no seed finished for both"}
     kinds = {x.get("kind") for pair in pairs for x in pair}
     if None in kinds or len(kinds) != 1:
         return {"diff_note": "n/a: no per-example scores for this metric"}
     if any(a["examples"] != b["examples"] for a, b in pairs):
-        return {"diff_note": "n/a: other test examples than the reference's"}
+        return {"diff_note": f"n/a: other test examples than {against}'s"}
     stat = statistic(kinds.pop(), metric)
     a = [{k: np.asarray(v) for k, v in x["columns"].items()} for x, _ in pairs]
     b = [{k: np.asarray(v) for k, v in y["columns"].items()} for _, y in pairs]
@@ -218,6 +219,12 @@ def leaderboard(p: Plan, record: dict[str, dict]) -> dict:
             row["weights_mb"] = size_on_disk(models[v.name])["weights_bytes"] / 1e6
         row["latency_ms"] = latency.get(v.name)
         rows.append(row)
+    comparisons = []
+    for variant, against in p.sweep.comparisons:
+        c = {"variant": variant, "against": against, **_compare(p, scores, variant, metric, against)}
+        if c.get("diff") is not None:
+            c["verdict"] = verdict({"low": c["diff_low"], "high": c["diff_high"]}, up)
+        comparisons.append(c)
     cost = "latency_ms" if latency else "weights_mb"
     ranked = [r for r in rows if r["mean"] is not None and r.get(cost) is not None]
     for r, on in zip(ranked, pareto_front([(r[cost], r["mean"]) for r in ranked], up)):
@@ -233,6 +240,7 @@ def leaderboard(p: Plan, record: dict[str, dict]) -> dict:
         "reference": p.reference,
         "seeds": p.seeds,
         "rows": rows,
+        "comparisons": comparisons,
         "notes": [*_notes(p), latency_note],
     }
 
@@ -241,7 +249,7 @@ def _notes(p: Plan) -> list[str]:
     return [
         "Mean: over the seeds that finished, 95% Student-t interval over seeds (one seed: the test-set bootstrap "
         "interval of that run).",
-        f"Difference: variant - {p.reference}, paired by seed and by test example; 95% two-level percentile "
+        f"Difference: variant - {p.reference}{' (other comparisons: variant - against)' if p.sweep.comparisons else ''}, paired by seed and by test example; 95% two-level percentile "
         f"bootstrap (seeds, then test examples; {p.sweep.bootstrap_resamples} resamples); p: paired permutation "
         "test (outputs swapped per example within each seed; the trained models held fixed). Verdict from the "
         "interval.",
