@@ -246,10 +246,11 @@ def leaderboard(p: Plan, record: dict[str, dict]) -> dict:
 
 
 def _notes(p: Plan) -> list[str]:
+    others = " (other comparisons: variant - against)" if p.sweep.comparisons else ""
     return [
         "Mean: over the seeds that finished, 95% Student-t interval over seeds (one seed: the test-set bootstrap "
         "interval of that run).",
-        f"Difference: variant - {p.reference}{' (other comparisons: variant - against)' if p.sweep.comparisons else ''}, paired by seed and by test example; 95% two-level percentile "
+        f"Difference: variant - {p.reference}{others}, paired by seed and by test example; 95% two-level percentile "
         f"bootstrap (seeds, then test examples; {p.sweep.bootstrap_resamples} resamples); p: paired permutation "
         "test (outputs swapped per example within each seed; the trained models held fixed). Verdict from the "
         "interval.",
