@@ -250,12 +250,9 @@ def write_leaderboard(data: dict, out: Path) -> dict[str, Path]:
     for kind, text in (("json", json.dumps(data, indent=2, default=str)), ("md", render_markdown(data)),
                        ("html", render_html(data)), ("csv", render_csv(data))):  # fmt: skip
         paths[kind] = write_text(out / f"leaderboard.{kind}", text, "output_dir")
+    pairs = out / "comparisons.csv"
     if data.get("comparisons"):
-        paths["comparisons_csv"] = write_text(
-            out / "comparisons.csv", render_comparisons_csv(data), "output_dir"
-        )
-    elif (
-        out / "comparisons.csv"
-    ).is_file():  # written by an earlier leaderboard of this sweep, now without any
-        (out / "comparisons.csv").unlink()
+        paths["comparisons_csv"] = write_text(pairs, render_comparisons_csv(data), "output_dir")
+    elif pairs.is_file():  # an earlier leaderboard of this sweep had comparisons; this one has none
+        pairs.unlink()
     return paths

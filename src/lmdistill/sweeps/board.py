@@ -113,6 +113,7 @@ def _metric(p: Plan) -> tuple[str, bool]:
 def _compare(p: Plan, scores: dict, variant: str, metric: str, against: str | None = None) -> dict:
     """The paired difference of ``variant`` to ``against`` (default: the reference) over the seeds both finished:
     two-level bootstrap interval and permutation p-value; or a note why there is none."""
+    from lmdistill.report.paired import verdict
     from lmdistill.report.seeds import seed_example_permutation, seed_example_sets_bootstrap
 
     against = against or p.reference
@@ -138,6 +139,7 @@ def _compare(p: Plan, scores: dict, variant: str, metric: str, against: str | No
         "diff_high": ci.high,
         "p_value": pv,
         "paired_seeds": len(pairs),
+        "verdict": verdict({"low": ci.low, "high": ci.high}, _metric(p)[1]),
     }
 
 
@@ -184,7 +186,6 @@ def leaderboard(p: Plan, record: dict[str, dict]) -> dict:
     """The leaderboard's data (leaderboard.json): one row per variant, in the sweep's order."""
     from lmdistill.report.leaderboard import pareto_front
     from lmdistill.report.measure import count_parameters, size_on_disk
-    from lmdistill.report.paired import verdict
 
     metric, up = _metric(p)
     scores, inputs_cache, models = {}, {}, {}
@@ -211,20 +212,15 @@ def leaderboard(p: Plan, record: dict[str, dict]) -> dict:
                           if j.variant == v.name and record.get(j.key, {}).get("status") == "failed"}}  # fmt: skip
         if v.name != p.reference and done:
             row.update(_compare(p, scores, v.name, metric))
-            if row.get("diff") is not None:
-                row["verdict"] = verdict({"low": row["diff_low"], "high": row["diff_high"]}, up)
         if v.name in models:
             model, _ = get_task(p.task).load_saved(models[v.name])
             row["parameters"] = count_parameters(model)["total"]
             row["weights_mb"] = size_on_disk(models[v.name])["weights_bytes"] / 1e6
         row["latency_ms"] = latency.get(v.name)
         rows.append(row)
-    comparisons = []
-    for variant, against in p.sweep.comparisons:
-        c = {"variant": variant, "against": against, **_compare(p, scores, variant, metric, against)}
-        if c.get("diff") is not None:
-            c["verdict"] = verdict({"low": c["diff_low"], "high": c["diff_high"]}, up)
-        comparisons.append(c)
+    comparisons = [
+        {"variant": a, "against": b, **_compare(p, scores, a, metric, b)} for a, b in p.sweep.comparisons
+    ]
     cost = "latency_ms" if latency else "weights_mb"
     ranked = [r for r in rows if r["mean"] is not None and r.get(cost) is not None]
     for r, on in zip(ranked, pareto_front([(r[cost], r["mean"]) for r in ranked], up)):
