@@ -110,9 +110,10 @@ def _metric(p: Plan) -> tuple[str, bool]:
     return metric, task.metrics.get(metric, GREATER_IS_BETTER.get(metric, True))
 
 
-def _compare(p: Plan, scores: dict, variant: str, metric: str, against: str | None = None) -> dict:
+def _compare(p: Plan, scores: dict, variant: str, metric: str, up: bool, against: str | None = None) -> dict:
     """The paired difference of ``variant`` to ``against`` (default: the reference) over the seeds both finished:
-    two-level bootstrap interval and permutation p-value; or a note why there is none."""
+    two-level bootstrap interval, permutation p-value and the verdict (``up``: greater is better); or a note why
+    there is none."""
     from lmdistill.report.paired import verdict
     from lmdistill.report.seeds import seed_example_permutation, seed_example_sets_bootstrap
 
@@ -139,7 +140,7 @@ def _compare(p: Plan, scores: dict, variant: str, metric: str, against: str | No
         "diff_high": ci.high,
         "p_value": pv,
         "paired_seeds": len(pairs),
-        "verdict": verdict({"low": ci.low, "high": ci.high}, _metric(p)[1]),
+        "verdict": verdict({"low": ci.low, "high": ci.high}, up),
     }
 
 
@@ -211,7 +212,7 @@ def leaderboard(p: Plan, record: dict[str, dict]) -> dict:
                "errors": {j.seed: record[j.key]["error"] for j in p.jobs
                           if j.variant == v.name and record.get(j.key, {}).get("status") == "failed"}}  # fmt: skip
         if v.name != p.reference and done:
-            row.update(_compare(p, scores, v.name, metric))
+            row.update(_compare(p, scores, v.name, metric, up))
         if v.name in models:
             model, _ = get_task(p.task).load_saved(models[v.name])
             row["parameters"] = count_parameters(model)["total"]
@@ -219,7 +220,7 @@ def leaderboard(p: Plan, record: dict[str, dict]) -> dict:
         row["latency_ms"] = latency.get(v.name)
         rows.append(row)
     comparisons = [
-        {"variant": a, "against": b, **_compare(p, scores, a, metric, b)} for a, b in p.sweep.comparisons
+        {"variant": a, "against": b, **_compare(p, scores, a, metric, up, b)} for a, b in p.sweep.comparisons
     ]
     cost = "latency_ms" if latency else "weights_mb"
     ranked = [r for r in rows if r["mean"] is not None and r.get(cost) is not None]
