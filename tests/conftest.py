@@ -23,6 +23,19 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = POSITIVE + NEGATIVE + FILLER + ["neutral", "so", "so-so"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cpu_without_native_bf16():
+    """Every test sees a CPU without native bf16 products, so `mixed_precision: auto` trains in fp32 and reports
+    add no bf16 row on any machine; the tests of the bf16 paths patch ``cpu_flags`` themselves. (Runs in
+    subprocesses do not see this: their configs set ``training.mixed_precision: "no"``.)"""
+    from lmdistill.models import precision
+
+    flags = precision.cpu_flags()
+    with pytest.MonkeyPatch.context() as patch:  # session-wide: module fixtures build models before any test
+        patch.setattr(precision, "cpu_flags", lambda: flags - precision.BF16_FLAGS)
+        yield
+
+
 def make_sentences(n: int, seed: int = 0) -> list[tuple[str, str, float]]:
     """(text, label, score) rows: the label follows the sentiment words."""
     rng = random.Random(seed)

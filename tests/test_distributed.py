@@ -44,7 +44,15 @@ def test_two_processes_match_one(tmp_path, no_dropout_teacher, sentiment_csv):
         "student": {"layers": [0, 3]},
         # per-example terms: a token-level mean would be taken per process and then averaged (docs/distributed.md)
         "distill": {"losses": {"kd": 0.5, "ce": 0.5}, "matches": [{"feature": "cls", "strategy": "uniform"}]},
-        "training": {"epochs": 2, "log_every": 3, "learning_rate": 1e-3, "cpu": True},
+        # fp32 on every CPU: `auto` would pick bf16 autocast on a bf16-native CPU, whose rounding the comparison
+        # below is not about
+        "training": {
+            "epochs": 2,
+            "log_every": 3,
+            "learning_rate": 1e-3,
+            "cpu": True,
+            "mixed_precision": "no",
+        },
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     # 192 training rows in global batches of 10: 19 full batches and one of 2 (shuffled in among them), which

@@ -778,7 +778,8 @@ def test_skd_in_two_processes_draws_the_same_teachers_and_trains_the_student_one
         config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
         (teachers[-1] / "config.json").write_text(json.dumps(config))
     cfg = _cfg(tmp_path, sentiment_csv, teachers, "unused", sampling="weights")
-    cfg["training"].update(max_steps=6, cpu=True, eval_every=None, save_every=None)
+    # fp32 on any CPU (a subprocess does not see conftest's CPU without native bf16)
+    cfg["training"].update(max_steps=6, cpu=True, eval_every=None, save_every=None, mixed_precision="no")
     cfg["data"].update(validation_size=0.0, test_size=0.0)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     import lmdistill

@@ -273,7 +273,8 @@ TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 @pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed next to this Python")
 def test_two_processes_train_both_students_as_one_process_does(tmp_path, sentiment_csv, encoder_dir):
     cfg = _config(tmp_path, sentiment_csv, encoder_dir)
-    cfg["training"].update(max_steps=4, save_every=None, cpu=True, log_every=2)
+    # fp32 on any CPU (a subprocess does not see conftest's CPU without native bf16)
+    cfg["training"].update(max_steps=4, save_every=None, cpu=True, log_every=2, mixed_precision="no")
     cfg["data"].update(validation_size=0.0, test_size=0.0)  # no evaluation: the final students are saved
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     import lmdistill

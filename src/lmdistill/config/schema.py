@@ -214,7 +214,7 @@ class TrainingConfig:
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = 1.0
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    """auto: bf16 on GPUs that support it, otherwise full precision."""
+    """auto: bf16 autocast on a GPU that supports it or a CPU that multiplies bf16 natively, otherwise fp32."""
     eval_every: int | None = None
     """Evaluate every N optimizer steps; default: at the end of every epoch."""
     early_stopping_patience: int | None = None
