@@ -99,7 +99,8 @@ def _cfg(tmp_path, teacher, sentiment_csv, name, **data):
     return {
         "seed": 1,
         "output_dir": str(tmp_path / name),
-        "data": {"train": str(sentiment_csv), "max_length": 32, **data},
+        # the teacher's split (seed 0): another one would put its training rows in this run's test split
+        "data": {"train": str(sentiment_csv), "max_length": 32, "split_seed": 0, **data},
         "teacher": {"name_or_path": str(teacher)},
         "student": {"layers": [0, 3]},
         "training": {"epochs": 1, "batch_size": 16, "learning_rate": 2e-3},

@@ -28,6 +28,7 @@ from lmdistill.chain import (
 )
 from lmdistill.config.checks import compress_steps
 from lmdistill.config.schema import Config, StudentConfig
+from lmdistill.data.splits import teacher_split_problems
 from lmdistill.errors import ConfigError, LmdistillError
 from lmdistill.fileio import write_text
 from lmdistill.reporting import ROLES, model_dir
@@ -156,6 +157,7 @@ def compress(
     b_check = baseline_config(cfg, task, Path(cfg.output_dir) / "baseline", None)
     load_config(copy.deepcopy(b_check))  # the baseline's own keys (e.g. the pairs it trains on)
     problems = list(dict.fromkeys(task.check_data(cfg) + task.check_data(b_check)))
+    problems += teacher_split_problems(cfg)  # a trained teacher split the same data another way
     if problems:
         raise ConfigError(problems)
     steps = compress_steps(cfg)

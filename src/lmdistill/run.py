@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmdistill.config.schema import Config, StageConfig
+from lmdistill.data.splits import teacher_split_problems
 from lmdistill.errors import ConfigError, LmdistillError
 from lmdistill.fileio import guard
 from lmdistill.tasks import get_task
@@ -322,6 +323,8 @@ def run(cfg: Config, verb: str, *, role: str | None = None, overwrite: bool = Fa
 
         task = MutualTask(task, cfg.mutual)
     problems = task.check_data(cfg)  # the data files and columns, before any model is loaded
+    if verb == "distill":  # evaluation rows the teacher trained on would inflate every score
+        problems += teacher_split_problems(cfg)
     if problems:
         raise ConfigError(problems)
     resume = cfg.training.resume is not None
