@@ -5,7 +5,7 @@ which rows land where is decided by the split seed (``data.split_seed``, else th
 sizes. A teacher fine-tuned by lmdistill on the same data with another seed may have trained on rows that this
 run carves into its test split: the student then learns those rows' labels from the teacher, and its test
 score is inflated (on the demo task a 1-layer student given only ``seed=1`` scored 80.4 on such a split,
-against 77.7-78.8 for four seeds on the teacher's own split: benchmarks/results/one-layer-variants-2026-12-04).
+against 77.7-78.8 for four seeds on the teacher's own split: benchmarks/results/student-variants-2026-12-04).
 
 A teacher folder written by lmdistill (``RUN/model``, the resolved ``RUN/config.yaml`` beside it) says how it
 was split; :func:`teacher_split_problems` compares that with the run's own split and names what to set.
