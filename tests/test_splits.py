@@ -64,6 +64,16 @@ def test_another_seed_is_refused_before_anything_is_written(
     assert not (tmp_path / "out").exists()
 
 
+def test_validate_names_it_too(tmp_path, capsys, sentiment_csv, tiny_bert_dir, teacher_run):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(student_cfg(tmp_path, sentiment_csv, tiny_bert_dir, teacher_run)))
+    capsys.readouterr()
+    assert main(["validate", str(path), "seed=1"]) == 2
+    assert one_error_line(capsys).endswith("set data.split_seed=42")
+    assert main(["validate", str(path), "seed=1", "data.split_seed=42"]) == 0
+    assert main(["validate", "--no-data", str(path), "seed=1"]) == 0  # no data read: nothing to compare
+
+
 def test_the_teachers_split_seed_is_accepted(tmp_path, sentiment_csv, tiny_bert_dir, teacher_run):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(student_cfg(tmp_path, sentiment_csv, tiny_bert_dir, teacher_run)))
