@@ -135,3 +135,21 @@ def test_a_config_without_lmdistills_header_is_not_read(tmp_path, sentiment_csv,
     )
     (line,) = teacher_split_problems(load_config(raw, ["seed=1"], verb="distill"))
     assert "split_seed 42" in line
+
+
+def test_only_the_carved_splits_sizes_count(tmp_path, sentiment_csv, tiny_bert_dir):
+    """Both runs read validation from a file: validation_size moves no row; test_size does."""
+    other = tmp_path / "val.csv"
+    pd.read_csv(sentiment_csv).head(20).to_csv(other, index=False)
+    run = tmp_path / "teacher-run"
+    (run / "model").mkdir(parents=True)
+    data = {"train": str(sentiment_csv), "validation": str(other), "validation_size": 0.1, "test_size": 0.1}
+    (run / "config.yaml").write_text(
+        "# lmdistill finetune: resolved config (seed 42)\n"
+        + yaml.safe_dump({"task": "classification", "seed": 42, "data": data})
+    )
+    raw = student_cfg(tmp_path, sentiment_csv, tiny_bert_dir, run)
+    raw["data"]["validation"] = str(other)
+    assert teacher_split_problems(load_config(raw, ["data.validation_size=0.3"], verb="distill")) == []
+    (line,) = teacher_split_problems(load_config(raw, ["data.test_size=0.2"], verb="distill"))
+    assert line.endswith("set data.test_size=0.1") and "validation_size" not in line

@@ -35,11 +35,9 @@ def carving(data: dict[str, Any], seed: Any) -> dict[str, Any] | None:
     carved = [s for s in ("validation", "test") if not data.get(s) and data.get(f"{s}_size")]
     if not carved:
         return None
-    split_seed = data.get("split_seed")
-    return {
-        "split_seed": seed if split_seed is None else split_seed,
-        "validation_size": data.get("validation_size"),
-        "test_size": data.get("test_size"),
+    split_seed = data.get("split_seed")  # the sizes of splits given as files do not move any row
+    return {"split_seed": seed if split_seed is None else split_seed} | {
+        f"{s}_size": data[f"{s}_size"] for s in carved
     }
 
 
@@ -81,7 +79,7 @@ def teacher_split_problems(cfg: Config) -> list[str]:
         theirs = carving(theirs_data, raw.get("seed", Config.seed))
         if theirs is None or theirs == ours:
             continue
-        differ = [k for k in ("split_seed", "validation_size", "test_size") if theirs[k] != ours[k]]
+        differ = [k for k in ("split_seed", "validation_size", "test_size") if theirs.get(k) != ours.get(k)]
         was = ", ".join(f"{k} {theirs[k]}" for k in differ)
         now = ", ".join(f"{k} {ours[k]}" for k in differ)
         fix = " ".join(f"data.{k}={theirs[k]}" for k in differ)
