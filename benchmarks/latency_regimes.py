@@ -55,7 +55,7 @@ def main() -> None:
     from lmdistill import run as lmrun
     from lmdistill.export.runtime import OnnxRunner
     from lmdistill.report.inputs import prepare_batches
-    from lmdistill.report.measure import measure_latency_interleaved
+    from lmdistill.report.measure import measure_latency_interleaved, torch_runner
     from lmdistill.tasks import get_task, load_config
 
     cfg = load_config(args.config, [])
@@ -73,9 +73,8 @@ def main() -> None:
         for k, (_, f) in models.items()
     }
 
-    def runner(key):
-        model, calls = models[key][0], iter(range(10**9))
-        return lambda: model(**batches[key][next(calls) % len(texts)])
+    def runner(key):  # call i runs text i (mod the number of texts), as the report's runners do
+        return torch_runner(models[key][0], batches[key])
 
     medians: dict[str, dict[str, float]] = {k: {} for k in models}
     with torch.inference_mode():

@@ -249,16 +249,15 @@ def _run(args: argparse.Namespace) -> int:
 
         from lmdistill.config.load import infer_verb, read_yaml
         from lmdistill.errors import ConfigError
+        from lmdistill.run import preflight_problems
         from lmdistill.tasks import get_task, load_config
 
         raw = read_yaml(Path(args.config))
         verb = args.for_verb or infer_verb(raw)
         cfg = load_config(raw, args.overrides, verb=verb)
-        problems = [] if args.no_data else get_task(cfg.task).check_data(cfg)  # files, formats, columns
-        if not args.no_data and verb in ("distill", "compress"):  # a teacher trained on this run's test rows
-            from lmdistill.data.splits import teacher_split_problems
-
-            problems += teacher_split_problems(cfg)
+        problems = (
+            [] if args.no_data else preflight_problems(get_task(cfg.task), cfg, verb)
+        )  # files, columns, splits
         if problems:
             raise ConfigError(problems)
         print("ok")

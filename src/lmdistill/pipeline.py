@@ -28,7 +28,6 @@ from lmdistill.chain import (
 )
 from lmdistill.config.checks import compress_steps
 from lmdistill.config.schema import Config, StudentConfig
-from lmdistill.data.splits import teacher_split_problems
 from lmdistill.errors import ConfigError, LmdistillError
 from lmdistill.fileio import write_text
 from lmdistill.reporting import ROLES, model_dir
@@ -143,7 +142,7 @@ def compress(
     baseline trains for exactly as many optimizer steps as the student took over all its stages.
     """
     from lmdistill.outputs import RunFolder
-    from lmdistill.run import input_paths
+    from lmdistill.run import input_paths, preflight_problems
 
     cfg = load_config(config, overrides, verb="compress")
     task = get_task(cfg.task)
@@ -156,8 +155,7 @@ def compress(
     # the data files and columns of the student's and the baseline's runs, before any model is loaded
     b_check = baseline_config(cfg, task, Path(cfg.output_dir) / "baseline", None)
     load_config(copy.deepcopy(b_check))  # the baseline's own keys (e.g. the pairs it trains on)
-    problems = list(dict.fromkeys(task.check_data(cfg) + task.check_data(b_check)))
-    problems += teacher_split_problems(cfg)  # a trained teacher split the same data another way
+    problems = list(dict.fromkeys(preflight_problems(task, cfg, "compress") + task.check_data(b_check)))
     if problems:
         raise ConfigError(problems)
     steps = compress_steps(cfg)

@@ -284,6 +284,16 @@ def signature(cfg: Config, task: Task, student) -> dict:
     return json.loads(json.dumps(sig, default=str))
 
 
+def preflight_problems(task: Task, cfg: Config, verb: str) -> list[str]:
+    """What ``verb`` would fail on in ``cfg``'s inputs, before any model is loaded or anything written: the
+    data files and columns (``task.check_data``) and, for a run with a teacher, a teacher trained on rows this
+    run evaluates on (:func:`lmdistill.data.splits.teacher_split_problems`)."""
+    problems = task.check_data(cfg)
+    if verb in ("distill", "compress"):  # evaluation rows the teacher trained on would inflate every score
+        problems += teacher_split_problems(cfg)
+    return problems
+
+
 def _check_resume(cfg: Config) -> None:
     """``training.resume: auto`` with no checkpoint over a finished run has nothing to continue: say so."""
     from lmdistill import checkpoint
@@ -322,9 +332,7 @@ def run(cfg: Config, verb: str, *, role: str | None = None, overwrite: bool = Fa
         from lmdistill.tasks.mutual import MutualTask
 
         task = MutualTask(task, cfg.mutual)
-    problems = task.check_data(cfg)  # the data files and columns, before any model is loaded
-    if verb == "distill":  # evaluation rows the teacher trained on would inflate every score
-        problems += teacher_split_problems(cfg)
+    problems = preflight_problems(task, cfg, verb)
     if problems:
         raise ConfigError(problems)
     resume = cfg.training.resume is not None

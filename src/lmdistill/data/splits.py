@@ -18,9 +18,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lmdistill.config.load import read_yaml
 from lmdistill.config.schema import Config, DataConfig
+from lmdistill.errors import ConfigError
 
 SOURCE_KEYS = ("dataset", "dataset_config", "options", "train", "validation", "test")
 """What names the rows: equal in both configs means the same table is split."""
@@ -51,9 +51,11 @@ def teacher_run_config(name_or_path: str | None) -> tuple[Path, dict[str, Any]] 
     if not folder.is_dir() or not path.is_file():
         return None
     try:
-        text = path.read_text()
-        raw = yaml.safe_load(text) if text.startswith(HEADER) else None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        with path.open(encoding="utf-8") as f:
+            if not f.readline().startswith(HEADER):
+                return None
+        raw = read_yaml(path)  # the project's safe reader: size limit, no code, no alias bombs
+    except (OSError, UnicodeDecodeError, ConfigError):
         return None
     return (path, raw) if isinstance(raw, dict) and isinstance(raw.get("data"), dict) else None
 
