@@ -199,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="torchscript",
         help="torch.onnx exporter: torchscript tracing (default, fast) or dynamo (torch.export + onnxscript)",
     )
+    p.add_argument(
+        "--no-fuse",
+        dest="fuse",
+        action="store_false",
+        help="keep the traced graph: no ONNX Runtime transformer fusion (by default BERT and RoBERTa graphs get "
+        "one fused Attention per layer when every layer fuses and the fused graph matches PyTorch)",
+    )
 
     p = verbs.add_parser(
         "fetch",
@@ -405,11 +412,13 @@ def _export(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         max_length=args.max_length,
         exporter=args.exporter,
+        fuse=args.fuse,
     )
     for name, fmt in summary["formats"].items():
         diff = fmt.get("max_abs_diff_vs_pytorch", fmt.get("max_abs_diff_vs_fp32"))
         versus = "PyTorch" if "max_abs_diff_vs_pytorch" in fmt else "fp32"
         check = "" if diff is None else f", max |diff| vs {versus} {diff:.2e}"
+        check += ", fused" if fmt.get("fused") else ""
         print(
             f"{name}: {args.output}/{fmt['folder']}  {fmt['precision']}, {fmt['weights_bytes'] / 1e6:.1f} MB"
             f"{check}"

@@ -37,12 +37,14 @@ def export_model(
     kind: str = "auto",
     max_length: int | None = None,
     exporter: str = "torchscript",
+    fuse: bool = True,
 ) -> dict[str, Any]:
     """Export ``model_dir`` to ``out_dir/onnx`` (fp32, checked against PyTorch) and, with ``int8``, to
     ``out_dir/onnx-int8`` (ONNX Runtime dynamic int8, compared with fp32). ``out_dir`` must be new, empty,
     or an earlier export replaced with ``overwrite=True``; on any error nothing is left there. ``merge``: the
     LoRA adapter folder ``model_dir`` merged into its base as ``out_dir/merged`` (PEFT's merge_and_unload),
-    which the ONNX graphs are then made from.
+    which the ONNX graphs are then made from. ``fuse``: ONNX Runtime's transformer fusion of BERT and RoBERTa
+    graphs (:mod:`lmdistill.export.fuse`); each format's ``fused`` says whether it was applied.
 
     Returns the summary written to ``out_dir/lmdistill-export.json`` plus ``output`` (the folder).
     """
@@ -54,7 +56,9 @@ def export_model(
     with atomic_folder(out_dir, overwrite) as tmp:
         source = merge_and_save(model_dir, tmp / FOLDERS["merged"]) if merge else model_dir
         if onnx:
-            export_onnx(source, tmp / FOLDERS["onnx"], kind=kind, max_length=max_length, exporter=exporter)
+            export_onnx(
+                source, tmp / FOLDERS["onnx"], kind=kind, max_length=max_length, exporter=exporter, fuse=fuse
+            )
         if int8:
             quantize_int8(tmp / FOLDERS["onnx"], tmp / FOLDERS["int8"])
         summary = _summary(model_dir, tmp, onnx, int8, merge)
@@ -99,6 +103,7 @@ def _summary(model_dir: Path, tmp: Path, onnx: bool, int8: bool, merge: bool) ->
             "precision": "fp32",
             "weights_bytes": fp32["weights_bytes"],
             "max_abs_diff_vs_pytorch": fp32["check"]["max_abs_diff"],
+            "fused": fp32["fusion"]["applied"],
         }
     if int8:
         q = read_record(tmp / FOLDERS["int8"])
@@ -109,6 +114,7 @@ def _summary(model_dir: Path, tmp: Path, onnx: bool, int8: bool, merge: bool) ->
             "size_ratio_vs_fp32": q["size_ratio"],
             "max_abs_diff_vs_fp32": q["check"]["max_abs_diff"],
             "argmax_agreement_vs_fp32": q["check"].get("argmax_agreement"),
+            "fused": fp32["fusion"]["applied"],
         }
     return {
         "format": "lmdistill-export",

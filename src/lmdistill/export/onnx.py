@@ -26,6 +26,7 @@ from torch import nn
 
 from lmdistill.errors import ExportError
 from lmdistill.export.files import atomic_folder, copy_side_files, versions, write_record
+from lmdistill.export.fuse import FUSABLE, fuse_graph
 
 # kind -> (transformers auto class, output names, one output row per token?)
 KINDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
@@ -86,13 +87,15 @@ def detect_kind(config: dict[str, Any], where: str = "model") -> str:
     )
 
 
-def load_for_export(model_dir: Path, kind: str) -> nn.Module:
-    """The model of ``kind`` in fp32 eval mode, without a KV cache."""
+def load_for_export(model_dir: Path, kind: str, *, eager: bool = False) -> nn.Module:
+    """The model of ``kind`` in fp32 eval mode, without a KV cache; ``eager``: transformers' eager attention
+    (the pattern ONNX Runtime's fusion recognises, :mod:`lmdistill.export.fuse`)."""
     import transformers
 
     auto = getattr(transformers, KINDS[kind][0])
+    extra = {"attn_implementation": "eager"} if eager else {}
     try:
-        model = auto.from_pretrained(model_dir, dtype=torch.float32)
+        model = auto.from_pretrained(model_dir, dtype=torch.float32, **extra)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ExportError(f"{model_dir}: cannot load as {KINDS[kind][0]} ({_short(e)})") from None
     if hasattr(model.config, "use_cache"):
@@ -226,13 +229,16 @@ def export_onnx(
     exporter: str = "torchscript",
     atol: float = ATOL,
     overwrite: bool = False,
+    fuse: bool = True,
 ) -> Path:
     """Export ``model_dir`` to ``out_dir/model.onnx`` (fp32), copy config and tokenizer files, check the
     graph against PyTorch (max |diff| <= ``atol``) and record it all in ``out_dir/lmdistill-export.json``.
 
     ``kind``: ``auto`` (from config.json architectures) or one of :data:`KINDS`. ``max_length``: the
     longest sequence the check runs (default min(32, positions / 2)); the graph takes any length.
-    Returns ``out_dir``. Nothing is left in ``out_dir`` when any step fails.
+    ``fuse``: for BERT and RoBERTa, ONNX Runtime's transformer fusion (:mod:`lmdistill.export.fuse`), kept
+    when every attention layer fused and the fused graph passes the check; the record's ``fusion`` says
+    what was done and why. Returns ``out_dir``. Nothing is left in ``out_dir`` when any step fails.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = read_config(model_dir)
@@ -242,7 +248,8 @@ def export_onnx(
             f"kind={kind!r}, exporter={exporter!r}: kind must be auto or one of {', '.join(KINDS)}; "
             f"exporter one of {', '.join(EXPORTERS)}"
         )
-    model = load_for_export(model_dir, kind)
+    fusing = fuse and config.get("model_type") in FUSABLE
+    model = load_for_export(model_dir, kind, eager=fusing)
     names, shapes = input_names(model_dir, model), check_shapes(model.config, max_length)
     arch = (config.get("architectures") or [type(model).__name__])[0]
     with atomic_folder(out_dir, overwrite) as tmp:
@@ -252,6 +259,7 @@ def export_onnx(
             raise ExportError(
                 f"{model_dir}: {arch} cannot be exported to ONNX by the {exporter} exporter ({_short(e)})"
             ) from None
+        fusion = _fuse(model, tmp, names, kind, shapes, atol) if fusing else _not_fused(fuse, config)
         diff = max_difference(model, _session(tmp / "model.onnx"), names, kind, shapes)
         if not diff <= atol:  # also catches NaN
             raise ExportError(
@@ -260,8 +268,31 @@ def export_onnx(
             )
         copied = copy_side_files(model_dir, tmp)
         record = _record(model_dir, kind, arch, names, tmp, exporter, shapes, diff, atol)
-        write_record(tmp, record | {"copied": copied})
+        write_record(tmp, record | {"fusion": fusion, "copied": copied})
     return out_dir
+
+
+def _fuse(model: nn.Module, tmp: Path, names, kind: str, shapes, atol: float) -> dict[str, Any]:
+    """Replace ``tmp/model.onnx`` by its fused graph when the fusion is complete and matches PyTorch."""
+    fused = tmp / "fused.onnx"
+    try:
+        fusion = fuse_graph(tmp / "model.onnx", fused, model.config)
+        if fusion["applied"]:
+            diff = max_difference(model, _session(fused), names, kind, shapes)
+            if diff <= atol:
+                fused.replace(tmp / "model.onnx")
+            else:  # also NaN: keep the plain graph, which the caller checks
+                fusion |= {"applied": False, "reason": f"the fused graph differs from PyTorch by {diff:.3g}"}
+    finally:
+        fused.unlink(missing_ok=True)
+    return fusion
+
+
+def _not_fused(asked: bool, config: dict[str, Any]) -> dict[str, Any]:
+    if not asked:
+        return {"applied": False, "reason": "not asked (fuse=False)"}
+    kinds = ", ".join(FUSABLE)
+    return {"applied": False, "reason": f"model_type {config.get('model_type')!r}: fused for {kinds} only"}
 
 
 def _session(path: Path):

@@ -6,7 +6,7 @@ zero point, and quantizes activations on the fly per batch from their observed r
 calibration data.
 
 * :func:`quantize_int8`: ONNX Runtime's ``quantize_dynamic`` on MatMul and Gather (the embedding tables),
-  so an embedding-heavy model shrinks about 4x; the result is run against the fp32 graph and the
+  and on a fused graph's Attention and EmbedLayerNormalization, so an embedding-heavy model shrinks about 4x; the result is run against the fp32 graph and the
   difference and argmax agreement are recorded (measured, not assumed).
 * :func:`torch_dynamic_int8`: ``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear`` (qint8
   weights; embeddings stay fp32). Applied at load time only: the quantized modules hold packed
@@ -32,7 +32,9 @@ from lmdistill.errors import ExportError
 from lmdistill.export.files import atomic_folder, copy_side_files, read_record, versions, write_record
 from lmdistill.export.onnx import KINDS, check_shapes, make_inputs, real_positions
 
-INT8_OPS = ("MatMul", "Gather")  # Gather: the embedding tables; Gemm nodes are quantized as MatMul
+# Gather: the embedding tables; Gemm nodes are quantized as MatMul; Attention and EmbedLayerNormalization:
+# the fused operators of lmdistill.export.fuse (QAttention, QEmbedLayerNormalization)
+INT8_OPS = ("MatMul", "Gather", "Attention", "EmbedLayerNormalization")
 QUANTIZATION = {  # recorded in lmdistill-export.json
     "method": "onnxruntime.quantization.quantize_dynamic",
     "op_types": list(INT8_OPS),
@@ -127,7 +129,12 @@ def quantize_int8(onnx_dir: str | Path, out_dir: str | Path, *, overwrite: bool 
         try:
             with _quiet_root():
                 quantize_dynamic(
-                    fp32, tmp / "model.onnx", op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8
+                    fp32,
+                    tmp / "model.onnx",
+                    op_types_to_quantize=list(INT8_OPS),
+                    weight_type=QuantType.QInt8,
+                    # ONNX shape inference gives no type to the outputs of fused (com.microsoft) operators
+                    extra_options={"DefaultTensorType": 1},  # onnx.TensorProto.FLOAT
                 )
         except Exception as e:  # onnxruntime's quantizer raises plain Exception/RuntimeError types
             raise ExportError(
