@@ -1,4 +1,4 @@
-"""Batch-1 latency of a teacher and its compressed students under three timing regimes, in one process, on the
+"""Latency (batch 1 unless --batch-size) of a teacher and its compressed students under three timing regimes, in one process, on the
 report's own speed texts (the first ``report.speed_texts`` of the test split), to see how much a speed-up
 depends on how it is timed:
 
@@ -46,6 +46,12 @@ def main() -> None:
     ap.add_argument(
         "--repeats", type=int, default=3, help="passes over the texts in the cold and warm regimes"
     )
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="texts per call (default 1; the report's throughput uses 32)",
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -69,28 +75,32 @@ def main() -> None:
     if not models:
         raise SystemExit("give at least one --torch or --onnx model")
     batches = {
-        k: prepare_batches(AutoTokenizer.from_pretrained(f), texts, batch_size=1, max_length=max_length)
+        k: prepare_batches(
+            AutoTokenizer.from_pretrained(f), texts, batch_size=args.batch_size, max_length=max_length
+        )
         for k, (_, f) in models.items()
     }
 
-    def runner(key):  # call i runs text i (mod the number of texts), as the report's runners do
+    bs, calls = args.batch_size, -(-len(texts) // args.batch_size)  # calls: batches per pass over the texts
+
+    def runner(key):  # call i runs batch i (mod the number of batches), as the report's runners do
         return torch_runner(models[key][0], batches[key])
 
     medians: dict[str, dict[str, float]] = {k: {} for k in models}
     with torch.inference_mode():
-        rr = measure_latency_interleaved({k: runner(k) for k in models}, batch_size=1, rounds=20, warmup=3)
+        rr = measure_latency_interleaved({k: runner(k) for k in models}, batch_size=bs, rounds=20, warmup=3)
         for k, r in rr.items():
             medians[k]["report"] = r["median_s"]
         cold: dict[str, list[float]] = {k: [] for k in models}
         warm: dict[str, list[float]] = {k: [] for k in models}
         for _ in range(args.repeats):
             rr = measure_latency_interleaved(
-                {k: runner(k) for k in models}, batch_size=1, rounds=len(texts), warmup=3
+                {k: runner(k) for k in models}, batch_size=bs, rounds=calls, warmup=3
             )
             for k, r in rr.items():
                 cold[k] += r["times_s"]
             for k in models:
-                rr = measure_latency_interleaved({k: runner(k)}, batch_size=1, rounds=len(texts), warmup=2)
+                rr = measure_latency_interleaved({k: runner(k)}, batch_size=bs, rounds=calls, warmup=2)
                 warm[k] += rr[k]["times_s"]
     for k in models:
         medians[k]["cold"] = statistics.median(cold[k])
@@ -112,10 +122,11 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "versions": lmrun.versions(),
         "speed_texts": len(texts),
+        "batch_size": bs,
         "regimes": {
             "report": "round-robin, 20 rounds",
-            "cold": f"round-robin, {len(texts)} rounds x {args.repeats}",
-            "warm": f"each model {len(texts)} calls back to back x {args.repeats}",
+            "cold": f"round-robin, {calls} rounds x {args.repeats}",
+            "warm": f"each model {calls} calls back to back x {args.repeats}",
         },
         "models": {k: models[k][1] for k in names},
         "latency": table,

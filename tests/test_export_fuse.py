@@ -1,5 +1,5 @@
-"""ONNX Runtime's transformer fusion at export (lmdistill.export.fuse): a BERT or RoBERTa graph gets one fused
-Attention per layer and still matches PyTorch; int8 of it quantizes the fused operators; anything else, an
+"""ONNX Runtime's transformer fusion at export (lmdistill.export.fuse, asked with fuse=True / --fuse /
+compress.fuse): a BERT or RoBERTa graph gets one fused Attention per layer and still matches PyTorch; int8 of it quantizes the fused operators; anything else, an
 incomplete fusion or a fused graph that fails the check keeps the plain graph and says why."""
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _batch(folder):
 def test_a_bert_or_roberta_graph_gets_one_fused_attention_per_layer_and_matches_pytorch(
     name, models, tmp_path
 ):
-    out = export_onnx(models[name], tmp_path / name)
+    out = export_onnx(models[name], tmp_path / name, fuse=True)
     record = json.loads((out / MARKER).read_text())
     assert record["fusion"]["applied"] is True and record["fusion"]["fused"]["Attention"] == 2
     ops = _ops(out)
@@ -91,8 +91,8 @@ def test_a_bert_or_roberta_graph_gets_one_fused_attention_per_layer_and_matches_
     assert torch.allclose(got, _pytorch_logits(models[name], batch), atol=ATOL)
 
 
-def test_fuse_false_keeps_the_traced_graph(models, tmp_path):
-    out = export_onnx(models["bert"], tmp_path / "plain", fuse=False)
+def test_by_default_the_traced_graph_is_kept(models, tmp_path):
+    out = export_onnx(models["bert"], tmp_path / "plain")
     record = json.loads((out / MARKER).read_text())
     assert record["fusion"] == {"applied": False, "reason": "not asked (fuse=False)"}
     ops = _ops(out)
@@ -100,7 +100,7 @@ def test_fuse_false_keeps_the_traced_graph(models, tmp_path):
 
 
 def test_a_model_type_the_fusion_does_not_cover_is_exported_plain(tiny_mpnet_dir, tmp_path):
-    out = export_onnx(tiny_mpnet_dir, tmp_path / "mpnet")
+    out = export_onnx(tiny_mpnet_dir, tmp_path / "mpnet", fuse=True)
     fusion = json.loads((out / MARKER).read_text())["fusion"]
     assert fusion["applied"] is False and "'mpnet'" in fusion["reason"]
     assert _ops(out)["Attention"] == 0
@@ -141,7 +141,7 @@ def test_a_fused_graph_that_fails_the_check_is_dropped_for_the_plain_one(models,
         return 1.0 if len(calls) == 1 else diff  # the first check is the fused graph's
 
     monkeypatch.setattr(onnx_mod, "max_difference", spy)
-    out = export_onnx(models["bert"], tmp_path / "dropped")
+    out = export_onnx(models["bert"], tmp_path / "dropped", fuse=True)
     fusion = json.loads((out / MARKER).read_text())["fusion"]
     assert fusion["applied"] is False and fusion["reason"] == "the fused graph differs from PyTorch by 1"
     assert _ops(out)["Attention"] == 0 and sorted(p.name for p in out.iterdir() if p.suffix == ".onnx") == [
@@ -150,7 +150,7 @@ def test_a_fused_graph_that_fails_the_check_is_dropped_for_the_plain_one(models,
 
 
 def test_int8_of_a_fused_graph_quantizes_the_fused_operators(models, tmp_path):
-    summary = export_model(models["bert-big-vocab"], tmp_path / "exp", onnx=True, int8=True)
+    summary = export_model(models["bert-big-vocab"], tmp_path / "exp", onnx=True, int8=True, fuse=True)
     assert summary["formats"]["onnx"]["fused"] is True and summary["formats"]["onnx-int8"]["fused"] is True
     ops = _ops(tmp_path / "exp" / "onnx-int8")
     assert ops["QAttention"] == 2 and ops["Attention"] == 0 and ops["QEmbedLayerNormalization"] == 1
@@ -161,10 +161,24 @@ def test_int8_of_a_fused_graph_quantizes_the_fused_operators(models, tmp_path):
     assert (int8 - fp32).abs().max() < 0.1
 
 
-def test_cli_no_fuse(models, tmp_path, capsys):
-    assert main(["export", str(models["bert"]), "--onnx", "--output", str(tmp_path / "a")]) == 0
+def test_cli_fuse(models, tmp_path, capsys):
+    assert main(["export", str(models["bert"]), "--onnx", "--fuse", "--output", str(tmp_path / "a")]) == 0
     assert ", fused" in capsys.readouterr().out
-    assert main(["export", str(models["bert"]), "--onnx", "--no-fuse", "--output", str(tmp_path / "b")]) == 0
+    assert main(["export", str(models["bert"]), "--onnx", "--output", str(tmp_path / "b")]) == 0
     assert ", fused" not in capsys.readouterr().out
     assert json.loads((tmp_path / "b" / MARKER).read_text())["formats"]["onnx"]["fused"] is False
     assert _ops(tmp_path / "a" / "onnx")["Attention"] == 2 and _ops(tmp_path / "b" / "onnx")["Attention"] == 0
+
+
+def test_compress_exports_with_its_fuse_setting_and_redoes_an_export_made_the_other_way(models, tmp_path):
+    from lmdistill import chain
+
+    folder = tmp_path / "export" / "student"
+    chain._export(models["bert"], folder, False, False, True)
+    first = (folder / MARKER).stat().st_mtime_ns
+    assert json.loads((folder / MARKER).read_text())["formats"]["onnx"]["fused"] is True
+    chain._export(models["bert"], folder, False, False, True)  # same setting: reused
+    assert (folder / MARKER).stat().st_mtime_ns == first
+    chain._export(models["bert"], folder, False, False, False)  # compress.fuse turned off: exported again
+    assert json.loads((folder / MARKER).read_text())["formats"]["onnx"]["fused"] is False
+    assert _ops(folder / "onnx")["Attention"] == 0

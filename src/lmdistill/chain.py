@@ -309,7 +309,7 @@ def runtime_rows(cfg: Config, teacher: str, student: Path, out: Path, *, overwri
             runtimes.append(("onnx-int8", "ONNX Runtime int8", "export onnx + quantize int8"))
         for role, source in (("student", student), ("teacher", Path(teacher))):
             folder = out / "export" / role
-            _export(source, folder, "quantize" in steps, overwrite)
+            _export(source, folder, "quantize" in steps, overwrite, cfg.compress.fuse)
             rows += [
                 ModelSpec(f"{role} {sub}", role, folder / sub, rt, step=step) for sub, rt, step in runtimes
             ]
@@ -317,18 +317,20 @@ def runtime_rows(cfg: Config, teacher: str, student: Path, out: Path, *, overwri
     return sorted(rows, key=lambda r: order[r.role])
 
 
-def _export(source: Path, folder: Path, int8: bool, overwrite: bool) -> None:
+def _export(source: Path, folder: Path, int8: bool, overwrite: bool, fuse: bool) -> None:
     from lmdistill.export import export_model, read_record
 
     record = read_record(folder) if folder.is_dir() else {}
-    same = record.get("source") == str(source.resolve()) and (
-        not int8 or "onnx-int8" in record.get("formats", {})
+    same = (
+        record.get("source") == str(source.resolve())
+        and (not int8 or "onnx-int8" in record.get("formats", {}))
+        and record.get("fuse", False) == fuse
     )
     if same and not overwrite and _newer(folder, source):
         _say(f"export: reusing {folder}")
         return
     _say(f"export: {source} -> {folder}")
-    export_model(source, folder, onnx=True, int8=int8, overwrite=True)
+    export_model(source, folder, onnx=True, int8=int8, overwrite=True, fuse=fuse)
 
 
 def _newer(folder: Path, source: Path) -> bool:

@@ -200,11 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.onnx exporter: torchscript tracing (default, fast) or dynamo (torch.export + onnxscript)",
     )
     p.add_argument(
-        "--no-fuse",
-        dest="fuse",
-        action="store_false",
-        help="keep the traced graph: no ONNX Runtime transformer fusion (by default BERT and RoBERTa graphs get "
-        "one fused Attention per layer when every layer fuses and the fused graph matches PyTorch)",
+        "--fuse",
+        action="store_true",
+        help="BERT and RoBERTa: ONNX Runtime's transformer fusion (one fused Attention per layer), kept when every "
+        "layer fuses and the fused graph matches PyTorch; measured no faster on a 2-core CPU (docs/compression.md)",
     )
 
     p = verbs.add_parser(

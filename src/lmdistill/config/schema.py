@@ -405,6 +405,9 @@ class CompressConfig:
     no-KD baseline), quantize (dynamic int8: PyTorch, and ONNX Runtime with export), export (ONNX fp32 in
     OUTPUT_DIR/export; the teacher too, for a same-runtime comparison). Default: distill, preceded by
     trim_vocabulary / prune_width when student.vocabulary / student.width are given."""
+    fuse: bool = False
+    """export: ONNX Runtime's transformer fusion of BERT / RoBERTa graphs, the teacher's and the student's alike
+    (``lmdistill export --fuse``; docs/compression.md)."""
     assistants: list[AssistantConfig] = field(default_factory=list)
     """Teacher assistants, teacher -> assistant 1 -> ... -> student (:mod:`lmdistill.config.assistant`)."""
 

@@ -37,7 +37,7 @@ def export_model(
     kind: str = "auto",
     max_length: int | None = None,
     exporter: str = "torchscript",
-    fuse: bool = True,
+    fuse: bool = False,
 ) -> dict[str, Any]:
     """Export ``model_dir`` to ``out_dir/onnx`` (fp32, checked against PyTorch) and, with ``int8``, to
     ``out_dir/onnx-int8`` (ONNX Runtime dynamic int8, compared with fp32). ``out_dir`` must be new, empty,
@@ -61,7 +61,7 @@ def export_model(
             )
         if int8:
             quantize_int8(tmp / FOLDERS["onnx"], tmp / FOLDERS["int8"])
-        summary = _summary(model_dir, tmp, onnx, int8, merge)
+        summary = _summary(model_dir, tmp, onnx, int8, merge, fuse)
         write_record(tmp, summary)
     return summary | {"output": str(out_dir)}
 
@@ -87,7 +87,7 @@ def _check_request(model_dir: Path, onnx: bool, int8: bool, merge: bool) -> None
         raise ExportError("export: --int8 quantizes the ONNX graph; add --onnx")
 
 
-def _summary(model_dir: Path, tmp: Path, onnx: bool, int8: bool, merge: bool) -> dict[str, Any]:
+def _summary(model_dir: Path, tmp: Path, onnx: bool, int8: bool, merge: bool, fuse: bool) -> dict[str, Any]:
     formats: dict[str, dict[str, Any]] = {}
     if merge:
         merged = tmp / FOLDERS["merged"]
@@ -122,6 +122,7 @@ def _summary(model_dir: Path, tmp: Path, onnx: bool, int8: bool, merge: bool) ->
         "kind": fp32.get("kind"),
         "architecture": fp32.get("architecture") or _architecture(tmp / FOLDERS["merged"]),
         "formats": formats,
+        "fuse": fuse,
         "versions": versions(),
     }
 

@@ -229,7 +229,7 @@ def export_onnx(
     exporter: str = "torchscript",
     atol: float = ATOL,
     overwrite: bool = False,
-    fuse: bool = True,
+    fuse: bool = False,
 ) -> Path:
     """Export ``model_dir`` to ``out_dir/model.onnx`` (fp32), copy config and tokenizer files, check the
     graph against PyTorch (max |diff| <= ``atol``) and record it all in ``out_dir/lmdistill-export.json``.
