@@ -151,3 +151,70 @@ def test_old_names_stay_importable_from_measure_and_onnx_files_count_as_weights(
     (tmp_path / "model.onnx.data").write_bytes(b"x" * 50)
     (tmp_path / "config.json").write_text("{}")
     assert measure.size_on_disk(tmp_path) == {"weights_bytes": 150, "total_bytes": 152, "weight_files": 2}
+
+
+def cache_runners(clock: FakeClock, calls: list[str], warm: dict[str, float], cold_extra: float) -> dict:
+    """A call right after another runner's call costs ``cold_extra`` more (its caches were evicted)."""
+
+    def runner(key: str):
+        def run():
+            cold = bool(calls) and calls[-1] != key
+            calls.append(key)
+            clock.now += warm[key] + (cold_extra if cold else 0.0)
+
+        return run
+
+    return {key: runner(key) for key in warm}
+
+
+def test_turns_of_consecutive_calls_time_all_but_the_first_call_of_each_turn(monkeypatch):
+    clock, calls = FakeClock(), []
+    monkeypatch.setattr(measure, "time", clock)
+    warm = {"teacher": 0.006, "student": 0.0005}
+    results = measure.measure_latency_interleaved(
+        cache_runners(clock, calls, warm, cold_extra=0.0003),
+        batch_size=1,
+        rounds=5,
+        warmup=1,
+        calls_per_turn=3,
+    )
+    # 1 warm-up round, then turns of 3 (1 untimed + 2 timed) until 5 timed calls: 2 + 2 + 1
+    turns = ["teacher"] * 3 + ["student"] * 3
+    assert calls == ["teacher", "student"] + turns * 2 + ["teacher"] * 2 + ["student"] * 2
+    for key in warm:
+        assert results[key]["n"] == 5 and results[key]["times_s"] == pytest.approx([warm[key]] * 5)
+        assert results[key]["calls_per_turn"] == 3 and results[key]["timing"] == "interleaved"
+    # one call per turn: every timed call follows the other model's and pays for it
+    clock2, calls2 = FakeClock(), []
+    monkeypatch.setattr(measure, "time", clock2)
+    single = measure.measure_latency_interleaved(
+        cache_runners(clock2, calls2, warm, cold_extra=0.0003), batch_size=1, rounds=5, warmup=1
+    )
+    assert calls2 == ["teacher", "student"] * 6 and single["student"]["calls_per_turn"] == 1
+    assert single["student"]["median_s"] == pytest.approx(0.0008)
+    assert results["student"]["median_s"] == pytest.approx(0.0005)
+
+
+def test_turns_count_the_tokens_of_the_batches_actually_timed():
+    log: list = []
+    batches = [
+        {"input_ids": torch.full((i + 1, 4), i), "attention_mask": torch.ones(i + 1, 4)} for i in range(7)
+    ]
+    results = measure.measure_latency_interleaved(
+        {"m": (Counting(log, "m"), batches)}, batch_size=1, rounds=3, warmup=1, calls_per_turn=2
+    )
+    # calls 0 (warm-up), 1 untimed, 2 timed, 3 untimed, 4 timed, 5 untimed, 6 timed: batches 2, 4, 6
+    assert [b for _, _, _, b in log] == list(range(7))
+    assert results["m"]["padded_tokens_per_batch"] == pytest.approx(4 * (3 + 5 + 7) / 3)
+    with pytest.raises(ValueError, match="calls_per_turn >= 1"):
+        measure.measure_latency_interleaved({"x": lambda: None}, batch_size=1, calls_per_turn=0)
+
+
+def test_report_config_refuses_a_turn_of_no_calls():
+    from lmdistill.config.checks import check_report
+    from lmdistill.config.schema import ReportConfig
+
+    assert check_report(ReportConfig(latency_calls_per_turn=0)) == [
+        "report.latency_calls_per_turn must be at least 1, got 0"
+    ]
+    assert check_report(ReportConfig(latency_calls_per_turn=5)) == []

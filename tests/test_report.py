@@ -476,3 +476,18 @@ def test_read_history_reads_a_metrics_csv(tmp_path):
     data["models"]["student"]["training"]["history"] = str(path)
     _, page, _ = rendered(tmp_path, data)
     assert page.count("data:image/png;base64,") == 2
+
+
+def test_render_report_says_how_the_models_were_interleaved(tmp_path):
+    data = report_data()
+    for entry in data["models"].values():
+        for latency in entry["latency"]:
+            latency.update(timing="interleaved", calls_per_turn=1)
+    md, _, _ = rendered(tmp_path / "single", data)
+    assert "round-robin, one call each per round" in md and "consecutive calls" not in md
+    for entry in data["models"].values():
+        for latency in entry["latency"]:
+            latency["calls_per_turn"] = 5
+    md, _, _ = rendered(tmp_path / "turns", data)
+    assert "round-robin in turns of 5 consecutive calls of one model, the first untimed" in md
+    assert "one call each per round" not in md

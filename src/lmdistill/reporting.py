@@ -196,6 +196,7 @@ def _timings(loaded: dict, texts: list[str], max_length: int, cfg: Config) -> di
                 warmup=r.warmup,
                 device=device,
                 max_length=max_length,
+                calls_per_turn=r.latency_calls_per_turn,
             )
             for key, result in found.items():
                 out[key].append(result)
@@ -300,7 +301,12 @@ def report(
     texts = inputs.texts
     notes = [
         f"Latency and energy are measured on {len(texts)} test texts, max_length {inputs.max_length}; all models "
-        f"are timed in one process, interleaved round by round ({cfg.report.latency_repeats} rounds)."
+        f"are timed in one process, interleaved round by round ({cfg.report.latency_repeats} timed calls each"
+        + (
+            f", in turns of {cfg.report.latency_calls_per_turn} consecutive calls, the first untimed)."
+            if cfg.report.latency_calls_per_turn > 1
+            else ")."
+        )
     ]
     data = {
         "title": f"Distillation report: {Path(out_dir or cfg.output_dir).name}",

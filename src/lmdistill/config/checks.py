@@ -104,7 +104,7 @@ def check_temperature(t: float, key: str) -> list[str]:
 
 def check_report(r: ReportConfig) -> list[str]:
     errors = []
-    for key in ("latency_repeats", "speed_texts", "bootstrap_resamples"):
+    for key in ("latency_repeats", "latency_calls_per_turn", "speed_texts", "bootstrap_resamples"):
         if getattr(r, key) < 1:
             errors.append(f"report.{key} must be at least 1, got {getattr(r, key)}")
     if r.warmup < 0:

@@ -380,6 +380,11 @@ class ReportConfig:
     country_iso_code: str = "USA"
     """Country whose electricity mix converts energy to CO2 (codecarbon, offline)."""
     latency_repeats: int = 20
+    """Timed calls per model and batch size."""
+    latency_calls_per_turn: int = 1
+    """Models are timed in turns, interleaved (A, B, C, A, B, C, ...). 1: a turn is one timed call, which
+    follows another model's call (cold caches). n > 1: a turn is n consecutive calls of one model, the first
+    untimed: a served model answering consecutive requests (docs/compression.md)."""
     warmup: int = 3
     speed_texts: int = 256
     """How many test texts are used for the speed, memory and energy measurements."""

@@ -144,10 +144,18 @@ def timing_notes(ctx: Context, items: list[dict]) -> list[Block]:
     """How the timings were taken: interleaved or one model after the other; the teacher columns."""
     blocks: list[Block] = []
     interleaved = [i.get("timing") == "interleaved" for i in items]
-    if all(interleaved):
+    turns = {i.get("calls_per_turn", 1) for i in items}
+    if all(interleaved) and turns == {1}:
         blocks.append(
             "The models were timed interleaved (round-robin, one call each per round, in one process), "
             "so drift of the machine (CPU frequency, caches, other load) hits every model alike."
+        )
+    elif all(interleaved) and len(turns) == 1:
+        blocks.append(
+            f"The models were timed interleaved (round-robin in turns of {turns.pop()} consecutive calls of one "
+            "model, the first untimed, in one process), so drift of the machine (CPU frequency, caches, other "
+            "load) hits every model alike, and each timed call finds the caches as a served model answering "
+            "consecutive requests does."
         )
     elif any(interleaved):
         text = (
