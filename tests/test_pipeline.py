@@ -96,3 +96,31 @@ def test_model_folders_given_with_a_home_tilde(tmp_path, monkeypatch):
     assert _model_dir("~/teacher") == tmp_path / "teacher"
     with pytest.raises(LmdistillError, match="neither a run folder"):
         _model_dir("~/missing")
+
+
+def test_a_finished_staged_distill_run_is_recognised_by_its_last_stage_config(tmp_path, sentiment_csv):
+    """A distill run saves its last stage's config (the stage's learning rate in ``training``): compress
+    --resume compares with that, so a finished student with ``distill.stages`` is reused, not refused."""
+    import copy
+    from dataclasses import asdict
+
+    from lmdistill.config.schema import Config, StageConfig
+    from lmdistill.pipeline import _finished
+    from lmdistill.run import stage_runs
+
+    cfg = Config(task="classification", output_dir=str(tmp_path / "student"))
+    cfg.data.train = str(sentiment_csv)
+    cfg.training.learning_rate = 5e-5
+    cfg.distill.stages = [StageConfig(name="kd", losses={"kd": 0.5, "ce": 0.5}, epochs=2, learning_rate=2e-4)]
+    run = tmp_path / "student"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
+    (run / "results.json").write_text("{}")
+    (saved,) = [c for c, _, _ in stage_runs(cfg, cfg.distill.stages)]
+    assert saved.training.learning_rate == 2e-4
+    (run / "config.yaml").write_text(yaml.safe_dump(asdict(saved)))
+    assert _finished(run, cfg, "distill") is None
+    assert _finished(run, cfg, "finetune") == "it was trained with another training section"
+    other = copy.deepcopy(cfg)
+    other.distill.stages[0].learning_rate = 1e-4
+    assert _finished(run, other, "distill") == "it was trained with another training section"

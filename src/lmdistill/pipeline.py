@@ -62,10 +62,13 @@ def _comparable(cfg: dict) -> dict:
     return cfg
 
 
-def _finished(run: Path, cfg: Config) -> str | None:
+def _finished(run: Path, cfg: Config, verb: str = "finetune") -> str | None:
     """None when ``run`` holds a finished run of exactly this config; else why not ("" when there is no
-    finished run at all)."""
+    finished run at all). A distill run saves the config of its last stage (the stage's epochs and learning
+    rate in ``training``), so that is what a distill run is compared with."""
     from dataclasses import asdict
+
+    from lmdistill.run import stage_runs, stages_of
 
     if not (run / "results.json").is_file() or not (run / "model" / "config.json").is_file():
         return ""
@@ -73,6 +76,8 @@ def _finished(run: Path, cfg: Config) -> str | None:
         saved = yaml.safe_load((run / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return "its config.yaml cannot be read"
+    if verb == "distill":
+        *_, (cfg, _, _) = stage_runs(cfg, stages_of(cfg))
     mine = _comparable(asdict(cfg))
     theirs = _comparable(saved if isinstance(saved, dict) else {})
     differ = [k for k in mine if mine.get(k) != theirs.get(k)]
@@ -85,7 +90,7 @@ def _role_run(role: str, run_cfg: Config, verb: str, *, resume: bool, overwrite:
     from lmdistill.run import run
 
     folder = Path(run_cfg.output_dir)
-    why = _finished(folder, run_cfg)
+    why = _finished(folder, run_cfg, verb)
     if why is None and not overwrite:
         _say(f"   {role}: already trained with this config in {folder} (--overwrite retrains it)")
         return False
