@@ -292,8 +292,9 @@ def measure_latency_interleaved(
 
     ``calls_per_turn`` n > 1: each model's turn is n consecutive calls, the first untimed (A A A, B B B, ...).
     A single call right after other models' calls pays for the caches they evicted, and that cost is a larger
-    share of a small model's time (the demo's 2-layer student: 0.70 ms against 0.45 ms when it answered
-    consecutive requests, the PyTorch teacher 5.9 against 5.2 ms; benchmarks/results/student-final-2026-12-04):
+    share of a small model's time (the demo's 2-layer int8 student: 0.71 ms against 0.44 ms when it answered
+    consecutive requests, the PyTorch teacher 5.9 against 5.2 ms; benchmarks/results/student-final-2026-12-04/
+    latency_regimes-positions.json):
     n > 1 times every model as a served model answering consecutive requests, still interleaved over the turns.
 
     Each result has the keys of :func:`measure_latency` (``median_s``, ``p10_s``, ``p90_s``, ...,
