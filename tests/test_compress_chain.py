@@ -159,6 +159,31 @@ def test_a_resumed_chain_reuses_every_step(chained, teacher, sentiment_csv):
     assert {p: p.stat().st_mtime for p in before} == before
 
 
+def test_compress_fuse_re_exports_teacher_and_student_fused_and_reuses_the_trained_runs(
+    chained, teacher, sentiment_csv
+):
+    """compress.fuse: true on a finished chain: nothing is retrained, both exports are made again with
+    ONNX Runtime's fusion (one Attention per layer), and the report times the fused graphs."""
+    from lmdistill.export import read_record
+    from lmdistill.pipeline import compress
+
+    out, _ = chained
+    student = out / "student" / "results.json"
+    before = student.stat().st_mtime
+    cfg = _cfg(out.parent, teacher, sentiment_csv, out.name)
+    cfg["compress"]["fuse"] = True
+    compress(cfg, resume=True)
+    assert student.stat().st_mtime == before
+    for role, layers in (("student", 2), ("teacher", 4)):
+        record = read_record(out / "export" / role / "onnx")
+        assert record["fusion"]["applied"] is True and record["fusion"]["fused"]["Attention"] == layers
+        assert read_record(out / "export" / role)["formats"]["onnx-int8"]["fused"] is True
+    data = json.loads((out / "report.json").read_text())
+    models = data["models"]  # the fused fp32 graph predicts as the PyTorch student does (max |diff| <= 1e-4)
+    assert models["student onnx"]["metrics"]["accuracy"] == models["student"]["metrics"]["accuracy"]
+    assert models["teacher onnx"]["metrics"]["accuracy"] == models["teacher"]["metrics"]["accuracy"]
+
+
 # --------------------------------------------------------------------------------------------- bad input
 
 
