@@ -259,8 +259,11 @@ def export_onnx(
             raise ExportError(
                 f"{model_dir}: {arch} cannot be exported to ONNX by the {exporter} exporter ({_short(e)})"
             ) from None
-        fusion = _fuse(model, tmp, names, kind, shapes, atol) if fusing else _not_fused(fuse, config)
-        diff = max_difference(model, _session(tmp / "model.onnx"), names, kind, shapes)
+        fusion, diff = (
+            _fuse(model, tmp, names, kind, shapes, atol) if fusing else (_not_fused(fuse, config), None)
+        )
+        if diff is None:  # the plain graph's check (a kept fused graph was checked by _fuse)
+            diff = max_difference(model, _session(tmp / "model.onnx"), names, kind, shapes)
         if not diff <= atol:  # also catches NaN
             raise ExportError(
                 f"{model_dir}: ONNX output differs from PyTorch by max |diff| {diff:.3g} > {atol:g} "
@@ -272,8 +275,12 @@ def export_onnx(
     return out_dir
 
 
-def _fuse(model: nn.Module, tmp: Path, names, kind: str, shapes, atol: float) -> dict[str, Any]:
-    """Replace ``tmp/model.onnx`` by its fused graph when the fusion is complete and matches PyTorch."""
+def _fuse(
+    model: nn.Module, tmp: Path, names, kind: str, shapes, atol: float
+) -> tuple[dict[str, Any], float | None]:
+    """Replace ``tmp/model.onnx`` by its fused graph when the fusion is complete and matches PyTorch.
+    Returns the record's ``fusion`` entry and the kept fused graph's max |diff| (None: the plain graph is kept
+    and still to be checked)."""
     fused = tmp / "fused.onnx"
     try:
         fusion = fuse_graph(tmp / "model.onnx", fused, model.config)
@@ -281,11 +288,12 @@ def _fuse(model: nn.Module, tmp: Path, names, kind: str, shapes, atol: float) ->
             diff = max_difference(model, _session(fused), names, kind, shapes)
             if diff <= atol:
                 fused.replace(tmp / "model.onnx")
-            else:  # also NaN: keep the plain graph, which the caller checks
-                fusion |= {"applied": False, "reason": f"the fused graph differs from PyTorch by {diff:.3g}"}
+                return fusion, diff
+            # also NaN: keep the plain graph
+            fusion |= {"applied": False, "reason": f"the fused graph differs from PyTorch by {diff:.3g}"}
     finally:
         fused.unlink(missing_ok=True)
-    return fusion
+    return fusion, None
 
 
 def _not_fused(asked: bool, config: dict[str, Any]) -> dict[str, Any]:

@@ -257,7 +257,7 @@ def _round_robin(
             if per_turn > 1:
                 run()  # untimed: it pays for what the other runners' calls evicted
                 calls[key] += 1
-            _sync(device)
+                _sync(device)
             for _ in range(min(timed_per_turn, rounds - len(times[key]))):
                 start = time.perf_counter()
                 run()
